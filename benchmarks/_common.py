@@ -1,0 +1,35 @@
+"""Shared bits of the benchmark scripts: machine description and result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def save(name: str, rows: list[dict] | dict, table: str) -> None:
+    """Write results as JSON (with the command and machine) and print the markdown table."""
+    RESULTS.mkdir(exist_ok=True)
+    payload = {"command": " ".join(["python"] + sys.argv), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "results": rows}
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    (RESULTS / f"{name}.md").write_text(f"`{payload['command']}` — {payload['machine']}, {payload['date']}\n\n{table}\n")
+    print(table)

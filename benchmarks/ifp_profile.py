@@ -1,0 +1,46 @@
+"""IFP per task on the CPU profile (width-0.5 shared backbone, r = 0.8, J = 200, batch 64):
+wall time, training FLOPs and test accuracy over N tasks (mean ± std), one process.
+
+    python benchmarks/ifp_profile.py [--tasks 10] [--seed 99]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from metavote.data import load_dataset, sample_tasks
+from metavote.models import head_rows_for, load_backbone, locate_backbone
+from metavote.pruning import ifp
+from metavote.training import set_threads
+from metavote.zoo import profile
+
+from _common import save
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--tasks", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=99)
+    ap.add_argument("--importance", default="activation")
+    ap.add_argument("--threads", type=int)
+    args = ap.parse_args()
+    set_threads(args.threads)
+    dataset = load_dataset("cifar100")
+    backbone, meta = load_backbone(locate_backbone(), dataset=dataset)
+    params = profile("cpu") | {"importance": args.importance}
+    rows = []
+    for task in sample_tasks(dataset, 5, args.tasks, seed=args.seed):
+        r = ifp(backbone, dataset.load_task(task), head_rows=head_rows_for(meta["classes"], task.classes), **params)
+        rows.append({"task": str(task), "accuracy": r.accuracy, "tflops": r.costs.tflops, "seconds": r.costs.seconds})
+        print(f"{task}: {r.accuracy:.2%}, {r.costs.tflops:.2f} TFLOPs, {r.costs.seconds:.1f} s", flush=True)
+    stat = {k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows]))) for k in ("accuracy", "tflops", "seconds")}
+    table = ("| IFP, CPU profile | tasks | test accuracy | training TFLOPs | wall time (s) |\n|---|---:|---:|---:|---:|\n"
+             f"| {params} | {len(rows)} | {stat['accuracy'][0]:.2%} ± {stat['accuracy'][1]:.2%} | "
+             f"{stat['tflops'][0]:.2f} ± {stat['tflops'][1]:.2f} | {stat['seconds'][0]:.1f} ± {stat['seconds'][1]:.1f} |")
+    save("ifp_profile", {"per_task": rows, "mean_std": stat, "params": params}, table)
+
+
+if __name__ == "__main__":
+    main()

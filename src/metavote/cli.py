@@ -1,0 +1,268 @@
+"""The ``metavote`` command: parse arguments, call a library function, print its result.
+
+Errors a user can cause are :class:`metavote.errors.MetavoteError`; they are printed as one
+line on stderr (no traceback) and the exit status is 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import ConfigError, MetavoteError
+
+
+class ZooBuildFailed(MetavoteError):
+    """Some tasks of a build failed (they are recorded; a re-run retries them)."""
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="data root (default: $METAVOTE_DATA, then ../shared/data)")
+    p.add_argument("--dataset", default="cifar100", help="dataset name, or the path of an image folder (default: cifar100)")
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, help="torch threads (default: $METAVOTE_THREADS or every core)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from .data import load_dataset
+    from .pretrain import PretrainConfig, pretrain
+    from .training import select_device, set_threads
+
+    set_threads(args.threads)
+    dataset = load_dataset(args.dataset, args.data)
+    if args.classes or args.num_classes or args.max_per_class:
+        classes = _csv(args.classes) if args.classes else dataset.classes[: args.num_classes] if args.num_classes else None
+        dataset = dataset.subset(classes, args.max_per_class)
+    config = PretrainConfig(
+        method=args.method, arch=args.arch, width=args.width, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr if args.lr is not None else (0.1 if args.method == "supervised" else 0.05),
+        weight_decay=args.weight_decay, schedule=args.schedule, cutout=args.cutout, seed=args.seed,
+    )
+    out = Path(args.out or f"runs/{args.arch}_w{args.width:g}_{args.method}.safetensors")
+    result = pretrain(dataset, out, config, resume=not args.fresh, progress=not args.quiet, device=select_device(args.device))
+    if result.resumed_from_epoch:
+        print(f"resumed after epoch {result.resumed_from_epoch}")
+    metric = "test top-1" if args.method == "supervised" else "k-NN top-1"
+    print(f"wrote {result.path} ({metric} {result.accuracy:.2%} on {len(dataset.test_labels)} test images)")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .data import load_dataset
+    from .models import head_rows_for, load_backbone, replace_head
+    from .training import evaluate, set_threads
+
+    set_threads(args.threads)
+    dataset = load_dataset(args.dataset, args.data)
+    model, meta = load_backbone(args.weights, dataset=dataset)
+    if args.classes:
+        task = dataset.task(_csv(args.classes))
+        rows = head_rows_for(meta["classes"], task.classes)
+        if rows is None:
+            raise ConfigError("the backbone's head does not cover these classes; prune or fine-tune for the task instead")
+        replace_head(model, task.n_way, rows)
+        data = dataset.load_task(task)
+        acc, n, what = evaluate(model, data.test_images, data.test_labels), len(data.test_labels), f"task {task}"
+    else:
+        if model.num_classes != dataset.num_classes:
+            raise ConfigError(f"the backbone has a {model.num_classes}-way head, the dataset {dataset.num_classes} classes")
+        acc, n, what = evaluate(model, dataset.test_images, dataset.test_labels), len(dataset.test_labels), dataset.name
+    print(f"top-1 {acc:.2%} on {n} test images of {what}")
+
+
+def cmd_tasks(args: argparse.Namespace) -> None:
+    from .data import load_dataset, sample_tasks
+
+    dataset = load_dataset(args.dataset, args.data)
+    for task in sample_tasks(dataset, args.n_way, args.count, args.seed):
+        print(task)
+
+
+def cmd_data_download(args: argparse.Namespace) -> None:
+    from .data import download_cifar100
+
+    if args.name != "cifar100":
+        raise ConfigError(f"only cifar100 can be downloaded; put other datasets in an image folder (got {args.name!r})")
+    if not args.data:
+        raise ConfigError("--data DIR is required: where to put the dataset")
+    print(f"CIFAR-100 ready in {download_cifar100(args.data)}")
+
+
+def cmd_data_info(args: argparse.Namespace) -> None:
+    from .data import load_dataset
+
+    ds = load_dataset(args.dataset, args.data)
+    print(f"{ds.name}: {ds.num_classes} classes, {len(ds.train_labels)} train / {len(ds.test_labels)} test images of {ds.train_images.shape[1]}x{ds.train_images.shape[2]}")
+    print("classes: " + ", ".join(ds.classes))
+
+
+def cmd_zoo_build(args: argparse.Namespace) -> None:
+    from .data import load_dataset, sample_tasks
+    from .models import locate_backbone
+    from .zoo import build_zoo, profile
+
+    params = profile(args.profile, ratio=args.ratio, iterations=args.iterations, lr=args.lr, batch_size=args.batch_size)
+    params["importance"] = args.importance
+    dataset = load_dataset(args.dataset, args.data)
+    tasks = sample_tasks(dataset, args.n_way, args.tasks, args.seed)
+    backbone = locate_backbone(args.backbone)
+    print(f"zoo {args.zoo}: {len(tasks)} {args.n_way}-way tasks of {dataset.name}, IFP {params}, backbone {backbone}")
+    report = build_zoo(args.zoo, tasks, backbone, params, args.dataset, args.data, args.workers, args.executor, args.address, not args.quiet)
+    print(f"built {len(report.done)}, skipped {len(report.skipped)} already done, failed {len(report.failed)} in {report.seconds / 60:.1f} min")
+    if report.failed:
+        raise ZooBuildFailed(f"{len(report.failed)} task(s) failed (see `metavote zoo ls --zoo {args.zoo} --status failed`); re-run to retry them")
+
+
+def cmd_zoo_ls(args: argparse.Namespace) -> None:
+    from .zoo import Zoo
+
+    with Zoo(args.zoo) as zoo:
+        records = zoo.records(method=args.method, status=None if args.status == "any" else args.status)
+        meta = zoo.meta
+    print(f"zoo {args.zoo}: backbone {meta.get('arch')} w{meta.get('width', 0):g} ({str(meta.get('fingerprint'))[:12]}), {len(records)} record(s)")
+    print(f"{'record':<22} {'status':<7} {'acc':>6} {'TFLOPs':>7} {'secs':>6}  classes")
+    for r in records:
+        acc = f"{r.accuracy:.2%}" if r.accuracy is not None else "-"
+        tf = f"{r.flops / 1e12:.2f}" if r.flops is not None else "-"
+        secs = f"{r.seconds:.0f}" if r.seconds is not None else "-"
+        print(f"{r.record_id:<22} {r.status:<7} {acc:>6} {tf:>7} {secs:>6}  {', '.join(r.task.classes)}")
+
+
+def cmd_zoo_show(args: argparse.Namespace) -> None:
+    from .models import count_parameters
+    from .zoo import Zoo
+
+    with Zoo(args.zoo) as zoo:
+        r = zoo.get(args.record, args.method)
+        print(f"record {r.record_id} ({r.status})\n  task      {r.task}\n  method    {r.method} {r.params}")
+        if r.status != "ok":
+            print(f"  error     {r.error}")
+            return
+        model, subnet = zoo.load(r)
+        print(f"  accuracy  {r.accuracy:.2%}\n  training  {r.flops / 1e12:.3f} TFLOPs, {r.seconds:.1f} s")
+        print(f"  size      {count_parameters(model):,} parameters, {subnet.kept_fraction():.1%} of units kept")
+        for name, idx in subnet.kept.items():
+            print(f"  {name:<16} {len(idx):>4}/{subnet.sizes[name]:<4} {' '.join(map(str, idx[:12]))}{' ...' if len(idx) > 12 else ''}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .experiments import demo
+
+    demo(data=args.data, backbone=args.backbone, out=args.out, threads=args.threads)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metavote", description="Meta-Vote Pruning of pre-trained models for downstream tasks.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("pretrain", help="pre-train a backbone (supervised or SimSiam); resumable")
+    _add_data(p)
+    p.add_argument("--method", choices=["supervised", "simsiam"], default="supervised")
+    p.add_argument("--arch", default="cifar_resnet18", choices=["cifar_resnet18", "resnet50"])
+    p.add_argument("--width", type=float, default=0.5, help="channel width multiplier (default 0.5)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, help="peak learning rate (default 0.1 supervised, 0.05·batch/256 SimSiam)")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--schedule", choices=["onecycle", "cosine"], default="onecycle")
+    p.add_argument("--cutout", type=int, default=16, help="cutout square size in pixels, 0 to disable (supervised)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", help="comma-separated subset of classes to train on")
+    p.add_argument("--num-classes", type=int, help="train on the first K classes only (a quick run)")
+    p.add_argument("--max-per-class", type=int, help="at most this many training images per class (a quick run)")
+    p.add_argument("--out", help="output .safetensors (default runs/<arch>_w<width>_<method>.safetensors)")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing resume checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_threads(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("evaluate", help="top-1 of a backbone on a dataset's test split, or on a task of its classes")
+    _add_data(p)
+    p.add_argument("--weights", required=True, help="a .safetensors (or .pt state_dict) backbone")
+    p.add_argument("--classes", help="comma-separated classes: evaluate on that task with the head's rows")
+    _add_threads(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("tasks", help="draw N-way tasks (seeded) and print their ids and classes")
+    _add_data(p)
+    p.add_argument("--n-way", type=int, default=5)
+    p.add_argument("--count", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tasks)
+
+    data = sub.add_parser("data", help="download or describe datasets").add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = data.add_parser("download", help="download and verify CIFAR-100 (needs internet)")
+    p.add_argument("name", choices=["cifar100"])
+    p.add_argument("--data", help="where to put it")
+    p.set_defaults(func=cmd_data_download)
+    p = data.add_parser("info", help="class count, split sizes and class names of a dataset")
+    _add_data(p)
+    p.set_defaults(func=cmd_data_info)
+
+    zoo = sub.add_parser("zoo", help="build and inspect a zoo of pruned models").add_subparsers(dest="zoo_command", required=True, metavar="ACTION")
+    p = zoo.add_parser("build", help="prune T sampled tasks with IFP into a zoo (parallel, resumable)")
+    _add_data(p)
+    p.add_argument("--zoo", required=True, help="zoo folder (created if new)")
+    p.add_argument("--backbone", help="pre-trained backbone (default: ../shared/pretrained/cifar100_resnet18_w0.5.safetensors)")
+    p.add_argument("--tasks", type=int, default=100, help="number of tasks T (default 100)")
+    p.add_argument("--n-way", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0, help="task sampling seed")
+    p.add_argument("--profile", choices=["paper", "cpu"], default="paper", help="IFP settings: 'paper' (r 0.9, J 1000, batch 128) or 'cpu' (r 0.8, J 200, batch 64)")
+    p.add_argument("--ratio", type=float, help="pruning ratio r (overrides the profile)")
+    p.add_argument("--iterations", type=int, help="IFP iterations J (overrides the profile)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--importance", choices=["activation", "taylor", "random"], default="activation")
+    p.add_argument("--workers", type=int, default=2, help="parallel worker processes (default 2)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local")
+    p.add_argument("--address", help="Ray cluster address (with --executor ray)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_zoo_build)
+    p = zoo.add_parser("ls", help="list a zoo's records")
+    p.add_argument("--zoo", required=True)
+    p.add_argument("--method")
+    p.add_argument("--status", choices=["ok", "failed", "any"], default="any")
+    p.set_defaults(func=cmd_zoo_ls)
+    p = zoo.add_parser("show", help="describe one record: task, costs, kept units per group")
+    p.add_argument("--zoo", required=True)
+    p.add_argument("record", help="record id or task id")
+    p.add_argument("--method")
+    p.set_defaults(func=cmd_zoo_show)
+
+    p = sub.add_parser("demo", help="the main job on its embedded default (see README)")
+    p.add_argument("--data", help="data root (default: $METAVOTE_DATA, then ../shared/data)")
+    p.add_argument("--backbone", help="pre-trained backbone (default: ../shared/pretrained/cifar100_resnet18_w0.5.safetensors)")
+    p.add_argument("--out", default="runs/demo", help="where the demo writes its zoo and results")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MetavoteError as e:
+        print(f"metavote: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("metavote: interrupted (finished work is kept; re-run the same command to resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

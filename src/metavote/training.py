@@ -1,0 +1,211 @@
+"""Training loop, evaluation and cost accounting (FLOPs measured, never estimated by hand).
+
+Every method in metavote reports the same three costs: training FLOPs counted by
+``torch.utils.flop_counter.FlopCounterMode`` on one real step of each architecture it trained,
+wall-clock seconds, and test accuracy.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .data import iterate_eval
+from .errors import ConfigError
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Use ``threads`` intra-op threads (default: ``$METAVOTE_THREADS`` or every core); returns the count."""
+    n = threads or int(os.environ.get("METAVOTE_THREADS", 0)) or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def select_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA when available, else the CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4, nesterov: bool = True) -> torch.optim.SGD:
+    """SGD with (Nesterov) momentum; no weight decay on BatchNorm and bias parameters."""
+    if lr <= 0:
+        raise ConfigError(f"learning rate must be > 0, got {lr}")
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+
+
+def cosine_lr(step: int, total: int, base_lr: float, final_fraction: float = 0.0) -> float:
+    """Cosine annealing from ``base_lr`` at step 0 to ``base_lr * final_fraction`` at ``total``."""
+    t = min(step, total) / max(total, 1)
+    return base_lr * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+# ----------------------------------------------------------------------------- costs
+
+
+def _shape_signature(model: nn.Module) -> tuple:
+    return tuple((k, tuple(p.shape)) for k, p in model.named_parameters())
+
+
+def step_flops(model: nn.Module, batch_size: int = 128, input_size: int = 32, backward: bool = True) -> int:
+    """FLOPs of one training step (forward + backward; forward only with ``backward=False``) of
+    ``model`` at this batch size, counted by ``FlopCounterMode`` on a copy of the model (its
+    BatchNorm statistics are not touched)."""
+    probe = copy.deepcopy(model).train()
+    device = next(probe.parameters()).device
+    x = torch.rand(batch_size, 3, input_size, input_size, device=device)
+    with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(backward):
+        out = probe(x)
+        if backward:
+            out.float().sum().backward()
+    return int(counter.get_total_flops())
+
+
+@dataclass
+class Costs:
+    """Training FLOPs and seconds spent, accumulated over every phase of a method."""
+
+    flops: int = 0
+    seconds: float = 0.0
+    iterations: int = 0
+    _flops_cache: dict = field(default_factory=dict, repr=False)
+
+    def add_steps(self, model: nn.Module, steps: int, batch_size: int, input_size: int = 32, backward: bool = True) -> None:
+        """Count ``steps`` training steps (or forward passes, ``backward=False``) of ``model``'s
+        current shape; FLOPs are measured once per shape and batch size."""
+        if steps <= 0:
+            return
+        key = (_shape_signature(model), batch_size, input_size, backward)
+        if key not in self._flops_cache:
+            self._flops_cache[key] = step_flops(model, batch_size, input_size, backward)
+        self.flops += self._flops_cache[key] * steps
+        if backward:
+            self.iterations += steps
+
+    @property
+    def tflops(self) -> float:
+        return self.flops / 1e12
+
+
+# ----------------------------------------------------------------------------- loops
+
+
+def train_steps(
+    model: nn.Module,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    lr_at: Callable[[int], float] | None = None,
+    start: int = 0,
+    device: torch.device | None = None,
+    progress=None,
+) -> float:
+    """Run ``steps`` SGD steps (cross-entropy) from global step ``start``; returns the mean loss.
+
+    ``lr_at(global_step)`` sets the learning rate before each step; ``progress`` (a tqdm bar)
+    is advanced by one per step. On CUDA the forward pass runs under bf16 autocast.
+    """
+    device = device or next(model.parameters()).device
+    model.train()
+    total, amp = 0.0, device.type == "cuda"
+    for i in range(steps):
+        x, y = next(batches)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if lr_at is not None:
+            set_lr(optimizer, lr_at(start + i))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    return total / max(steps, 1)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = 500) -> torch.Tensor:
+    """Logits of a uint8 HWC image array, in eval mode."""
+    device = next(model.parameters()).device
+    model.eval()
+    outs = [model(x.to(device)).float().cpu() for x, _ in iterate_eval(images, np.zeros(len(images), np.int64), batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int = 500) -> float:
+    """Top-1 accuracy (0..1) of ``model`` on a uint8 image array."""
+    if len(images) == 0:
+        raise ConfigError("cannot evaluate on an empty split")
+    logits = predict(model, images, batch_size)
+    return float((logits.argmax(1) == torch.as_tensor(labels)).float().mean())
+
+
+class Timer:
+    """``with Timer() as t: ...; t.seconds`` — wall time of a block."""
+
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+
+@torch.no_grad()
+def imprint_head(model: nn.Module, images: np.ndarray, labels: np.ndarray, num_classes: int, per_class: int = 100) -> None:
+    """Set ``model.fc`` to class-mean feature imprinting: row c is the normalised mean feature of
+    class c (at most ``per_class`` images each), scaled so logits have the spread of a trained head."""
+    labels = np.asarray(labels)
+    pick = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)])
+    device = next(model.parameters()).device
+    model.eval()
+    feats = torch.cat([model.features(x.to(device)).float() for x, _ in iterate_eval(images[pick], labels[pick])])
+    y = torch.as_tensor(labels[pick], device=device)
+    means = torch.stack([feats[y == c].mean(0) for c in range(num_classes)])
+    scale = 10.0 / feats.norm(dim=1).mean().clamp_min(1e-6)
+    fc = nn.Linear(feats.shape[1], num_classes).to(device)
+    fc.weight.copy_(F.normalize(means, dim=1) * scale)
+    fc.bias.zero_()
+    model.fc = fc
+
+
+@torch.no_grad()
+def latency(model: nn.Module, batch_size: int = 128, input_size: int = 32, repeats: int = 5) -> float:
+    """Median seconds of one eval-mode forward pass of a batch (after one warm-up pass)."""
+    model.eval()
+    x = torch.rand(batch_size, 3, input_size, input_size, device=next(model.parameters()).device)
+    model(x)
+    times = []
+    for _ in range(repeats):
+        with Timer() as t:
+            model(x)
+        times.append(t.seconds)
+    return float(np.median(times))

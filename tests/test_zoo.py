@@ -1,0 +1,220 @@
+"""The zoo store (round trip, refusals, damaged records, atomicity, concurrent writers) and its builder."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metavote.data import Task, load_dataset, sample_tasks, write_npz_dataset
+from metavote.models import cifar_resnet18, load_backbone, replace_head
+from metavote.pruning import PruneResult, SubNetwork, dense_view, extract, tensor_axes, unit_groups
+from metavote.training import Costs
+from metavote.zoo import Zoo, ZooError, build_zoo
+
+from helpers import synthetic_dataset, tiny_backbone_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def backbone_meta(fingerprint: str = "f" * 64) -> dict:
+    return {"fingerprint": fingerprint, "arch": "cifar_resnet18", "width": 0.125, "dataset": "synthetic"}
+
+
+def fake_result(backbone, n_way: int = 3, seed: int = 0) -> PruneResult:
+    """A pruning result without training: a random sub-network of the backbone with a task head."""
+    rng = np.random.default_rng(seed)
+    groups = unit_groups(backbone)
+    subnet = SubNetwork({g.name: rng.choice(g.size, max(1, g.size // 3), replace=False) for g in groups}, {g.name: g.size for g in groups})
+    model = extract(backbone, subnet)
+    replace_head(model, n_way)
+    return PruneResult(model.eval(), subnet, Costs(flops=10**9, seconds=1.5), 0.5 + seed / 100, "ifp", {"ratio": 0.66})
+
+
+def task(i: int) -> Task:
+    return Task("synthetic", (f"c{i}", f"c{i + 1}", f"c{i + 2}"))
+
+
+@pytest.fixture()
+def backbone():
+    torch.manual_seed(0)
+    return cifar_resnet18(width=0.125, num_classes=6).eval()
+
+
+def test_round_trip(tmp_path, backbone):
+    result = fake_result(backbone)
+    with Zoo(tmp_path / "zoo", backbone_meta()) as zoo:
+        record = zoo.add(task(0), result)
+        zoo.add(task(5), fake_result(backbone, seed=1))
+        assert len(zoo) == 2 and [r.task.id for r in zoo] == [task(0).id, task(5).id]
+        got = zoo.get(task(0).id)
+        assert got == record and got.accuracy == pytest.approx(0.5) and got.params == {"ratio": 0.66}
+        model, subnet = zoo.load(got)
+        x = torch.rand(2, 3, 32, 32)
+        with torch.no_grad():
+            assert torch.equal(model(x), result.model(x))
+        assert all(np.array_equal(subnet.kept[k], result.subnet.kept[k]) for k in subnet.kept)
+        expected = dense_view(backbone.state_dict(), result.subnet, result.model.state_dict(), tensor_axes(backbone, unit_groups(backbone)))
+        dense = zoo.dense(got, backbone)
+        assert dense.keys() == expected.keys() and all(torch.equal(dense[k], expected[k]) for k in dense)
+        assert zoo.records(method="mvp") == [] and len(zoo.records(method="ifp")) == 2
+    with Zoo(tmp_path / "zoo") as reopened:  # opening without a backbone reads it as it is
+        assert len(reopened) == 2 and reopened.fingerprint == "f" * 64
+
+
+def test_refuses_another_backbone_and_non_zoos(tmp_path, backbone):
+    Zoo(tmp_path / "zoo", backbone_meta()).close()
+    with pytest.raises(ZooError, match="built from backbone"):
+        Zoo(tmp_path / "zoo", backbone_meta("0" * 64))
+    with pytest.raises(ZooError, match="not a zoo"):
+        Zoo(tmp_path / "nothing-here")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("hello")
+    with pytest.raises(ZooError, match="not a zoo"):
+        Zoo(other, backbone_meta())
+    (other / "index.sqlite").write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(ZooError, match="not a readable zoo index"):
+        Zoo(other)
+
+
+def test_missing_or_damaged_record_files(tmp_path, backbone):
+    with Zoo(tmp_path / "zoo", backbone_meta()) as zoo:
+        a = zoo.add(task(0), fake_result(backbone))
+        b = zoo.add(task(5), fake_result(backbone, seed=1))
+        (zoo.root / "records" / a.file).unlink()
+        with pytest.raises(ZooError, match="missing"):
+            zoo.load(a)
+        with open(zoo.root / "records" / b.file, "ab") as f:
+            f.write(b"\0")
+        with pytest.raises(ZooError, match="checksum"):
+            zoo.load(b)
+        assert not zoo.verify(a) and not zoo.verify(b)
+
+
+def test_crash_while_writing_leaves_the_zoo_intact(tmp_path, backbone, monkeypatch):
+    import metavote.zoo as zoo_module
+
+    with Zoo(tmp_path / "zoo", backbone_meta()) as zoo:
+        zoo.add(task(0), fake_result(backbone))
+
+        def crash(tensors, path, metadata=None):
+            Path(path).write_bytes(b"half a file")
+            raise OSError("disk full")
+
+        monkeypatch.setattr(zoo_module, "save_file", crash)
+        with pytest.raises(OSError):
+            zoo.add(task(5), fake_result(backbone, seed=1))
+        assert [r.task.id for r in zoo] == [task(0).id]
+        assert sorted(p.name for p in (zoo.root / "records").iterdir()) == [f"{task(0).id}.ifp.safetensors"]
+        zoo.load(zoo.get(task(0).id))
+
+
+def _writer(root: str, start: int) -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    backbone = cifar_resnet18(width=0.125, num_classes=6).eval()
+    with Zoo(root, backbone_meta()) as zoo:
+        for i in range(start, start + 4):
+            zoo.add(task(i * 10), fake_result(backbone, seed=i))
+
+
+def test_concurrent_writers(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path / "zoo"), s)) for s in (0, 4, 8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    with Zoo(tmp_path / "zoo") as zoo:
+        records = zoo.records()
+        assert len(records) == 12 and all(zoo.verify(r) for r in records)
+
+
+@pytest.fixture()
+def tiny_setup(tmp_path):
+    """A synthetic dataset folder (npz layout) and a tiny backbone trained on nothing."""
+    dataset = synthetic_dataset(num_classes=6, train_per_class=12, test_per_class=4)
+    folder = write_npz_dataset(dataset, tmp_path / "data")
+    loaded = load_dataset(str(folder))
+    weights = tiny_backbone_file(tmp_path / "backbone.safetensors", loaded)
+    return loaded, folder, weights
+
+
+PARAMS = {"ratio": 0.5, "iterations": 4, "lr": 0.01, "batch_size": 8, "importance_batches": 1}
+
+
+def test_build_resumes_and_records_failures(tmp_path, tiny_setup):
+    dataset, folder, weights = tiny_setup
+    tasks = sample_tasks(dataset, 3, 3, seed=0)
+    report = build_zoo(tmp_path / "zoo", tasks[:2], weights, PARAMS, str(folder), workers=1, progress=False)
+    assert len(report.done) == 2 and not report.failed
+    report = build_zoo(tmp_path / "zoo", tasks, weights, PARAMS, str(folder), workers=1, progress=False)
+    assert len(report.skipped) == 2 and len(report.done) == 1
+    bad = sample_tasks(dataset, 3, 1, seed=7, exclude=tasks)
+    report = build_zoo(tmp_path / "zoo", bad, weights, PARAMS | {"ratio": 1.5}, str(folder), workers=1, progress=False)
+    assert list(report.failed.values())[0].startswith("ConfigError") and "ratio" in list(report.failed.values())[0]
+    with Zoo(tmp_path / "zoo") as zoo:
+        assert len(zoo) == 3
+        failed = zoo.records(status="failed")
+        assert len(failed) == 1 and failed[0].task == bad[0] and "ratio" in failed[0].error
+        _, meta = load_backbone(weights)
+        assert zoo.fingerprint == meta["fingerprint"]
+
+
+def test_build_with_two_worker_processes(tmp_path, tiny_setup):
+    dataset, folder, weights = tiny_setup
+    tasks = sample_tasks(dataset, 3, 2, seed=1)
+    report = build_zoo(tmp_path / "zoo", tasks, weights, PARAMS, str(folder), workers=2, progress=False)
+    assert sorted(report.done) == sorted(f"{t.id}.ifp" for t in tasks)
+    with Zoo(tmp_path / "zoo") as zoo:
+        assert all(zoo.verify(r) for r in zoo.records())
+
+
+def test_build_with_ray(tmp_path, tiny_setup):
+    pytest.importorskip("ray", reason="the Ray executor is an optional extra")
+    dataset, folder, weights = tiny_setup
+    tasks = sample_tasks(dataset, 3, 2, seed=2)
+    report = build_zoo(tmp_path / "zoo", tasks, weights, PARAMS, str(folder), workers=2, executor="ray", progress=False)
+    assert len(report.done) == 2, report.failed
+
+
+def test_killed_build_resumes(tmp_path, tiny_setup):
+    """SIGKILL a CLI build after its first record lands; the re-run keeps it and does the rest."""
+    dataset, folder, weights = tiny_setup
+    zoo_dir = tmp_path / "zoo"
+    cmd = [sys.executable, "-m", "metavote.cli", "zoo", "build", "--zoo", str(zoo_dir), "--dataset", str(folder),
+           "--backbone", str(weights), "--tasks", "5", "--n-way", "3", "--ratio", "0.5", "--iterations", "30",
+           "--batch-size", "8", "--workers", "1", "--quiet"]
+    env = os.environ | {"METAVOTE_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if (zoo_dir / "index.sqlite").exists():
+                with Zoo(zoo_dir) as zoo:
+                    if len(zoo) >= 1:
+                        break
+            if proc.poll() is not None:
+                pytest.fail(f"build ended before it could be killed: {proc.stderr.read().decode()}")
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with Zoo(zoo_dir) as zoo:
+        kept = len(zoo)
+        assert 1 <= kept < 5 and all(zoo.verify(r) for r in zoo.records())
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"skipped {kept} already done" in result.stdout
+    with Zoo(zoo_dir) as zoo:
+        assert len(zoo) == 5
