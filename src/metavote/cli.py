@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, MetavoteError
+from .errors import ConfigError, MetavoteError, one_line
 
 
 class ZooBuildFailed(MetavoteError):
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except MetavoteError as e:
-        print(f"metavote: error: {e}", file=sys.stderr)
+        print(f"metavote: error: {one_line(e, limit=2000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("metavote: interrupted (finished work is kept; re-run the same command to resume)", file=sys.stderr)

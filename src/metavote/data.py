@@ -473,7 +473,9 @@ def sample_tasks(
     if count < 0:
         raise ConfigError(f"count must be >= 0, got {count}")
     excluded = {t.id for t in exclude}
-    possible = math.comb(dataset.num_classes, n_way) - len(excluded)
+    known = set(dataset.classes)
+    same_kind = {t.id for t in exclude if t.dataset == dataset.name and t.n_way == n_way and set(t.classes) <= known}
+    possible = math.comb(dataset.num_classes, n_way) - len(same_kind)
     if count > possible:
         raise TaskError(f"cannot draw {count} distinct {n_way}-way tasks from {dataset.num_classes} classes")
     rng = np.random.default_rng(seed)
@@ -519,18 +521,19 @@ def augment_batch(x: torch.Tensor, aug: Augment, generator: torch.Generator | No
         flip = torch.rand(b, generator=generator) < 0.5
         x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
     if aug.cutout:
-        cy = torch.randint(0, h, (b, 1), generator=generator)
-        cx = torch.randint(0, w, (b, 1), generator=generator)
-        half = aug.cutout // 2
-        inside_y = ((torch.arange(h) - cy).abs() < half + aug.cutout % 2).view(b, 1, h, 1)
-        inside_x = ((torch.arange(w) - cx).abs() < half + aug.cutout % 2).view(b, 1, 1, w)
+        c = aug.cutout  # a c x c square centred anywhere in the image, clipped at the borders
+        cy = torch.randint(0, h, (b, 1), generator=generator) - c // 2
+        cx = torch.randint(0, w, (b, 1), generator=generator) - c // 2
+        dy, dx = torch.arange(h) - cy, torch.arange(w) - cx
+        inside_y = ((dy >= 0) & (dy < c)).view(b, 1, h, 1)
+        inside_x = ((dx >= 0) & (dx < c)).view(b, 1, 1, w)
         x = x.masked_fill(inside_y & inside_x, 0.0)
     return x
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC -> float32 NCHW in [0, 1]."""
-    return images.permute(0, 3, 1, 2).float().div_(255.0)
+    """uint8 NHWC -> contiguous float32 NCHW in [0, 1]."""
+    return images.permute(0, 3, 1, 2).contiguous().float().div_(255.0)
 
 
 class BatchLoader:

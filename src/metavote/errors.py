@@ -29,3 +29,9 @@ class TaskError(MetavoteError, ValueError):
 
 class CheckpointError(MetavoteError):
     """A weights file does not match the architecture (keys or shapes), or is unreadable."""
+
+
+def one_line(error: BaseException | str, limit: int = 300) -> str:
+    """An error message folded onto one line (library messages may span several), cut at ``limit``."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .data import ImageDataset
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, one_line
 from .files import atomic_path, file_digest
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
@@ -128,7 +129,9 @@ class ResNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled penultimate features of RGB images in [0, 1]."""
-        x = (x - self.mean) / self.std
+        # contiguous NCHW: channels-last inputs through pruned (odd) widths corrupt memory in
+        # torch 2.13's CPU convolution backward
+        x = (x.contiguous() - self.mean) / self.std
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)
@@ -190,9 +193,10 @@ def head_rows_for(pretrained_classes: Sequence[str] | None, classes: Sequence[st
 
 
 def save_weights(path: str | os.PathLike, model: nn.Module, metadata: dict | None = None) -> Path:
-    """Write ``model.state_dict()`` as safetensors, atomically; metadata values are JSON-encoded strings."""
+    """Write ``model.state_dict()`` as safetensors, atomically; every metadata value is stored JSON-encoded
+    (so ``"2012"`` comes back a string); values of files written elsewhere that are not JSON load as text."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return Path(path)
@@ -222,8 +226,8 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
                 meta = f.metadata()
             return load_file(str(path)), _decode_meta(meta)
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as e:
-        raise CheckpointError(f"{path} is not a readable weights file ({e})") from e
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, KeyError, IndexError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"{path} is not a readable weights file ({type(e).__name__}: {one_line(e)})") from e
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

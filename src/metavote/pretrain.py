@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import Augment, BatchLoader, ImageDataset, iterate_eval
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, one_line
 from .files import atomic_path
 from .models import ResNet, build_model, save_weights
 from .training import Timer, cosine_lr, evaluate, set_lr, sgd
@@ -184,9 +185,10 @@ def pretrain(
     if resume and ckpt_path.exists():
         try:
             state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        except (RuntimeError, OSError, EOFError) as e:
-            raise CheckpointError(f"resume checkpoint {ckpt_path} is unreadable ({e}); delete it or pass --fresh") from e
-        if state["config"] != cfg_json:
+            saved_config = state["config"]
+        except (RuntimeError, OSError, EOFError, KeyError, IndexError, TypeError, pickle.UnpicklingError) as e:
+            raise CheckpointError(f"resume checkpoint {ckpt_path} is unreadable ({type(e).__name__}: {one_line(e)}); delete it or pass --fresh") from e
+        if saved_config != cfg_json:
             raise CheckpointError(f"resume checkpoint {ckpt_path} was written for a different configuration; pass --fresh to start over")
         net.load_state_dict(state["net"])
         optimizer.load_state_dict(state["optimizer"])

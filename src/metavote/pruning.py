@@ -467,7 +467,7 @@ def _prune_step(model, subnet, groups, criterion, batches, n_batches, widths, co
     """Score, keep the top units per group, physically shrink; importance passes count as costs."""
     scores = criterion(model, groups, (next(batches) for _ in range(n_batches)))
     if not isinstance(criterion, RandomImportance):
-        costs.add_steps(model, n_batches, batch_size, backward=criterion.needs_grad)
+        costs.add_steps(model, n_batches, batch_size, backward=criterion.needs_grad, training=False)
     keep = keep_top(scores, widths)
     small = shrink(model, keep, groups)
     return small, subnet.compose(keep), unit_groups(small)

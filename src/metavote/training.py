@@ -94,16 +94,17 @@ class Costs:
     iterations: int = 0
     _flops_cache: dict = field(default_factory=dict, repr=False)
 
-    def add_steps(self, model: nn.Module, steps: int, batch_size: int, input_size: int = 32, backward: bool = True) -> None:
-        """Count ``steps`` training steps (or forward passes, ``backward=False``) of ``model``'s
-        current shape; FLOPs are measured once per shape and batch size."""
+    def add_steps(self, model: nn.Module, steps: int, batch_size: int, input_size: int = 32, backward: bool = True, training: bool = True) -> None:
+        """Count the FLOPs of ``steps`` passes of ``model``'s current shape, forward + backward (or
+        forward only, ``backward=False``); FLOPs are measured once per shape and batch size. Only
+        ``training`` passes (SGD steps) count as iterations; scoring passes add FLOPs alone."""
         if steps <= 0:
             return
         key = (_shape_signature(model), batch_size, input_size, backward)
         if key not in self._flops_cache:
             self._flops_cache[key] = step_flops(model, batch_size, input_size, backward)
         self.flops += self._flops_cache[key] * steps
-        if backward:
+        if training:
             self.iterations += steps
 
     @property

@@ -17,7 +17,6 @@ import json
 import os
 import sqlite3
 import time
-import traceback
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -32,7 +31,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .data import Task, load_dataset
-from .errors import ConfigError, MetavoteError
+from .errors import ConfigError, MetavoteError, one_line
 from .files import atomic_path, file_digest
 from .models import ResNet, build_model, head_rows_for, load_backbone
 from .pruning import PruneResult, SubNetwork, dense_view, ifp, shrink, tensor_axes, unit_groups
@@ -307,8 +306,7 @@ def run_job(job: Job) -> tuple[str, str | None, float]:
             zoo.add(task, result)
         return record_id(task, "ifp"), None, time.perf_counter() - start
     except Exception as e:  # noqa: BLE001 - a failed task is recorded, the build goes on
-        detail = "".join(traceback.format_exception_only(type(e), e)).strip()
-        return record_id(task, "ifp"), detail, time.perf_counter() - start
+        return record_id(task, "ifp"), f"{type(e).__name__}: {one_line(e)}", time.perf_counter() - start
 
 
 def build_zoo(

@@ -1,0 +1,184 @@
+"""FLOP accounting, evaluation, head imprinting, learning-rate schedule and optimiser groups."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import metavote.training as mvtraining
+from helpers import class_colours, synthetic_dataset
+from metavote.errors import ConfigError
+from metavote.models import cifar_resnet18, replace_head
+from metavote.training import Costs, cosine_lr, evaluate, imprint_head, predict, sgd, step_flops
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    torch.manual_seed(0)
+    return cifar_resnet18(width=0.125, num_classes=6), cifar_resnet18(width=0.25, num_classes=6)
+
+
+def test_step_flops_backward_and_width(tiny_models):
+    small, wide = tiny_models
+    forward = step_flops(small, batch_size=2, backward=False)
+    train = step_flops(small, batch_size=2)
+    assert forward > 0
+    assert 2.5 <= train / forward <= 3.5
+    assert 3.0 <= step_flops(wide, batch_size=2) / train <= 5.0
+    # linear in the batch size
+    assert step_flops(small, batch_size=4, backward=False) == 2 * forward
+
+
+def test_step_flops_does_not_touch_the_model(tiny_models):
+    small, _ = tiny_models
+    small.eval()
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    step_flops(small, batch_size=2)
+    assert not small.training
+    assert all(torch.equal(before[k], v) for k, v in small.state_dict().items())
+    assert all(p.grad is None for p in small.parameters())
+
+
+def test_costs_add_steps_accumulates_and_measures_each_shape_once(tiny_models, monkeypatch):
+    small, _ = tiny_models
+    calls = []
+    real = mvtraining.step_flops
+
+    def counting(model, batch_size=128, input_size=32, backward=True):
+        calls.append((batch_size, backward))
+        return real(model, batch_size, input_size, backward)
+
+    monkeypatch.setattr(mvtraining, "step_flops", counting)
+    per_step = real(small, 2)
+    costs = Costs()
+    costs.add_steps(small, 3, 2)
+    costs.add_steps(small, 4, 2)
+    assert costs.flops == 7 * per_step and costs.iterations == 7 and len(calls) == 1
+    costs.add_steps(small, 0, 2)
+    assert costs.flops == 7 * per_step and len(calls) == 1
+    costs.add_steps(small, 5, 2, backward=False, training=False)  # scoring passes: FLOPs but no iterations
+    assert costs.iterations == 7 and len(calls) == 2
+    assert costs.flops == 7 * per_step + 5 * real(small, 2, backward=False)
+    # another shape (a 3-way head) is measured again, once
+    model = cifar_resnet18(width=0.125, num_classes=6)
+    replace_head(model, 3)
+    costs.add_steps(model, 1, 2)
+    costs.add_steps(model, 1, 2)
+    assert len(calls) == 3
+    assert costs.tflops == costs.flops / 1e12
+
+
+class LabelReader(nn.Module):
+    """Returns one-hot logits of the label written into each image's first pixel (plus ``shift``)."""
+
+    def __init__(self, num_classes: int, shift: int = 0) -> None:
+        super().__init__()
+        self.num_classes, self.shift = num_classes, shift
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        label = (x[:, 0, 0, 0] * 255).round().long()
+        return F.one_hot((label + self.shift) % self.num_classes, self.num_classes).float() + 0 * self.dummy
+
+
+def _labelled_images(n=23, k=5, seed=0):
+    y = np.random.default_rng(seed).integers(0, k, n)
+    x = np.zeros((n, 32, 32, 3), np.uint8)
+    x[:, 0, 0, 0] = y
+    return x, y
+
+
+def test_evaluate_one_hot_of_true_labels_is_perfect():
+    x, y = _labelled_images()
+    assert evaluate(LabelReader(5), x, y, batch_size=4) == 1.0  # several batches, order kept
+    assert evaluate(LabelReader(5, shift=1), x, y, batch_size=4) == 0.0
+    wrong = y.copy()
+    wrong[:5] = (wrong[:5] + 1) % 5
+    assert evaluate(LabelReader(5), x, wrong) == pytest.approx(18 / 23)
+    assert predict(LabelReader(5), x, batch_size=7).shape == (23, 5)
+    with pytest.raises(ConfigError):
+        evaluate(LabelReader(5), x[:0], y[:0])
+
+
+class ColourFeatures(nn.Module):
+    """A backbone whose features separate the synthetic classes: RBF similarities of the image's
+    mean colour to each class colour, mixed by a fixed random matrix (so they are not one-hot)."""
+
+    def __init__(self, num_classes: int, seed: int = 0) -> None:
+        super().__init__()
+        self.register_buffer("colours", torch.tensor(class_colours(num_classes), dtype=torch.float32) / 255)
+        self.register_buffer("mix", torch.randn(num_classes, 16, generator=torch.Generator().manual_seed(seed)))
+        self.fc = nn.Linear(16, num_classes)
+
+    def features(self, x):
+        d = torch.cdist(x.mean((2, 3)), self.colours)
+        return torch.exp(-(d / 0.1) ** 2) @ self.mix
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+def test_imprint_head_on_separating_features():
+    ds = synthetic_dataset()
+    torch.manual_seed(0)
+    model = ColourFeatures(ds.num_classes)
+    assert evaluate(model, ds.test_images, ds.test_labels) < 0.5  # the random head knows nothing
+    imprint_head(model, ds.train_images, ds.train_labels, ds.num_classes, per_class=5)
+    assert isinstance(model.fc, nn.Linear) and model.fc.out_features == ds.num_classes
+    assert torch.count_nonzero(model.fc.bias) == 0
+    assert evaluate(model, ds.test_images, ds.test_labels) >= 0.95
+    # rows are normalised class means, in label order
+    norms = model.fc.weight.norm(dim=1)
+    torch.testing.assert_close(norms, norms[:1].expand_as(norms))
+    mixed = F.normalize(model.mix, dim=1)
+    cos = F.normalize(model.fc.weight, dim=1) @ mixed.T
+    assert torch.equal(cos.argmax(1), torch.arange(ds.num_classes))
+
+
+def test_imprint_head_on_a_resnet_changes_only_the_head():
+    ds = synthetic_dataset(num_classes=3, train_per_class=4, test_per_class=2)
+    torch.manual_seed(0)
+    model = cifar_resnet18(width=0.125, num_classes=10)
+    body = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    imprint_head(model, ds.train_images, ds.train_labels, 3)
+    assert model.fc.weight.shape == (3, model.num_features)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in body.items())  # eval mode: BN stats kept
+
+
+def test_cosine_lr_endpoints():
+    assert cosine_lr(0, 100, 0.4) == pytest.approx(0.4)
+    assert cosine_lr(100, 100, 0.4) == pytest.approx(0.0, abs=1e-12)
+    assert cosine_lr(250, 100, 0.4) == pytest.approx(0.0, abs=1e-12)  # clamped after the end
+    assert cosine_lr(50, 100, 0.4) == pytest.approx(0.2)
+    assert cosine_lr(100, 100, 0.4, final_fraction=0.1) == pytest.approx(0.04)
+    assert cosine_lr(0, 100, 0.4, final_fraction=0.1) == pytest.approx(0.4)
+    lrs = [cosine_lr(s, 10, 1.0) for s in range(11)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))  # strictly decreasing
+    assert cosine_lr(25, 100, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_sgd_has_no_weight_decay_on_1d_params():
+    model = cifar_resnet18(width=0.125, num_classes=4)
+    opt = sgd(model, 0.1, weight_decay=0.01)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert any(p is model.fc.bias for p in no_decay["params"]) and any(p is model.bn1.weight for p in no_decay["params"])
+    assert any(p is model.fc.weight for p in decay["params"])
+    assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
+    # behaviour: with zero gradients only the >1-d parameters shrink
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    w, b = model.fc.weight.detach().clone(), model.bn1.weight.detach().clone()
+    opt.step()
+    torch.testing.assert_close(model.fc.weight.detach(), w * (1 - 0.1 * 0.01 * 1.9))  # Nesterov: g + 0.9 g
+    assert torch.equal(model.bn1.weight.detach(), b)
+    with pytest.raises(ConfigError):
+        sgd(model, 0.0)
+    assert not sgd(model, 0.1, momentum=0.0).defaults["nesterov"]
