@@ -6,6 +6,10 @@ BIN    := $(VENV)/bin
 .PHONY: demo test bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
+	@# WordNet 3.0 for the WordNet similarity: Debian's files (nltk.download('wordnet') is the online alternative)
+	@test -f /usr/share/wordnet/data.noun || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base wordnet-sense-index >/dev/null; } || \
+		echo "note: WordNet not installed (run apt-get install wordnet-base wordnet-sense-index as root); WordNet tests will skip"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev,ray]'

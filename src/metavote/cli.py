@@ -155,6 +155,60 @@ def cmd_zoo_show(args: argparse.Namespace) -> None:
             print(f"  {name:<16} {len(idx):>4}/{subnet.sizes[name]:<4} {' '.join(map(str, idx[:12]))}{' ...' if len(idx) > 12 else ''}")
 
 
+def _zoo_context(args: argparse.Namespace, need_backbone: bool):
+    """The zoo, its dataset and (for the embedding) its backbone."""
+    from .data import load_dataset
+    from .models import load_backbone, locate_backbone
+    from .zoo import Zoo
+
+    zoo = Zoo(args.zoo)
+    dataset = load_dataset(zoo.meta.get("dataset") or "cifar100", args.data)
+    backbone = None
+    if need_backbone:
+        backbone, meta = load_backbone(locate_backbone(args.backbone), dataset=dataset)
+        if meta["fingerprint"] != zoo.fingerprint:
+            raise ConfigError(f"--backbone is not the backbone zoo {args.zoo} was built from")
+    return zoo, dataset, backbone
+
+
+def cmd_similarity(args: argparse.Namespace) -> None:
+    from .similarity import nearest
+    from .study import measure_for
+    from .training import set_threads
+
+    set_threads(args.threads)
+    zoo, dataset, backbone = _zoo_context(args, args.metric == "embedding" or args.preselect is not None)
+    if bool(args.classes) == bool(args.task):
+        raise ConfigError("give the target as --classes a,b,c or as --task ID (a zoo record's task)")
+    task = dataset.task(_csv(args.classes)) if args.classes else zoo.get(args.task, "ifp").task
+    target = dataset.load_task(task)
+    measure = measure_for(args.metric, args.rule, backbone, dataset)
+    pre = measure_for("embedding", backbone=backbone, dataset=dataset) if args.preselect is not None else None
+    ranked = nearest(zoo, target, args.k, measure, pre, args.preselect or 20)
+    print(f"{args.k} nearest zoo tasks to {task} by {args.metric}" + (f" (pre-selected top {args.preselect} by embedding)" if pre else ""))
+    for rank, (record, score) in enumerate(ranked, 1):
+        print(f"{rank:>3}  {record.record_id:<20} {score:>8.4f}  {', '.join(record.task.classes)}")
+
+
+def cmd_study_overlap(args: argparse.Namespace) -> None:
+    from .study import measure_for, overlap_study, similarity_matrix, write_overlap
+    from .training import set_threads
+
+    set_threads(args.threads)
+    zoo, dataset, backbone = _zoo_context(args, args.metric == "embedding")
+    records = zoo.records(method="ifp")
+    measure = measure_for(args.metric, args.rule, backbone, dataset)
+    sim = similarity_matrix(zoo, records, dataset, measure, progress=not args.quiet)
+    name = args.metric if args.metric != "wordnet" or args.rule == "best_match" else f"wordnet-{args.rule}"
+    result = overlap_study(zoo, dataset, sim, name, args.groups, records)
+    files = write_overlap(result, args.out)
+    print(f"overlap study of {result.targets} tasks by {name}: mean over layers of IoU(group 1) - IoU(group {args.groups}) = {result.gap.mean():.3f}")
+    print("  layer            " + "  ".join(f"g{g + 1:<5}" for g in range(args.groups)) + "  chance  gap")
+    for l, layer in enumerate(result.layers):
+        print(f"  {layer:<16} " + "  ".join(f"{result.iou[g, l]:.3f} " for g in range(args.groups)) + f"  {result.chance[l]:.3f}  {result.gap[l]:+.3f}")
+    print("wrote " + ", ".join(map(str, files)))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .experiments import demo
 
@@ -241,6 +295,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("record", help="record id or task id")
     p.add_argument("--method")
     p.set_defaults(func=cmd_zoo_show)
+
+    p = sub.add_parser("similarity", help="the k nearest zoo tasks to a task, with their scores")
+    p.add_argument("--zoo", required=True)
+    p.add_argument("--data", help="data root (default: $METAVOTE_DATA, then ../shared/data)")
+    p.add_argument("--classes", help="the target task's classes, comma-separated")
+    p.add_argument("--task", help="or the task id of a zoo record")
+    p.add_argument("--k", type=int, default=3)
+    p.add_argument("--metric", choices=["leep", "wordnet", "embedding"], default="leep")
+    p.add_argument("--rule", choices=["best_match", "mean_pairs"], default="best_match", help="WordNet aggregation rule")
+    p.add_argument("--preselect", type=int, help="score only the top N candidates of the cheap embedding (fast for large zoos)")
+    p.add_argument("--backbone", help="the zoo's backbone (needed by the embedding)")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_similarity)
+
+    study = sub.add_parser("study", help="studies of a zoo").add_subparsers(dest="study_command", required=True, metavar="STUDY")
+    p = study.add_parser("overlap", help="IoU of kept units per layer by similarity group: CSV + figures")
+    p.add_argument("--zoo", required=True)
+    p.add_argument("--data", help="data root (default: $METAVOTE_DATA, then ../shared/data)")
+    p.add_argument("--metric", choices=["leep", "wordnet", "embedding"], default="leep")
+    p.add_argument("--rule", choices=["best_match", "mean_pairs"], default="best_match", help="WordNet aggregation rule")
+    p.add_argument("--groups", type=int, default=5)
+    p.add_argument("--out", default="runs/study", help="folder for the CSV and PNG files")
+    p.add_argument("--backbone", help="the zoo's backbone (needed by the embedding)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_study_overlap)
 
     p = sub.add_parser("demo", help="the main job on its embedded default (see README)")
     p.add_argument("--data", help="data root (default: $METAVOTE_DATA, then ../shared/data)")

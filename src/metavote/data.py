@@ -234,9 +234,12 @@ def _cifar_dir(root: Path) -> Path | None:
 
 
 def _is_image_folder(path: Path) -> bool:
-    return path.is_dir() and any(
-        d.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()) for d in path.iterdir()
-    ) or (path / "train").is_dir()
+    """A folder with a ``train/`` split, or with at least one ``<class>/`` folder holding images."""
+    if not path.is_dir():
+        return False
+    if (path / "train").is_dir():
+        return True
+    return any(d.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()) for d in path.iterdir())
 
 
 def load_dataset(name: str = "cifar100", data: str | os.PathLike | None = None, **folder_options) -> ImageDataset:
