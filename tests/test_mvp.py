@@ -1,0 +1,85 @@
+"""Meta-Vote Pruning: votes, sampling from softmax(v / tau), neighbour averaging, end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from metavote.errors import ConfigError
+from metavote.models import cifar_resnet18, load_backbone
+from metavote.mvp import average_neighbours, mvp, sample_by_votes, vote_counts
+from metavote.pruning import SubNetwork, extract, target_widths, unit_groups
+
+from test_similarity import small_zoo  # noqa: F401 - fixture
+from test_zoo import tiny_setup  # noqa: F401 - fixture
+
+
+def test_vote_counts():
+    sizes = {"a": 5}
+    votes = vote_counts([SubNetwork({"a": [0, 1]}, sizes), SubNetwork({"a": [1, 4]}, sizes), SubNetwork({"a": [1]}, sizes)])
+    assert votes["a"].tolist() == [1, 3, 0, 0, 1]
+    with pytest.raises(ConfigError):
+        vote_counts([])
+
+
+def test_sampling_follows_the_votes():
+    votes = {"a": np.array([3, 3, 3, 0, 0, 0, 0, 0]), "b": np.array([1, 0, 2, 0])}
+    low = sample_by_votes(votes, {"a": 3, "b": 2}, temperature=0.05, seed=1)
+    assert low.kept["a"].tolist() == [0, 1, 2] and low.kept["b"].tolist() == [0, 2]  # majority vote
+    assert sample_by_votes(votes, {"a": 3, "b": 2}, 1.0, seed=5).widths() == {"a": 3, "b": 2}
+    a, b = sample_by_votes(votes, {"a": 3, "b": 2}, 1.0, seed=9), sample_by_votes(votes, {"a": 3, "b": 2}, 1.0, seed=9)
+    assert all(np.array_equal(a.kept[g], b.kept[g]) for g in votes)
+    # a high temperature approaches uniform sampling: every unit is drawn about 3/8 of the time
+    freq = np.zeros(8)
+    for seed in range(2000):
+        freq[sample_by_votes({"a": votes["a"]}, {"a": 3}, 1000.0, seed).kept["a"]] += 1
+    assert np.allclose(freq / 2000, 3 / 8, atol=0.05)
+    # at tau = 1 a unit with 3 votes is e^3 times likelier per draw than one with none
+    freq = np.zeros(8)
+    for seed in range(2000):
+        freq[sample_by_votes({"a": votes["a"]}, {"a": 1}, 1.0, seed).kept["a"]] += 1
+    p = np.exp(votes["a"]) / np.exp(votes["a"]).sum()
+    assert np.allclose(freq / 2000, p, atol=0.03)
+    with pytest.raises(ConfigError, match="temperature"):
+        sample_by_votes(votes, {"a": 3, "b": 2}, 0.0)
+
+
+def test_average_neighbours_averages_only_over_holders():
+    torch.manual_seed(0)
+    backbone = cifar_resnet18(width=0.125, num_classes=4)
+    sizes = {g.name: g.size for g in unit_groups(backbone)}
+    first = SubNetwork({g: np.arange(0, n // 2) for g, n in sizes.items()}, sizes)  # units 0 .. n/2-1
+    second = SubNetwork({g: np.arange(n // 4, 3 * n // 4) for g, n in sizes.items()}, sizes)  # units n/4 .. 3n/4-1
+    neighbours = []
+    for subnet, shift in ((first, 1.0), (second, 3.0)):
+        state = extract(backbone, subnet).state_dict()
+        neighbours.append((subnet, {k: v + shift if v.is_floating_point() else v for k, v in state.items()}))
+    avg = average_neighbours(backbone, neighbours)
+    ref = backbone.state_dict()
+    w, w0 = avg["layer4.0.bn1.weight"], ref["layer4.0.bn1.weight"]  # 64 units: 0-15 first only, 16-31 both, 32-47 second only
+    assert torch.allclose(w[:16], w0[:16] + 1) and torch.allclose(w[16:32], w0[16:32] + 2)
+    assert torch.allclose(w[32:48], w0[32:48] + 3) and torch.equal(w[48:], w0[48:])
+    conv, conv0 = avg["layer4.0.conv2.weight"], ref["layer4.0.conv2.weight"]  # out: layer4 stream, in: layer4.0.conv1
+    assert torch.allclose(conv[20, 20], conv0[20, 20] + 2)  # both neighbours hold (20, 20)
+    assert torch.allclose(conv[10, 40], conv0[10, 40])  # first holds row 10 but not column 40: nobody holds it
+    assert "fc.weight" not in avg
+
+
+def test_mvp_end_to_end(small_zoo):  # noqa: F811 - fixture
+    zoo, dataset, _, tasks = small_zoo
+    target_task = next(t for t in [dataset.task(dataset.classes[i:i + 3]) for i in range(4)] if t not in tasks)
+    data = dataset.load_task(target_task)
+    backbone, _ = load_backbone(zoo.root.parent / "backbone.safetensors")  # written by the tiny_setup fixture
+    result = mvp(backbone, data, zoo, neighbours=2, ratio=0.5, iterations=6, batch_size=8)
+    assert result.subnet.widths() == target_widths(unit_groups(backbone), 0.5)
+    assert len(result.params["neighbours"]) == 2 and target_task.id not in result.params["neighbours"]
+    assert result.params["similarity"] == "leep" and result.params["head"] in ("neighbour rows", "imprinted")
+    skeleton = extract(backbone, result.subnet)
+    assert {k: v.shape for k, v in skeleton.state_dict().items() if not k.startswith("fc.")} == \
+           {k: v.shape for k, v in result.model.state_dict().items() if not k.startswith("fc.")}
+    assert result.model.fc.out_features == 3 and result.costs.iterations == 6 and 0 <= result.accuracy <= 1
+    given = mvp(backbone, data, zoo, neighbours=zoo.records()[:3], ratio=0.5, iterations=2, batch_size=8, head_rows=[0, 1, 2])
+    assert given.params["similarity"] == "given" and given.params["head"] == "pretrained rows"
+    with pytest.raises(ConfigError, match="ratio"):
+        mvp(backbone, data, zoo, neighbours=2, ratio=1.0, iterations=2, batch_size=8)
