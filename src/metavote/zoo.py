@@ -13,6 +13,7 @@ and the task is simply redone. Each row stores the file's SHA-256, checked on lo
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sqlite3
@@ -86,6 +87,7 @@ class Zoo:
 
     def __init__(self, root: str | os.PathLike, backbone_meta: dict | None = None) -> None:
         self.root = Path(root)
+        self._skeletons: dict[tuple, ResNet] = {}
         index = self.root / INDEX
         if not index.exists():
             if backbone_meta is None:
@@ -231,10 +233,13 @@ class Zoo:
         """The record's compact model (with its task head) and its sub-network."""
         tensors = self._tensors(record)
         subnet = SubNetwork.from_tensors(tensors)
-        skeleton = shrink(build_model(self.meta["arch"], self.meta["width"], record.task.n_way), subnet.kept)
         state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        skeleton.load_state_dict(state)
-        return skeleton.eval(), subnet
+        shape = (record.task.n_way, tuple(sorted(subnet.widths().items())))
+        if shape not in self._skeletons:  # building and shrinking a full-size model is the slow part
+            self._skeletons[shape] = shrink(build_model(self.meta["arch"], self.meta["width"], record.task.n_way), subnet.kept)
+        model = copy.deepcopy(self._skeletons[shape])
+        model.load_state_dict(state)
+        return model.eval(), subnet
 
     def dense(self, record: ZooRecord, backbone: ResNet) -> dict[str, torch.Tensor]:
         """The record's weights written into a copy of the backbone's state dict at Omega (body only)."""
