@@ -22,7 +22,7 @@ def demo(
     """Load CIFAR-100 and the pre-trained backbone, build (or reuse) a small zoo with IFP on the
     CPU profile, prune one new task, and print its accuracy, costs, size and speed-up.
 
-    About 5 minutes on 2 CPU cores. Returns the printed figures as a dict.
+    At most about 10 minutes on 2 CPU cores (9.4 min measured while a benchmark shared the cores). Returns the printed figures as a dict.
     """
     set_threads(threads)
     out = Path(out)
