@@ -33,3 +33,15 @@ def save(name: str, rows: list[dict] | dict, table: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
     (RESULTS / f"{name}.md").write_text(f"`{payload['command']}` — {payload['machine']}, {payload['date']}\n\n{table}\n")
     print(table)
+
+
+def zoo_context(zoo_path: str):
+    """CIFAR-100, the default backbone and a zoo's IFP records: the set-up of the zoo benchmarks."""
+    from metavote.data import load_dataset
+    from metavote.models import load_backbone, locate_backbone
+    from metavote.zoo import Zoo
+
+    dataset = load_dataset("cifar100")
+    backbone, _ = load_backbone(locate_backbone(), dataset=dataset)
+    zoo = Zoo(zoo_path)
+    return dataset, backbone, zoo, zoo.records(method="ifp")

@@ -11,13 +11,10 @@ import argparse
 import time
 from pathlib import Path
 
-from metavote.data import load_dataset
-from metavote.models import load_backbone, locate_backbone
 from metavote.study import measure_for, overlap_study, similarity_matrix, write_overlap
 from metavote.training import set_threads
-from metavote.zoo import Zoo
 
-from _common import save
+from _common import save, zoo_context
 
 FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
 
@@ -28,10 +25,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int)
     args = ap.parse_args()
     set_threads(args.threads)
-    dataset = load_dataset("cifar100")
-    backbone, _ = load_backbone(locate_backbone(), dataset=dataset)
-    zoo = Zoo(args.zoo)
-    records = zoo.records(method="ifp")
+    dataset, backbone, zoo, records = zoo_context(args.zoo)
     rows = []
     for metric, rule in (("leep", "best_match"), ("wordnet", "best_match"), ("wordnet", "mean_pairs"), ("embedding", "best_match")):
         name = metric if rule == "best_match" else f"{metric}-{rule}"

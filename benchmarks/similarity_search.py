@@ -15,13 +15,11 @@ import time
 
 import numpy as np
 
-from metavote.data import load_dataset, sample_tasks
-from metavote.models import load_backbone, locate_backbone
+from metavote.data import sample_tasks
 from metavote.similarity import EmbeddingSimilarity, LEEPSimilarity, nearest
 from metavote.training import set_threads
-from metavote.zoo import Zoo
 
-from _common import save
+from _common import save, zoo_context
 
 
 def main() -> None:
@@ -33,10 +31,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int)
     args = ap.parse_args()
     set_threads(args.threads)
-    dataset = load_dataset("cifar100")
-    backbone, _ = load_backbone(locate_backbone(), dataset=dataset)
-    zoo = Zoo(args.zoo)
-    records = zoo.records(method="ifp")
+    dataset, backbone, zoo, records = zoo_context(args.zoo)
     targets = sample_tasks(dataset, 5, args.targets, seed=args.seed, exclude=[r.task for r in records])
     leep, embedding = LEEPSimilarity(), EmbeddingSimilarity(backbone, dataset)
     t0 = time.perf_counter()
