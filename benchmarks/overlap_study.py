@@ -11,7 +11,8 @@ import argparse
 import time
 from pathlib import Path
 
-from metavote.study import measure_for, overlap_study, similarity_matrix, write_overlap
+from metavote.similarity import make_similarity
+from metavote.study import overlap_study, similarity_matrix, write_overlap
 from metavote.training import set_threads
 
 from _common import save, zoo_context
@@ -30,7 +31,7 @@ def main() -> None:
     for metric, rule in (("leep", "best_match"), ("wordnet", "best_match"), ("wordnet", "mean_pairs"), ("embedding", "best_match")):
         name = metric if rule == "best_match" else f"{metric}-{rule}"
         t0 = time.perf_counter()
-        sim = similarity_matrix(zoo, records, dataset, measure_for(metric, rule, backbone, dataset))
+        sim = similarity_matrix(zoo, records, dataset, make_similarity(metric, rule, backbone, dataset))
         result = overlap_study(zoo, dataset, sim, name, 5, records)
         write_overlap(result, FIGURES)
         half = len(result.layers) // 2
@@ -39,7 +40,7 @@ def main() -> None:
                      "iou_group1": float(result.iou[0].mean()), "iou_group5": float(result.iou[-1].mean()),
                      "chance": float(result.chance.mean()), "seconds": time.perf_counter() - t0})
         print(rows[-1], flush=True)
-    table = ("| similarity | tasks | IoU group 1 | IoU group 5 | chance | gap (mean over layers) | gap, first 6 layers | gap, last 6 layers | seconds |\n"
+    table = ("| similarity | tasks | IoU group 1 | IoU group 5 | chance | gap (mean over layers) | gap, first half of layers | gap, second half | seconds |\n"
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(
                  f"| {r['similarity']} | {r['tasks']} | {r['iou_group1']:.3f} | {r['iou_group5']:.3f} | {r['chance']:.3f} | "
                  f"{r['gap_mean']:.3f} | {r['gap_first_half']:.3f} | {r['gap_second_half']:.3f} | {r['seconds']:.0f} |" for r in rows))

@@ -16,7 +16,7 @@ from metavote.similarity import (
     CIFAR100_SYNSETS,
     Similarity,
     SimilarityError,
-    batched_softmax,
+    softmax_outputs,
     class_synset,
     leep,
     nearest,
@@ -58,18 +58,18 @@ def test_leep_refuses_missing_classes_and_nan():
         leep(torch.tensor([[float("nan"), 1.0], [0.5, 0.5]]), torch.tensor([0, 1]))
 
 
-def test_batched_softmax_equals_one_pass_per_model():
+def test_softmax_outputs_equals_one_pass_per_model():
     torch.manual_seed(0)
     backbone = cifar_resnet18(width=0.125, num_classes=5).eval()
     groups = unit_groups(backbone)
     models = []
-    for seed in range(3):  # same shapes, different Omega: run together under vmap
+    for seed in range(3):  # same shapes, different Omega
         rng = np.random.default_rng(seed)
         subnet = SubNetwork({g.name: rng.choice(g.size, g.size // 2, replace=False) for g in groups}, {g.name: g.size for g in groups})
         models.append(extract(backbone, subnet))
-    models.append(backbone)  # another shape: its own pass
+    models.append(backbone)
     images = np.random.default_rng(0).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
-    for model, probs in zip(models, batched_softmax(models, images, batch_size=3)):
+    for model, probs in zip(models, softmax_outputs(models, images, batch_size=3)):
         assert torch.allclose(probs, predict(model, images).softmax(-1), atol=1e-5)
 
 

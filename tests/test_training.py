@@ -14,7 +14,7 @@ import metavote.training as mvtraining
 from helpers import class_colours, synthetic_dataset
 from metavote.errors import ConfigError
 from metavote.models import cifar_resnet18, replace_head
-from metavote.training import Costs, cosine_lr, evaluate, imprint_head, predict, sgd, step_flops
+from metavote.training import Costs, cosine_lr, evaluate, finetune, imprint_head, predict, recalibrate_bn, sgd, step_flops
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +182,30 @@ def test_sgd_has_no_weight_decay_on_1d_params():
     with pytest.raises(ConfigError):
         sgd(model, 0.0)
     assert not sgd(model, 0.1, momentum=0.0).defaults["nesterov"]
+
+
+def test_recalibrate_bn_re_estimates_statistics_only():
+    torch.manual_seed(0)
+    dataset = synthetic_dataset()
+    data = dataset.load_task(dataset.task(dataset.classes[:3]))
+    model = cifar_resnet18(width=0.125, num_classes=3)
+    model.bn1.running_mean.fill_(5.0)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    costs = Costs()
+    recalibrate_bn(model, data, batches=1, batch_size=8, seed=3, costs=costs)
+    x, _ = next(iter(data.loader(8, seed=3)))  # the same batch
+    with torch.no_grad():
+        h = model.conv1((x - model.mean) / model.std)
+    assert torch.allclose(model.bn1.running_mean, h.mean((0, 2, 3)), atol=1e-4)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    assert model.bn1.momentum == 0.1 and costs.flops > 0 and costs.iterations == 0
+
+
+def test_finetune_counts_its_steps():
+    dataset = synthetic_dataset()
+    data = dataset.load_task(dataset.task(dataset.classes[:3]))
+    model, costs = cifar_resnet18(width=0.125, num_classes=3), Costs()
+    accuracy = finetune(model, data, 3, 0.01, 8, seed=0, costs=costs)
+    assert 0 <= accuracy <= 1 and costs.iterations == 3 and costs.flops == 3 * step_flops(model, 8)
+    with pytest.raises(ConfigError, match="iterations"):
+        finetune(model, data, -1, 0.01, 8)

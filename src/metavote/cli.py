@@ -173,7 +173,7 @@ def _zoo_context(args: argparse.Namespace, need_backbone: bool):
 
 def cmd_similarity(args: argparse.Namespace) -> None:
     from .similarity import nearest
-    from .study import measure_for
+    from .similarity import make_similarity
     from .training import set_threads
 
     set_threads(args.threads)
@@ -182,8 +182,8 @@ def cmd_similarity(args: argparse.Namespace) -> None:
         raise ConfigError("give the target as --classes a,b,c or as --task ID (a zoo record's task)")
     task = dataset.task(_csv(args.classes)) if args.classes else zoo.get(args.task, "ifp").task
     target = dataset.load_task(task)
-    measure = measure_for(args.metric, args.rule, backbone, dataset)
-    pre = measure_for("embedding", backbone=backbone, dataset=dataset) if args.preselect is not None else None
+    measure = make_similarity(args.metric, args.rule, backbone, dataset)
+    pre = make_similarity("embedding", backbone=backbone, dataset=dataset) if args.preselect is not None else None
     ranked = nearest(zoo, target, args.k, measure, pre, args.preselect or 20)
     print(f"{args.k} nearest zoo tasks to {task} by {args.metric}" + (f" (pre-selected top {args.preselect} by embedding)" if pre else ""))
     for rank, (record, score) in enumerate(ranked, 1):
@@ -191,13 +191,14 @@ def cmd_similarity(args: argparse.Namespace) -> None:
 
 
 def cmd_study_overlap(args: argparse.Namespace) -> None:
-    from .study import measure_for, overlap_study, similarity_matrix, write_overlap
+    from .similarity import make_similarity
+    from .study import overlap_study, similarity_matrix, write_overlap
     from .training import set_threads
 
     set_threads(args.threads)
     zoo, dataset, backbone = _zoo_context(args, args.metric == "embedding")
     records = zoo.records(method="ifp")
-    measure = measure_for(args.metric, args.rule, backbone, dataset)
+    measure = make_similarity(args.metric, args.rule, backbone, dataset)
     sim = similarity_matrix(zoo, records, dataset, measure, progress=not args.quiet)
     name = args.metric if args.metric != "wordnet" or args.rule == "best_match" else f"wordnet-{args.rule}"
     result = overlap_study(zoo, dataset, sim, name, args.groups, records)
@@ -207,6 +208,58 @@ def cmd_study_overlap(args: argparse.Namespace) -> None:
     for l, layer in enumerate(result.layers):
         print(f"  {layer:<16} " + "  ".join(f"{result.iou[g, l]:.3f} " for g in range(args.groups)) + f"  {result.chance[l]:.3f}  {result.gap[l]:+.3f}")
     print("wrote " + ", ".join(map(str, files)))
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from .experiments import context, prune
+    from .models import count_parameters
+    from .training import set_threads
+
+    set_threads(args.threads)
+    ctx = context(args.zoo, args.data, args.backbone)
+    classes = _csv(args.classes)
+    task = ctx.dataset.task(classes)
+    same = [r for r in ctx.zoo.records() if r.task.id == task.id]
+    if same:
+        print(f"note: the zoo already holds this task ({', '.join(r.record_id for r in same)}); it is left out of its own neighbours")
+    result, task = prune(ctx, classes, args.method, args.profile, save=not args.no_save, progress=not args.quiet,
+                         ratio=args.ratio, iterations=args.iterations, lr=args.lr, batch_size=args.batch_size,
+                         **({"neighbours": args.neighbours, "similarity": args.similarity, "temperature": args.temperature}
+                            if args.method == "mvp" else {}))
+    print(f"{result.method} on {task}: test accuracy {result.accuracy:.2%}")
+    print(f"  {result.costs.iterations} iterations, {result.costs.tflops:.3f} training TFLOPs, {result.costs.seconds:.1f} s")
+    if result.method == "mvp":
+        print(f"  neighbours ({result.params['similarity']}, {result.params['search_seconds']:.1f} s): " + ", ".join(
+            f"{t} ({s:.3f})" for t, s in zip(result.params["neighbours"], result.params["neighbour_scores"])) + f"; head: {result.params['head']}")
+    print(f"  {count_parameters(result.model):,} parameters, {result.subnet.kept_fraction():.1%} of units kept")
+    if not args.no_save:
+        print(f"  saved to zoo {args.zoo} as {task.id}.{result.method}")
+
+
+def _budget(args: argparse.Namespace) -> dict:
+    return {"ratio": args.ratio, "iterations": args.iterations, "lr": args.lr, "batch_size": args.batch_size}
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .experiments import context, run_bench
+    from .training import set_threads
+
+    set_threads(args.threads)
+    _, table = run_bench(context(args.zoo, args.data, args.backbone), args.profile, args.tasks, args.seed, args.out, not args.quiet,
+                         **_budget(args))
+    print(table)
+    print(f"wrote {Path(args.out) / 'summary.md'}, summary.csv and rows.jsonl")
+
+
+def cmd_ablate(args: argparse.Namespace) -> None:
+    from .experiments import context, run_ablation
+    from .training import set_threads
+
+    set_threads(args.threads)
+    _, table, figure = run_ablation(context(args.zoo, args.data, args.backbone), args.name, args.profile, args.tasks, args.seed,
+                                    args.out, not args.quiet, **_budget(args))
+    print(table)
+    print(f"wrote {figure} and {Path(args.out) / args.name}/summary.md")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -321,6 +374,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_study_overlap)
+
+    def zoo_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--zoo", required=True, help="a zoo built by `metavote zoo build`")
+        p.add_argument("--data", help="data root (default: $METAVOTE_DATA, then ../shared/data)")
+        p.add_argument("--backbone", help="the backbone the zoo was built from (default: the shared one)")
+        p.add_argument("--profile", choices=["paper", "cpu"], default="cpu",
+                       help="budget: 'cpu' (r 0.8, J 20, batch 64; IFP 10x = 200) or 'paper' (r 0.9, J 100, batch 128)")
+        p.add_argument("--ratio", type=float, help="pruning ratio r (overrides the profile)")
+        p.add_argument("--iterations", type=int, help="iterations J (overrides the profile; IFP's upper bound runs 10 J)")
+        p.add_argument("--lr", type=float, help="learning rate (overrides the profile)")
+        p.add_argument("--batch-size", type=int, help="batch size (overrides the profile)")
+        p.add_argument("--threads", type=int)
+        p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("prune", help="prune the backbone for a new task (MVP from the zoo, or IFP / random)")
+    zoo_args(p)
+    p.add_argument("--classes", required=True, help="the task's classes, comma-separated")
+    p.add_argument("--method", choices=["mvp", "ifp", "random"], default="mvp")
+    p.add_argument("--neighbours", type=int, default=3, help="MVP: nearest zoo tasks that vote (default 3)")
+    p.add_argument("--similarity", choices=["leep", "wordnet", "embedding"], default="leep", help="MVP: neighbour search")
+    p.add_argument("--temperature", type=float, default=0.5, help="MVP: softmax temperature tau of the votes (default 0.5)")
+    p.add_argument("--no-save", action="store_true", help="do not add the result to the zoo")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("bench", help="the main table: MVP vs IFP (J, 10J) vs random on test tasks disjoint from the zoo")
+    zoo_args(p)
+    p.add_argument("--tasks", type=int, default=20, help="number of test tasks (default 20)")
+    p.add_argument("--seed", type=int, default=1000, help="test task seed")
+    p.add_argument("--out", default="runs/bench", help="folder for rows.jsonl, summary.md, summary.csv (resumes from it)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("ablate", help="one ablation: table + figure")
+    p.add_argument("name", choices=["iterations", "neighbours", "groups", "task-size"])
+    zoo_args(p)
+    p.add_argument("--tasks", type=int, default=10, help="number of test tasks (default 10)")
+    p.add_argument("--seed", type=int, default=1000, help="test task seed")
+    p.add_argument("--out", default="runs/ablations", help="folder for the figure and <name>/ tables (resumes from it)")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("demo", help="the main job on its embedded default (see README)")
     p.add_argument("--data", help="data root (default: $METAVOTE_DATA, then ../shared/data)")

@@ -1,28 +1,115 @@
-"""End-to-end runs built from the library's pieces: the demo (the README's main job)."""
+"""End-to-end runs built from the library's pieces, each one call of the CLI: ``prune`` (one task
+by one method), ``run_bench`` (the main table), ``run_ablation`` and the ``demo`` (the README's
+main job)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from .data import load_dataset, sample_tasks
+from collections.abc import Sequence
+
+from .bench import (
+    BenchContext, ablate_groups, ablate_iterations, ablate_neighbours, ablate_task_size, bench, bench_profile,
+    main_methods, markdown_table, plot_ablation, summarize, bench_tasks, write_table,
+)
+from .data import Task, load_dataset, sample_tasks
+from .errors import ConfigError
+from .methods import IFP, MVP, RandomPruning
 from .models import count_parameters, head_rows_for, load_backbone, locate_backbone, replace_head
-from .pruning import ifp
+from .pruning import PruneResult
 from .training import evaluate, latency, set_threads
 from .zoo import Zoo, build_zoo, profile
+
+
+def context(zoo_path: str | os.PathLike, data: str | os.PathLike | None = None, backbone: str | os.PathLike | None = None) -> BenchContext:
+    """Open a zoo with its dataset and the backbone it was built from (checked by fingerprint)."""
+    zoo = Zoo(zoo_path)
+    dataset = load_dataset(zoo.meta.get("dataset") or "cifar100", data)
+    model, meta = load_backbone(locate_backbone(backbone), dataset=dataset)
+    if meta["fingerprint"] != zoo.fingerprint:
+        raise ConfigError(f"the backbone is not the one zoo {zoo_path} was built from; pass the right one with --backbone")
+    return BenchContext(model, meta.get("classes"), dataset, zoo)
+
+
+def prune(ctx: BenchContext, classes: Sequence[str], method: str = "mvp", profile_name: str = "cpu", save: bool = True,
+          progress: bool = True, **overrides) -> tuple[PruneResult, Task]:
+    """Prune the backbone for the task of ``classes`` with ``mvp``, ``ifp`` or ``random`` at a bench
+    profile's budget (``overrides``: ratio, iterations, lr, batch_size, neighbours, similarity,
+    temperature). With ``save`` the result joins the zoo as a record of its method."""
+    p = bench_profile(profile_name, **{k: overrides.pop(k, None) for k in ("ratio", "iterations", "lr", "batch_size")})
+    task = ctx.dataset.task(list(classes))
+    if method == "mvp":
+        m = MVP(p["ratio"], p["iterations"], p["lr"], p["batch_size"], dataset=ctx.dataset, **{k: v for k, v in overrides.items() if v is not None})
+    elif method == "ifp":
+        m = IFP(p["ratio"], p["iterations"], p["ifp_lr"], p["batch_size"])
+    elif method == "random":
+        m = RandomPruning(p["ratio"], p["iterations"], p["lr"], p["batch_size"])
+    else:
+        raise ConfigError(f"unknown method {method!r}; choose mvp, ifp or random")
+    result = m.run(ctx.backbone, ctx.dataset.load_task(task), ctx.zoo, head_rows_for(ctx.classes, task.classes), progress=progress)
+    if save:
+        ctx.zoo.add(task, result)
+    return result, task
+
+
+def run_bench(ctx: BenchContext, profile_name: str = "cpu", tasks: int = 20, seed: int = 1000, out: str | os.PathLike = "runs/bench",
+              progress: bool = True, **overrides) -> tuple[list[dict], str]:
+    """The main table: MVP at J, IFP at J and 10·J, random at J on ``tasks`` seeded test tasks
+    disjoint from the zoo's. Writes rows.jsonl, summary.md and summary.csv to ``out``; resumable.
+    ``overrides`` (ratio, iterations, lr, batch_size, ifp_lr) change the profile's budget."""
+    p = bench_profile(profile_name, **overrides)
+    test = bench_tasks(ctx.dataset, ctx.zoo, tasks, seed=seed)
+    rows = bench(ctx, main_methods(p, ctx.dataset), test, out, progress)
+    summary = summarize(rows)
+    title = (f"{len(test)} test tasks (5-way, seed {seed}, disjoint from the zoo's {len(ctx.zoo.records(method='ifp'))}), "
+             f"profile {profile_name}: r={p['ratio']}, batch {p['batch_size']}")
+    write_table(summary, out, title)
+    return rows, f"{title}\n\n{markdown_table(summary)}"
+
+
+ABLATIONS = ("iterations", "neighbours", "groups", "task-size")
+
+
+def run_ablation(ctx: BenchContext, name: str, profile_name: str = "cpu", tasks: int = 10, seed: int = 1000,
+                 out: str | os.PathLike = "runs/ablations", progress: bool = True, **overrides) -> tuple[list[dict], str, Path]:
+    """One ablation on ``tasks`` seeded test tasks: rows (``<out>/<name>/rows.jsonl``), a summary
+    table per variant and one figure (``<out>/<name>.png``)."""
+    p = bench_profile(profile_name, **overrides)
+    folder = Path(out) / name
+    test = bench_tasks(ctx.dataset, ctx.zoo, tasks, seed=seed)
+    if name == "iterations":
+        rows = ablate_iterations(ctx, test, p, out=folder, progress=progress)
+        fig = plot_ablation(rows, Path(out) / f"{name}.png", "Accuracy against fine-tuning iterations", "iterations J", logx=True)
+    elif name == "neighbours":
+        rows = ablate_neighbours(ctx, test, p, out=folder, progress=progress)
+        fig = plot_ablation(rows, Path(out) / f"{name}.png", f"MVP (J={p['iterations']}) against the number of neighbours", "neighbours N")
+    elif name == "groups":
+        rows = ablate_groups(ctx, test, p, out=folder, progress=progress)
+        fig = plot_ablation(rows, Path(out) / f"{name}.png", f"MVP (J={p['iterations']}) with neighbours from one similarity group",
+                            "similarity group (1 = most similar)", bars=True)
+    elif name == "task-size":
+        rows = ablate_task_size(ctx, profile_name, tasks, seed=seed, out=folder, progress=progress, **overrides)
+        fig = plot_ablation(rows, Path(out) / f"{name}.png", "Task size: MVP against IFP", "N-way", bars=True)
+    else:
+        raise ConfigError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
+    summary = summarize(rows)
+    write_table(summary, folder, f"ablation {name}, profile {profile_name}, {len(test)} tasks (seed {seed})")
+    return rows, markdown_table(summary), fig
 
 
 def demo(
     data: str | os.PathLike | None = None,
     backbone: str | os.PathLike | None = None,
     out: str | os.PathLike = "runs/demo",
-    zoo_tasks: int = 4,
+    zoo_tasks: int = 6,
     threads: int | None = None,
 ) -> dict:
-    """Load CIFAR-100 and the pre-trained backbone, build (or reuse) a small zoo with IFP on the
-    CPU profile, prune one new task, and print its accuracy, costs, size and speed-up.
+    """The whole path on the CPU profile: load CIFAR-100 and the pre-trained backbone, build (or
+    reuse) a small zoo with IFP, MVP-prune a new task from its 3 nearest zoo tasks, and compare it
+    with random pruning and IFP at the same iterations and with IFP at 10x the iterations.
 
-    At most about 10 minutes on 2 CPU cores (9.4 min measured while a benchmark shared the cores). Returns the printed figures as a dict.
+    Returns the printed figures as a dict.
     """
     set_threads(threads)
     out = Path(out)
@@ -37,26 +124,37 @@ def demo(
     zoo_tasks_, target = tasks[:-1], tasks[-1]
     print(f"\n[1/2] zoo of {len(zoo_tasks_)} tasks in {out / 'zoo'} (IFP, CPU profile {params})")
     report = build_zoo(out / "zoo", zoo_tasks_, path, params, "cifar100", data, workers=2)
-    with Zoo(out / "zoo") as zoo:
-        for r in zoo.records():
-            print(f"  {r.record_id}  {r.accuracy:.2%}  {', '.join(r.task.classes)}")
+    zoo = Zoo(out / "zoo")
+    for r in zoo.records(method="ifp"):
+        print(f"  {r.record_id}  {r.accuracy:.2%}  {', '.join(r.task.classes)}")
     print(f"  built {len(report.done)}, reused {len(report.skipped)}, failed {len(report.failed)}")
 
-    print(f"\n[2/2] pruning a new task: {target}")
+    p = bench_profile("cpu")
+    j = p["iterations"]
+    print(f"\n[2/2] pruning a new task at r={p['ratio']}: {target}")
     task_data = dataset.load_task(target)
     rows = head_rows_for(meta["classes"], target.classes)
     dense = replace_head(load_backbone(path, dataset=dataset)[0], target.n_way, rows)
     dense_acc = evaluate(dense, task_data.test_images, task_data.test_labels)
-    result = ifp(model, task_data, head_rows=rows, progress=True, **params)
-    speedup = latency(dense) / latency(result.model)
+    print(f"  dense backbone with the task's head rows: {dense_acc:.2%} ({count_parameters(dense):,} parameters)")
+    results = {}
+    for method in main_methods(p, dataset):
+        result = method.run(model, task_data, zoo, rows, progress=True)
+        results[method.label] = result
+        extra = ""
+        if method.name == "MVP":
+            extra = f"; neighbours {', '.join(result.params['neighbours'])} found by LEEP in {result.params['search_seconds']:.1f} s"
+        print(f"  {method.label:<14} {result.accuracy:7.2%}   {result.costs.tflops:7.3f} training TFLOPs   {result.costs.seconds:5.1f} s{extra}")
+    mvp_result = results[main_methods(p)[0].label]
+    upper = results[main_methods(p)[1].label]
+    speedup = latency(dense) / latency(mvp_result.model)
     figures = {
-        "dense_accuracy": dense_acc, "pruned_accuracy": result.accuracy, "tflops": result.costs.tflops,
-        "seconds": result.costs.seconds, "parameters": count_parameters(result.model),
-        "parameter_ratio": count_parameters(dense) / count_parameters(result.model), "speedup": speedup,
+        "dense_accuracy": dense_acc, **{f"{k} accuracy": v.accuracy for k, v in results.items()},
+        **{f"{k} tflops": v.costs.tflops for k, v in results.items()},
+        "parameters": count_parameters(mvp_result.model), "parameter_ratio": count_parameters(dense) / count_parameters(mvp_result.model),
+        "speedup": speedup,
     }
-    print(f"  dense backbone with the task's head rows: {dense_acc:.2%}")
-    print(f"  IFP r={params['ratio']} J={params['iterations']}: {result.accuracy:.2%} in {result.costs.seconds:.0f} s, "
-          f"{result.costs.tflops:.2f} training TFLOPs")
+    print(f"  MVP used {upper.costs.flops / max(mvp_result.costs.flops, 1):.0f}x fewer training FLOPs than IFP at {10 * j} iterations")
     print(f"  pruned model: {figures['parameters']:,} parameters ({figures['parameter_ratio']:.0f}x fewer), "
           f"{speedup:.1f}x faster inference at batch 128")
     return figures

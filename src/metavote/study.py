@@ -21,16 +21,7 @@ from tqdm.auto import tqdm
 
 from .data import ImageDataset
 from .errors import ConfigError
-from .similarity import (
-    EmbeddingSimilarity,
-    LEEPSimilarity,
-    Similarity,
-    SimilarityError,
-    WordNetSimilarity,
-    batched_softmax,
-    leep,
-    target_sample,
-)
+from .similarity import LEEPSimilarity, Similarity, SimilarityError, leep, softmax_outputs, target_sample
 from .zoo import Zoo, ZooRecord
 
 
@@ -71,7 +62,7 @@ def similarity_matrix(zoo: Zoo, records: list[ZooRecord], dataset: ImageDataset,
         for i in tqdm(range(t), desc="LEEP", unit="target", disable=not progress, leave=False):
             data = dataset.load_task(records[i].task)
             images, labels = target_sample(data, measure.per_class)
-            probs = batched_softmax(models, images)
+            probs = softmax_outputs(models, images)
             y = torch.as_tensor(labels)
             for j in range(t):
                 if j != i:
@@ -118,18 +109,6 @@ def overlap_study(zoo: Zoo, dataset: ImageDataset, similarity: np.ndarray, metri
             per_target[i, g] = ious[:, i, members].mean(1)
     chance = np.array([chance_iou(sizes[n], int(round(k))) for n, k in zip(names, kept)])
     return OverlapResult(metric, names, [sizes[n] for n in names], kept.tolist(), per_target.mean(0), per_target.std(0), chance, t)
-
-
-def measure_for(metric: str, rule: str = "best_match", backbone=None, dataset: ImageDataset | None = None) -> Similarity:
-    if metric == "leep":
-        return LEEPSimilarity()
-    if metric == "wordnet":
-        return WordNetSimilarity(rule, dict(zip(dataset.classes, dataset.wnids)) if dataset is not None else None)
-    if metric == "embedding":
-        if backbone is None or dataset is None:
-            raise ConfigError("the embedding similarity needs the backbone and the zoo's dataset")
-        return EmbeddingSimilarity(backbone, dataset)
-    raise ConfigError(f"unknown similarity {metric!r}; choose leep, wordnet or embedding")
 
 
 def write_overlap(result: OverlapResult, out: str | os.PathLike) -> list[Path]:

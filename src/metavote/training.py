@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
 
 from .data import iterate_eval
 from .errors import ConfigError
@@ -148,6 +149,43 @@ def train_steps(
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     return total / max(steps, 1)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, data, batches: int, batch_size: int, seed: int = 0, costs: Costs | None = None) -> None:
+    """Re-estimate every BatchNorm's running statistics on ``batches`` augmented training batches
+    of the task (forward passes only, counted in ``costs``); weights are untouched."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if batches <= 0 or not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    model.train()
+    it = iter(data.loader(batch_size, seed=seed))
+    for _ in range(batches):
+        model(next(it)[0].to(next(model.parameters()).device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    if costs is not None:
+        costs.add_steps(model, batches, batch_size, backward=False, training=False)
+
+
+def finetune(model: nn.Module, data, iterations: int, lr: float, batch_size: int, seed: int | None = None,
+             costs: Costs | None = None, desc: str = "fine-tune", progress: bool = False) -> float:
+    """Fine-tune ``model`` on a task's training data (a :class:`~metavote.data.TaskData`) for
+    ``iterations`` SGD steps with a cosine-annealed ``lr``, count them in ``costs``, and return the
+    test accuracy."""
+    if iterations < 0:
+        raise ConfigError(f"iterations must be >= 0, got {iterations}")
+    batches = iter(data.loader(batch_size, seed=seed))
+    if iterations:
+        with tqdm(total=iterations, desc=desc, unit="it", disable=not progress, leave=False) as bar:
+            train_steps(model, batches, sgd(model, lr), iterations, lambda s: cosine_lr(s, iterations, lr), progress=bar)
+    if costs is not None:
+        costs.add_steps(model, iterations, batch_size)
+    return evaluate(model, data.test_images, data.test_labels)
 
 
 @torch.no_grad()

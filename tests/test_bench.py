@@ -1,0 +1,156 @@
+"""Baselines, the Method interface, the bench harness (rows, resume, tables) and the ablations."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from metavote.baselines import random_pruning, random_subnetwork
+from metavote.bench import (
+    BenchContext, ablate_groups, bench, bench_profile, main_methods, markdown_table, plot_ablation, ranked_pool,
+    ratio_for, summarize, bench_tasks, write_table,
+)
+from metavote.cli import main
+from metavote.errors import ConfigError
+from metavote.methods import IFP, MVP, RandomPruning
+from metavote.models import load_backbone
+from metavote.pruning import target_widths, unit_groups
+from metavote.zoo import Zoo
+
+from test_similarity import small_zoo  # noqa: F401 - fixture
+from test_zoo import tiny_setup  # noqa: F401 - fixture
+
+TINY = {"ratio": 0.5, "iterations": 2, "lr": 0.01, "batch_size": 8, "ifp_lr": 0.01}
+
+
+@pytest.fixture()
+def ctx(small_zoo):  # noqa: F811 - fixture
+    zoo, dataset, _, _ = small_zoo
+    backbone, meta = load_backbone(zoo.root.parent / "backbone.safetensors")
+    return BenchContext(backbone, meta.get("classes"), dataset, zoo)
+
+
+def test_random_subnetwork_is_uniform_at_the_target_widths():
+    from metavote.models import cifar_resnet18
+
+    groups = unit_groups(cifar_resnet18(width=0.125, num_classes=4))
+    a, b = random_subnetwork(groups, 0.75, seed=1), random_subnetwork(groups, 0.75, seed=1)
+    assert a.widths() == target_widths(groups, 0.75)
+    assert all(np.array_equal(a.kept[g], b.kept[g]) for g in a.kept)
+    assert any(not np.array_equal(a.kept[g], random_subnetwork(groups, 0.75, seed=2).kept[g]) for g in a.kept)
+    g = groups[-1]  # every unit is drawn with probability widths/size
+    freq = np.zeros(g.size)
+    for seed in range(400):
+        freq[random_subnetwork(groups, 0.75, seed).kept[g.name]] += 1
+    assert np.allclose(freq / 400, target_widths(groups, 0.75)[g.name] / g.size, atol=0.08)
+
+
+def test_random_pruning_fine_tunes_a_random_subnetwork(ctx):
+    data = ctx.dataset.load_task(bench_tasks(ctx.dataset, ctx.zoo, 1)[0])
+    result = random_pruning(ctx.backbone, data, ratio=0.5, iterations=3, batch_size=8)
+    assert result.method == "random" and result.costs.iterations == 3 and result.costs.flops > 0
+    assert result.subnet.widths() == target_widths(unit_groups(ctx.backbone), 0.5)
+    assert result.model.fc.out_features == data.task.n_way and 0 <= result.accuracy <= 1
+
+
+def test_profiles_and_ratio_mapping():
+    assert bench_profile("cpu", iterations=7)["iterations"] == 7
+    assert bench_profile("cpu", lr=0.5)["ifp_lr"] == 0.5  # --lr sets every method's rate
+    with pytest.raises(ConfigError, match="profile"):
+        bench_profile("gpu")
+    with pytest.raises(ConfigError, match="unknown budget"):
+        bench_profile("cpu", momentum=0.5)
+    assert ratio_for(0.95, "cpu") == 0.9 and ratio_for(0.85, "cpu") == 0.7 and ratio_for(0.9, "cpu") == 0.8
+    assert ratio_for(0.95, "paper") == 0.95
+
+
+def test_main_methods_are_the_papers_comparison():
+    methods = main_methods(bench_profile("cpu"))
+    assert [m.label for m in methods] == ["MVP (J=20)", "IFP (J=200)", "IFP (J=20)", "random (J=20)"]
+    assert isinstance(methods[0], MVP) and isinstance(methods[3], RandomPruning)
+    assert {m.ratio for m in methods} == {0.8} and {m.batch_size for m in methods} == {64}
+
+
+def test_bench_tasks_are_disjoint_from_the_zoo(ctx):
+    tasks = bench_tasks(ctx.dataset, ctx.zoo, 5, seed=3)
+    assert not {t.id for t in tasks} & {r.task.id for r in ctx.zoo.records()}
+    assert tasks == bench_tasks(ctx.dataset, ctx.zoo, 5, seed=3)
+
+
+def test_bench_runs_every_method_and_resumes(ctx, tmp_path, monkeypatch):
+    methods = main_methods(TINY, ctx.dataset)
+    tasks = bench_tasks(ctx.dataset, ctx.zoo, 2)
+    rows = bench(ctx, methods, tasks, tmp_path / "bench", progress=False)
+    assert len(rows) == 8 and {r["method"] for r in rows} == {m.label for m in methods}
+    mvp_rows = [r for r in rows if r["method"].startswith("MVP")]
+    assert all(len(r["neighbours"]) == 3 and r["search_seconds"] > 0 for r in mvp_rows)
+    ifp10 = next(r for r in rows if r["method"] == "IFP (J=20)" and r["task"] == tasks[0].id)
+    assert ifp10["iterations"] == 20 and ifp10["tflops"] > next(r for r in mvp_rows if r["task"] == tasks[0].id)["tflops"]
+    assert len((tmp_path / "bench" / "rows.jsonl").read_text().splitlines()) == 8
+    calls = []
+    monkeypatch.setattr(IFP, "run", lambda *a, **k: calls.append(a))
+    again = bench(ctx, methods, tasks, tmp_path / "bench", progress=False)  # everything is already there
+    assert not calls and again == rows
+    with pytest.raises(ConfigError, match="label"):
+        bench(ctx, [IFP(**{k: v for k, v in TINY.items() if k != "ifp_lr"})] * 2, tasks, progress=False)
+
+
+def test_mvp_method_searches_only_the_ifp_records(ctx):
+    data = ctx.dataset.load_task(bench_tasks(ctx.dataset, ctx.zoo, 1)[0])
+    method = MVP(0.5, 2, 0.01, 8, neighbours=2)
+    first = method.run(ctx.backbone, data, ctx.zoo)
+    ctx.zoo.add(data.task, first)  # the zoo grows; its MVP records are not voted on
+    second = method.run(ctx.backbone, data, ctx.zoo)
+    ifp_ids = {r.task.id for r in ctx.zoo.records(method="ifp")}
+    assert set(second.params["neighbours"]) <= ifp_ids and len(ctx.zoo.records(method="mvp")) == 1
+    with pytest.raises(ConfigError, match="zoo"):
+        method.run(ctx.backbone, data, None)
+    with pytest.raises(ConfigError, match="no records of method taylor"):
+        MVP(0.5, 2, 0.01, 8, zoo_method="taylor").run(ctx.backbone, data, ctx.zoo)
+
+
+def test_summary_table_and_files(tmp_path):
+    rows = [{"task": t, "method": m, "accuracy": a, "tflops": f, "seconds": s, "parameters": 10}
+            for t, m, a, f, s in [("a", "MVP", 0.8, 1.0, 2.0), ("b", "MVP", 0.6, 3.0, 4.0), ("a", "IFP", 0.9, 10.0, 20.0)]]
+    summary = summarize(rows)
+    assert [s["method"] for s in summary] == ["MVP", "IFP"]
+    assert summary[0]["accuracy_mean"] == pytest.approx(0.7) and summary[0]["accuracy_std"] == pytest.approx(0.1)
+    assert summary[0]["tflops"] == pytest.approx(2.0) and summary[1]["tasks"] == 1
+    table = markdown_table(summary)
+    assert "| MVP | 2 | 70.00 ± 10.00 | 2.000 | 3.0 |" in table
+    md, csv_path = write_table(summary, tmp_path, "title")
+    assert md.read_text().startswith("title") and csv_path.read_text().splitlines()[0].startswith("method,tasks,accuracy_mean")
+
+
+def test_group_ablation_takes_neighbours_from_each_group(ctx, tmp_path):
+    tasks = bench_tasks(ctx.dataset, ctx.zoo, 1)
+    rows = ablate_groups(ctx, tasks, TINY, similarities=("leep",), groups=3, neighbours=2, out=tmp_path / "g", progress=False)
+    assert [r["method"] for r in rows] == ["leep group 1", "leep group 2", "leep group 3"]
+    ranked = [r.task.id for r in ranked_pool(ctx, ctx.dataset.load_task(tasks[0]), "leep")]
+    assert rows[0]["neighbours"] == ranked[:2] and rows[2]["neighbours"] == ranked[4:6]  # 6 records: groups of 2
+    figure = plot_ablation(rows, tmp_path / "groups.png", "groups", "group", bars=True)
+    assert figure.stat().st_size > 1000
+    assert [json.loads(line)["method"] for line in (tmp_path / "g" / "rows.jsonl").read_text().splitlines()] == [r["method"] for r in rows]
+
+
+def test_cli_prune_saves_to_the_zoo_and_reports_bad_input(ctx, capsys):
+    zoo = ctx.zoo.root
+    backbone = str(zoo.parent / "backbone.safetensors")
+    data = str(zoo.parent / "data")
+    task = bench_tasks(ctx.dataset, ctx.zoo, 1)[0]
+    common = ["--zoo", str(zoo), "--data", data, "--backbone", backbone, "--classes", ",".join(task.classes), "--quiet"]
+    tiny = ["--ratio", "0.5", "--iterations", "2", "--batch-size", "8"]
+    assert main(["prune", *common, *tiny, "--neighbours", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "mvp on" in out and "neighbours (leep" in out and f"saved to zoo {zoo} as {task.id}.mvp" in out
+    assert Zoo(zoo).get(task.id, "mvp").params["iterations"] == 2
+    assert main(["prune", *common, *tiny, "--neighbours", "2"]) == 0
+    assert "the zoo already holds this task" in capsys.readouterr().out
+    for bad, message in ((["--ratio", "1.5", "--iterations", "2", "--batch-size", "8"], "pruning ratio must be in (0, 1)"),
+                         (["--ratio", "0.5", "--iterations", "2", "--batch-size", "500"], "fewer than one batch of 500"),
+                         ([*tiny, "--neighbours", "50"], "fewer than the 50 neighbours")):
+        assert main(["prune", *common, *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
