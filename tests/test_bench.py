@@ -154,3 +154,16 @@ def test_cli_prune_saves_to_the_zoo_and_reports_bad_input(ctx, capsys):
         assert main(["prune", *common, *bad]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err
+
+
+def test_cli_bench_writes_the_table_and_ablate_checks_the_zoo(ctx, tmp_path, capsys):
+    zoo = ctx.zoo.root
+    common = ["--zoo", str(zoo), "--data", str(zoo.parent / "data"), "--backbone", str(zoo.parent / "backbone.safetensors"), "--quiet",
+              "--ratio", "0.5", "--iterations", "2", "--batch-size", "8", "--tasks", "1"]
+    assert main(["bench", *common, "--out", str(tmp_path / "bench")]) == 0
+    out = capsys.readouterr().out
+    for label in ("MVP (J=2)", "IFP (J=20)", "IFP (J=2)", "random (J=2)"):
+        assert f"| {label} | 1 |" in out
+    assert (tmp_path / "bench" / "summary.csv").exists() and len((tmp_path / "bench" / "rows.jsonl").read_text().splitlines()) == 4
+    assert main(["ablate", "neighbours", *common, "--out", str(tmp_path / "ab")]) == 2
+    assert "the zoo has 6 IFP records; the neighbours ablation needs at least 8" in capsys.readouterr().err

@@ -213,6 +213,9 @@ def ablate_iterations(ctx: BenchContext, tasks: Sequence[Task], profile: dict, i
 def ablate_neighbours(ctx: BenchContext, tasks: Sequence[Task], profile: dict, counts=range(1, 9), out=None, progress=True) -> list[dict]:
     """MVP at J with the 1 … 8 nearest neighbours by LEEP."""
     method = MVP(profile["ratio"], profile["iterations"], profile["lr"], profile["batch_size"])
+    available = len(ctx.zoo.records(method="ifp"))
+    if max(counts) > available:
+        raise ConfigError(f"the zoo has {available} IFP records; the neighbours ablation needs at least {max(counts)}")
 
     def variants(data, task, log):
         ranked = None
