@@ -167,3 +167,18 @@ def test_cli_bench_writes_the_table_and_ablate_checks_the_zoo(ctx, tmp_path, cap
     assert (tmp_path / "bench" / "summary.csv").exists() and len((tmp_path / "bench" / "rows.jsonl").read_text().splitlines()) == 4
     assert main(["ablate", "neighbours", *common, "--out", str(tmp_path / "ab")]) == 2
     assert "the zoo has 6 IFP records; the neighbours ablation needs at least 8" in capsys.readouterr().err
+
+
+def test_unseen_ablation_prunes_tasks_of_a_new_dataset(ctx, tmp_path):
+    from helpers import synthetic_dataset
+    from metavote.bench import ablate_unseen
+    from metavote.data import ImageDataset
+
+    toy = synthetic_dataset(num_classes=4, seed=5)
+    unseen = ImageDataset("unseen", [f"new_{c}" for c in toy.classes], toy.train_images, toy.train_labels, toy.test_images, toy.test_labels)
+    rows = ablate_unseen(ctx, unseen, 1, TINY, out=tmp_path / "u", progress=False)
+    assert [r["method"] for r in rows] == ["MVP (J=2)", "IFP (J=20)", "IFP (J=2)"]
+    assert all(c.startswith("new_") for c in rows[0]["classes"]) and len(rows[0]["classes"]) == 4
+    assert set(rows[0]["neighbours"]) <= {r.task.id for r in ctx.zoo.records()}
+    with pytest.raises(ConfigError, match="shares classes"):
+        ablate_unseen(ctx, ctx.dataset, 1, TINY, progress=False)

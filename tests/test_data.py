@@ -557,3 +557,37 @@ def test_image_dataset_validates_arrays():
         ImageDataset("d", ["a", "b"], x, np.array([0, 2]), x, np.zeros(2, np.int64))
     with pytest.raises(DataError):
         ImageDataset("d", ["a", "b"], x, np.zeros(3, np.int64), x, np.zeros(2, np.int64))
+
+
+def _write_idx(path, array):
+    import gzip
+
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def test_fashion_mnist_converts_to_a_32px_rgb_image_folder(tmp_path):
+    from metavote.data import FASHION_MNIST_CLASSES, convert_fashion_mnist, read_idx
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src"
+    src.mkdir()
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        _write_idx(src / f"{prefix}-images-idx3-ubyte.gz", images)
+        _write_idx(src / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    first = read_idx(src / "train-images-idx3-ubyte.gz")
+    assert first.shape == (40, 28, 28)
+    out = convert_fashion_mnist(tmp_path / "fm", src, train_per_class=3, test_per_class=1)
+    dataset = load_dataset(str(out), cache_dir=tmp_path / "cache")
+    assert dataset.classes == sorted(FASHION_MNIST_CLASSES)
+    assert dataset.train_images.shape == (30, 32, 32, 3) and dataset.test_images.shape == (10, 32, 32, 3)
+    k = dataset.classes.index("t-shirt_top")  # label 0: the first train image is source image 0
+    img = dataset.train_images[np.flatnonzero(dataset.train_labels == k)[0]]
+    assert np.array_equal(img[2:30, 2:30, 0], first[0]) and np.all(img[:2] == 0) and np.array_equal(img[..., 0], img[..., 2])
+    (src / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataNotFoundError, match="dataset-fashion-mnist"):
+        convert_fashion_mnist(tmp_path / "again", src)
+    (tmp_path / "bad.gz").write_bytes(__import__("gzip").compress(b"\x00\x00\x0d\x01\x00\x00\x00\x01x"))
+    with pytest.raises(DataError, match="IDX"):
+        read_idx(tmp_path / "bad.gz")

@@ -266,6 +266,22 @@ def ablate_task_size(ctx: BenchContext, profile_name: str, count: int, sizes=((3
     return rows
 
 
+def ablate_unseen(ctx: BenchContext, target: ImageDataset, count: int, profile: dict, seed: int = 1000, out=None, progress=True) -> list[dict]:
+    """Target tasks from a dataset the backbone and the zoo never saw (5-way, seeded): MVP at J
+    (neighbours from the zoo by LEEP, head by imprinting) against IFP at J and at 10·J."""
+    if set(target.classes) & set(ctx.dataset.classes):
+        raise ConfigError(f"{target.name} shares classes with the zoo's dataset; the unseen ablation needs new classes")
+    tasks = sample_tasks(target, min(5, target.num_classes), count, seed=seed)
+    methods = main_methods(profile)[:3]
+
+    def variants(data, task, log):
+        for m in methods:
+            yield m.label, {"family": m.name, "x": m.iterations}, lambda m=m: m.run(ctx.backbone, data, ctx.zoo, None)
+
+    unseen = BenchContext(ctx.backbone, ctx.classes, target, ctx.zoo)
+    return _ablate(unseen, tasks, variants, out, progress, target.name)
+
+
 def plot_ablation(rows: Sequence[dict], path: str | os.PathLike, title: str, xlabel: str, logx: bool = False, bars: bool = False) -> Path:
     """Accuracy (mean ± std over tasks) against ``x``, one line (or bar set) per ``family``."""
     import matplotlib

@@ -210,6 +210,13 @@ def cmd_study_overlap(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(map(str, files)))
 
 
+def cmd_data_fashion_mnist(args: argparse.Namespace) -> None:
+    from .data import convert_fashion_mnist
+
+    out = convert_fashion_mnist(args.out, args.source, args.train_per_class, args.test_per_class)
+    print(f"wrote {out} (train/ and val/, 10 classes, 32x32 RGB); use it as --target-dataset {out}")
+
+
 def cmd_prune(args: argparse.Namespace) -> None:
     from .experiments import context, prune
     from .models import count_parameters
@@ -257,7 +264,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
     set_threads(args.threads)
     _, table, figure = run_ablation(context(args.zoo, args.data, args.backbone), args.name, args.profile, args.tasks, args.seed,
-                                    args.out, not args.quiet, **_budget(args))
+                                    args.out, not args.quiet, args.target_dataset, **_budget(args))
     print(table)
     print(f"wrote {figure} and {Path(args.out) / args.name}/summary.md")
 
@@ -315,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=["cifar100"])
     p.add_argument("--data", help="where to put it")
     p.set_defaults(func=cmd_data_download)
+    p = data.add_parser("fashion-mnist", help="write Fashion-MNIST (Debian's dataset-fashion-mnist) as a 32x32 RGB image folder")
+    p.add_argument("--out", required=True, help="the image folder to write")
+    p.add_argument("--source", default="/usr/share/datasets/fashion-mnist", help="folder of the four IDX .gz files")
+    p.add_argument("--train-per-class", type=int, default=500)
+    p.add_argument("--test-per-class", type=int, default=100)
+    p.set_defaults(func=cmd_data_fashion_mnist)
     p = data.add_parser("info", help="class count, split sizes and class names of a dataset")
     _add_data(p)
     p.set_defaults(func=cmd_data_info)
@@ -406,8 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("ablate", help="one ablation: table + figure")
-    p.add_argument("name", choices=["iterations", "neighbours", "groups", "task-size"])
+    p.add_argument("name", choices=["iterations", "neighbours", "groups", "task-size", "unseen"])
     zoo_args(p)
+    p.add_argument("--target-dataset", help="unseen: an image folder of new classes (see `metavote data fashion-mnist`)")
     p.add_argument("--tasks", type=int, default=10, help="number of test tasks (default 10)")
     p.add_argument("--seed", type=int, default=1000, help="test task seed")
     p.add_argument("--out", default="runs/ablations", help="folder for the figure and <name>/ tables (resumes from it)")

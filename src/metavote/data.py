@@ -602,3 +602,50 @@ def write_npz_dataset(dataset: ImageDataset, root: str | os.PathLike) -> Path:
     with atomic_path(root / "classes.json") as tmp:
         tmp.write_text(json.dumps(dataset.classes))
     return root
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST (an unseen dataset)
+
+FASHION_MNIST_CLASSES = ("t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """An IDX file (the MNIST format, optionally gzipped) as a numpy array."""
+    import gzip
+
+    path = Path(path)
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != math.prod(shape):
+        raise DataError(f"{path}: header says {shape} but holds {data.size} values")
+    return data.reshape(shape)
+
+
+def convert_fashion_mnist(out: str | os.PathLike, source: str | os.PathLike = DEBIAN_FASHION_MNIST,
+                          train_per_class: int = 500, test_per_class: int = 100) -> Path:
+    """Write Fashion-MNIST as a 32x32 RGB image folder ``out/{train,val}/<class>/<n>.png`` (28x28
+    grey, zero-padded by 2 pixels, replicated to 3 channels), keeping the first ``train_per_class``
+    and ``test_per_class`` images of each class (CIFAR-100's 500 / 100 by default)."""
+    from PIL import Image
+
+    source, out = Path(source), Path(out)
+    files = {split: [source / f"{prefix}-{kind}-idx{dim}-ubyte.gz" for kind, dim in (("images", 3), ("labels", 1))]
+             for split, prefix in (("train", "train"), ("val", "t10k"))}
+    missing = [str(f) for fs in files.values() for f in fs if not f.exists()]
+    if missing:
+        raise DataNotFoundError(f"Fashion-MNIST not found ({', '.join(missing)}); on Debian run `apt-get install dataset-fashion-mnist`")
+    for (split, (images_file, labels_file)), limit in zip(files.items(), (train_per_class, test_per_class)):
+        images, labels = read_idx(images_file), read_idx(labels_file)
+        padded = np.repeat(np.pad(images, ((0, 0), (2, 2), (2, 2)))[..., None], 3, axis=-1)
+        for k, name in enumerate(FASHION_MNIST_CLASSES):
+            folder = out / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for n, i in enumerate(np.flatnonzero(labels == k)[:limit]):
+                with atomic_path(folder / f"{n:05d}.png") as tmp:
+                    Image.fromarray(padded[i]).save(tmp, format="PNG")
+    return out

@@ -10,7 +10,7 @@ from pathlib import Path
 from collections.abc import Sequence
 
 from .bench import (
-    BenchContext, ablate_groups, ablate_iterations, ablate_neighbours, ablate_task_size, bench, bench_profile,
+    BenchContext, ablate_groups, ablate_iterations, ablate_neighbours, ablate_task_size, ablate_unseen, bench, bench_profile,
     main_methods, markdown_table, plot_ablation, summarize, bench_tasks, write_table,
 )
 from .data import Task, load_dataset, sample_tasks
@@ -68,13 +68,15 @@ def run_bench(ctx: BenchContext, profile_name: str = "cpu", tasks: int = 20, see
     return rows, f"{title}\n\n{markdown_table(summary)}"
 
 
-ABLATIONS = ("iterations", "neighbours", "groups", "task-size")
+ABLATIONS = ("iterations", "neighbours", "groups", "task-size", "unseen")
 
 
 def run_ablation(ctx: BenchContext, name: str, profile_name: str = "cpu", tasks: int = 10, seed: int = 1000,
-                 out: str | os.PathLike = "runs/ablations", progress: bool = True, **overrides) -> tuple[list[dict], str, Path]:
+                 out: str | os.PathLike = "runs/ablations", progress: bool = True, target_dataset: str | os.PathLike | None = None,
+                 **overrides) -> tuple[list[dict], str, Path]:
     """One ablation on ``tasks`` seeded test tasks: rows (``<out>/<name>/rows.jsonl``), a summary
-    table per variant and one figure (``<out>/<name>.png``)."""
+    table per variant and one figure (``<out>/<name>.png``). ``unseen`` draws its tasks from
+    ``target_dataset`` (an image folder, e.g. from :func:`~metavote.data.convert_fashion_mnist`)."""
     p = bench_profile(profile_name, **overrides)
     folder = Path(out) / name
     test = bench_tasks(ctx.dataset, ctx.zoo, tasks, seed=seed)
@@ -91,6 +93,12 @@ def run_ablation(ctx: BenchContext, name: str, profile_name: str = "cpu", tasks:
     elif name == "task-size":
         rows = ablate_task_size(ctx, profile_name, tasks, seed=seed, out=folder, progress=progress, **overrides)
         fig = plot_ablation(rows, Path(out) / f"{name}.png", "Task size: MVP against IFP", "N-way", bars=True)
+    elif name == "unseen":
+        if target_dataset is None:
+            raise ConfigError("the unseen ablation needs --target-dataset (an image folder, e.g. `metavote data fashion-mnist --out DIR`)")
+        target = load_dataset(str(target_dataset))
+        rows = ablate_unseen(ctx, target, tasks, p, seed=seed, out=folder, progress=progress)
+        fig = plot_ablation(rows, Path(out) / f"{name}.png", f"Unseen dataset ({target.name}): MVP against IFP", "iterations J", bars=True)
     else:
         raise ConfigError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
     summary = summarize(rows)
