@@ -182,3 +182,18 @@ def test_unseen_ablation_prunes_tasks_of_a_new_dataset(ctx, tmp_path):
     assert set(rows[0]["neighbours"]) <= {r.task.id for r in ctx.zoo.records()}
     with pytest.raises(ConfigError, match="shares classes"):
         ablate_unseen(ctx, ctx.dataset, 1, TINY, progress=False)
+
+
+def test_importance_ablation_compares_zoos_of_the_same_tasks(ctx, small_zoo, tmp_path):  # noqa: F811 - fixture
+    from metavote.bench import ablate_importance
+    from metavote.zoo import build_zoo
+
+    zoo, dataset, folder, tasks = small_zoo
+    from test_zoo import PARAMS
+
+    build_zoo(tmp_path / "taylor", tasks[:4], zoo.root.parent / "backbone.safetensors", PARAMS | {"importance": "taylor"}, str(folder),
+              workers=1, progress=False)
+    rows = ablate_importance(ctx, Zoo(tmp_path / "taylor"), bench_tasks(dataset, zoo, 1), TINY, out=tmp_path / "imp", progress=False)
+    assert [r["method"] for r in rows] == ["activation zoo", "taylor zoo"]
+    shared = {t.id for t in tasks[:4]}
+    assert all(set(r["neighbours"]) <= shared and len(r["neighbours"]) == 3 for r in rows)

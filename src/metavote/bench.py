@@ -266,6 +266,32 @@ def ablate_task_size(ctx: BenchContext, profile_name: str, count: int, sizes=((3
     return rows
 
 
+def ablate_importance(ctx: BenchContext, other: Zoo, tasks: Sequence[Task], profile: dict, neighbours: int = 3, out=None,
+                      progress=True) -> list[dict]:
+    """MVP at J with neighbours from two zoos of the same backbone pruned with different importance
+    criteria (e.g. activation and Taylor), each restricted to the tasks both zoos hold."""
+    if other.fingerprint != ctx.zoo.fingerprint:
+        raise ConfigError(f"zoo {other.root} was built from another backbone than zoo {ctx.zoo.root}")
+    common = {r.task.id for r in ctx.zoo.records(method="ifp")} & {r.task.id for r in other.records(method="ifp")}
+    if len(common) < neighbours:
+        raise ConfigError(f"the two zoos share {len(common)} tasks; the importance ablation needs at least {neighbours}")
+    zoos = {}
+    for zoo in (ctx.zoo, other):
+        name = str(zoo.records(method="ifp")[0].params.get("importance", zoo.root.name))
+        zoos[name if name not in zoos else f"{name} ({zoo.root.name})"] = zoo
+    method = MVP(profile["ratio"], profile["iterations"], profile["lr"], profile["batch_size"])
+    leep = make_similarity("leep")
+
+    def variants(data, task, log):
+        for k, (name, zoo) in enumerate(zoos.items()):
+            pool = [r for r in zoo.records(method="ifp") if r.task.id in common]
+            yield (f"{name} zoo", {"family": "MVP", "x": name},
+                   lambda zoo=zoo, pool=pool: method.run(ctx.backbone, data, zoo, ctx.head_rows(task),
+                                                         records=[r for r, _ in nearest(zoo, data, neighbours, leep, records=pool)]))
+
+    return _ablate(ctx, tasks, variants, out, progress, "importance")
+
+
 def ablate_unseen(ctx: BenchContext, target: ImageDataset, count: int, profile: dict, seed: int = 1000, out=None, progress=True) -> list[dict]:
     """Target tasks from a dataset the backbone and the zoo never saw (5-way, seeded): MVP at J
     (neighbours from the zoo by LEEP, head by imprinting) against IFP at J and at 10·J."""

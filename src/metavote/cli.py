@@ -264,7 +264,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
     set_threads(args.threads)
     _, table, figure = run_ablation(context(args.zoo, args.data, args.backbone), args.name, args.profile, args.tasks, args.seed,
-                                    args.out, not args.quiet, args.target_dataset, **_budget(args))
+                                    args.out, not args.quiet, args.target_dataset, args.other_zoo, **_budget(args))
     print(table)
     print(f"wrote {figure} and {Path(args.out) / args.name}/summary.md")
 
@@ -419,9 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("ablate", help="one ablation: table + figure")
-    p.add_argument("name", choices=["iterations", "neighbours", "groups", "task-size", "unseen"])
+    p.add_argument("name", choices=["iterations", "neighbours", "groups", "task-size", "unseen", "importance"])
     zoo_args(p)
     p.add_argument("--target-dataset", help="unseen: an image folder of new classes (see `metavote data fashion-mnist`)")
+    p.add_argument("--other-zoo", help="importance: a second zoo of the same backbone (e.g. `zoo build --importance taylor`)")
     p.add_argument("--tasks", type=int, default=10, help="number of test tasks (default 10)")
     p.add_argument("--seed", type=int, default=1000, help="test task seed")
     p.add_argument("--out", default="runs/ablations", help="folder for the figure and <name>/ tables (resumes from it)")

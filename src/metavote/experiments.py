@@ -10,7 +10,7 @@ from pathlib import Path
 from collections.abc import Sequence
 
 from .bench import (
-    BenchContext, ablate_groups, ablate_iterations, ablate_neighbours, ablate_task_size, ablate_unseen, bench, bench_profile,
+    BenchContext, ablate_groups, ablate_importance, ablate_iterations, ablate_neighbours, ablate_task_size, ablate_unseen, bench, bench_profile,
     main_methods, markdown_table, plot_ablation, summarize, bench_tasks, write_table,
 )
 from .data import Task, load_dataset, sample_tasks
@@ -68,15 +68,16 @@ def run_bench(ctx: BenchContext, profile_name: str = "cpu", tasks: int = 20, see
     return rows, f"{title}\n\n{markdown_table(summary)}"
 
 
-ABLATIONS = ("iterations", "neighbours", "groups", "task-size", "unseen")
+ABLATIONS = ("iterations", "neighbours", "groups", "task-size", "unseen", "importance")
 
 
 def run_ablation(ctx: BenchContext, name: str, profile_name: str = "cpu", tasks: int = 10, seed: int = 1000,
                  out: str | os.PathLike = "runs/ablations", progress: bool = True, target_dataset: str | os.PathLike | None = None,
-                 **overrides) -> tuple[list[dict], str, Path]:
+                 other_zoo: str | os.PathLike | None = None, **overrides) -> tuple[list[dict], str, Path]:
     """One ablation on ``tasks`` seeded test tasks: rows (``<out>/<name>/rows.jsonl``), a summary
     table per variant and one figure (``<out>/<name>.png``). ``unseen`` draws its tasks from
-    ``target_dataset`` (an image folder, e.g. from :func:`~metavote.data.convert_fashion_mnist`)."""
+    ``target_dataset`` (an image folder, e.g. from :func:`~metavote.data.convert_fashion_mnist`);
+    ``importance`` compares MVP from this zoo with MVP from ``other_zoo`` (e.g. a Taylor zoo)."""
     p = bench_profile(profile_name, **overrides)
     folder = Path(out) / name
     test = bench_tasks(ctx.dataset, ctx.zoo, tasks, seed=seed)
@@ -99,6 +100,11 @@ def run_ablation(ctx: BenchContext, name: str, profile_name: str = "cpu", tasks:
         target = load_dataset(str(target_dataset))
         rows = ablate_unseen(ctx, target, tasks, p, seed=seed, out=folder, progress=progress)
         fig = plot_ablation(rows, Path(out) / f"{name}.png", f"Unseen dataset ({target.name}): MVP against IFP", "iterations J", bars=True)
+    elif name == "importance":
+        if other_zoo is None:
+            raise ConfigError("the importance ablation needs --other-zoo (e.g. one built with `zoo build --importance taylor`)")
+        rows = ablate_importance(ctx, Zoo(other_zoo), test, p, out=folder, progress=progress)
+        fig = plot_ablation(rows, Path(out) / f"{name}.png", f"MVP (J={p['iterations']}) from zoos pruned by each importance", "zoo", bars=True)
     else:
         raise ConfigError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
     summary = summarize(rows)
