@@ -329,6 +329,9 @@ def plot_ablation(rows: Sequence[dict], path: str | os.PathLike, title: str, xla
             ax.errorbar(xs, mean, yerr=std, marker="o", capsize=3, label=fam)
     if bars:
         ax.set_xticks(np.arange(len(xs)), [str(x) for x in xs])
+        low = min(100 * (np.mean(a) - np.std(a)) for fam in families for x in xs
+                  if (a := [r["accuracy"] for r in rows if r["family"] == fam and r["x"] == x]))
+        ax.set_ylim(bottom=max(0.0, 10 * np.floor(low / 10) - 10))  # bars of close heights stay readable
     if logx:
         ax.set_xscale("log")
         ax.set_xticks(xs, [str(x) for x in xs])
