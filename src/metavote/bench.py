@@ -259,7 +259,7 @@ def ablate_task_size(ctx: BenchContext, profile_name: str, count: int, sizes=((3
 
         def variants(data, task, log, methods=methods, n_way=n_way, r=r):
             for m in methods:
-                yield f"{n_way}-way r={r:g} {m.label}", {"family": m.name, "x": n_way, "ratio": r}, \
+                yield f"{n_way}-way r={r:g} {m.label}", {"family": m.label, "x": n_way, "ratio": r}, \
                     lambda m=m: m.run(ctx.backbone, data, ctx.zoo, ctx.head_rows(task))
 
         rows += _ablate(ctx, tasks, variants, out, progress, f"{n_way}-way")
