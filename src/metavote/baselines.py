@@ -6,8 +6,6 @@ uniformly at random from the pre-trained model, fine-tuned for the same iteratio
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 
 from .data import TaskData
@@ -42,13 +40,8 @@ def random_pruning(
     costs = Costs()
     with Timer() as timer:
         subnet = random_subnetwork(unit_groups(backbone), ratio, seed)
-        full = copy.deepcopy(backbone)
-        if head_rows is not None:
-            task_head(full, data, head_rows)
-            model = extract(full, subnet)
-        else:  # imprint on the sub-network's own features
-            model = extract(full, subnet)
-            task_head(model, data, None)
+        model = extract(backbone, subnet)  # a compact copy; the head's rows or imprinting use its own features
+        task_head(model, data, head_rows)
         recalibrate_bn(model, data, bn_batches, batch_size, seed, costs)
         accuracy = finetune(model, data, iterations, lr, batch_size, seed, costs, f"random {data.task.id}", progress)
     costs.seconds = timer.seconds

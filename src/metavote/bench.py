@@ -114,24 +114,17 @@ class RowLog:
 
 def bench(ctx: BenchContext, methods: Sequence[Method], tasks: Sequence[Task], out: str | os.PathLike | None = None,
           progress: bool = True) -> list[dict]:
-    """Run every method on every task; returns one row per (task, method), resuming from ``out``."""
+    """Run every method on every task; returns one row per (task, method), resuming from ``out``.
+    Rows carry ``family`` (the method's name) and ``x`` (its iterations) for :func:`plot_ablation`."""
     labels = [m.label for m in methods]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"two methods share a label: {labels}")
-    log = RowLog(out)
-    todo = [(t, m) for t in tasks for m in methods if not log.has(t, m.label)]
-    with tqdm(total=len(todo), desc="bench", unit="run", disable=not progress) as bar:
-        for task in tasks:
-            data = None
-            for method in methods:
-                if log.has(task, method.label):
-                    continue
-                data = data or ctx.dataset.load_task(task)
-                bar.set_postfix_str(f"{method.label} on {task.id}")
-                log.add(_row(task, method.label, method.run(ctx.backbone, data, ctx.zoo, ctx.head_rows(task))))
-                bar.update(1)
-    wanted = {t.id for t in tasks}
-    return [r for r in log.rows if r["task"] in wanted and r["method"] in labels]
+
+    def variants(data, task, log):
+        for m in methods:
+            yield m.label, {"family": m.name, "x": m.iterations}, lambda m=m: m.run(ctx.backbone, data, ctx.zoo, ctx.head_rows(task))
+
+    return [r for r in _ablate(ctx, tasks, variants, out, progress, "bench") if r["method"] in labels]
 
 
 def summarize(rows: Sequence[dict], key: str = "method") -> list[dict]:
@@ -182,7 +175,8 @@ def ranked_pool(ctx: BenchContext, data, similarity: str, zoo_method: str = "ifp
 
 
 def _ablate(ctx: BenchContext, tasks: Sequence[Task], variants: Callable, out, progress: bool, desc: str) -> list[dict]:
-    """Run ``variants(data, task) -> iterable of (label, extra, thunk)`` on each task, logging rows."""
+    """Run ``variants(data, task, log) -> iterable of (label, extra, thunk)`` on each task; a thunk
+    runs only when its (task, label) row is not logged yet, so a stopped run resumes."""
     log = RowLog(out)
     for task in tqdm(tasks, desc=desc, unit="task", disable=not progress):
         data = ctx.dataset.load_task(task)
@@ -283,7 +277,7 @@ def ablate_importance(ctx: BenchContext, other: Zoo, tasks: Sequence[Task], prof
     leep = make_similarity("leep")
 
     def variants(data, task, log):
-        for k, (name, zoo) in enumerate(zoos.items()):
+        for name, zoo in zoos.items():
             pool = [r for r in zoo.records(method="ifp") if r.task.id in common]
             yield (f"{name} zoo", {"family": "MVP", "x": name},
                    lambda zoo=zoo, pool=pool: method.run(ctx.backbone, data, zoo, ctx.head_rows(task),
@@ -298,14 +292,8 @@ def ablate_unseen(ctx: BenchContext, target: ImageDataset, count: int, profile: 
     if set(target.classes) & set(ctx.dataset.classes):
         raise ConfigError(f"{target.name} shares classes with the zoo's dataset; the unseen ablation needs new classes")
     tasks = sample_tasks(target, min(5, target.num_classes), count, seed=seed)
-    methods = main_methods(profile)[:3]
-
-    def variants(data, task, log):
-        for m in methods:
-            yield m.label, {"family": m.name, "x": m.iterations}, lambda m=m: m.run(ctx.backbone, data, ctx.zoo, None)
-
-    unseen = BenchContext(ctx.backbone, ctx.classes, target, ctx.zoo)
-    return _ablate(unseen, tasks, variants, out, progress, target.name)
+    unseen = BenchContext(ctx.backbone, ctx.classes, target, ctx.zoo)  # head_rows: None, the classes are new
+    return bench(unseen, main_methods(profile)[:3], tasks, out, progress)
 
 
 def plot_ablation(rows: Sequence[dict], path: str | os.PathLike, title: str, xlabel: str, logx: bool = False, bars: bool = False) -> Path:

@@ -158,22 +158,18 @@ def cmd_zoo_show(args: argparse.Namespace) -> None:
 def _zoo_context(args: argparse.Namespace, need_backbone: bool):
     """The zoo, its dataset and (for the embedding) its backbone."""
     from .data import load_dataset
-    from .models import load_backbone, locate_backbone
+    from .experiments import context
     from .zoo import Zoo
 
-    zoo = Zoo(args.zoo)
-    dataset = load_dataset(zoo.meta.get("dataset") or "cifar100", args.data)
-    backbone = None
     if need_backbone:
-        backbone, meta = load_backbone(locate_backbone(args.backbone), dataset=dataset)
-        if meta["fingerprint"] != zoo.fingerprint:
-            raise ConfigError(f"--backbone is not the backbone zoo {args.zoo} was built from")
-    return zoo, dataset, backbone
+        ctx = context(args.zoo, args.data, args.backbone)
+        return ctx.zoo, ctx.dataset, ctx.backbone
+    zoo = Zoo(args.zoo)
+    return zoo, load_dataset(zoo.meta.get("dataset") or "cifar100", args.data), None
 
 
 def cmd_similarity(args: argparse.Namespace) -> None:
-    from .similarity import nearest
-    from .similarity import make_similarity
+    from .similarity import make_similarity, nearest
     from .training import set_threads
 
     set_threads(args.threads)
@@ -213,7 +209,8 @@ def cmd_study_overlap(args: argparse.Namespace) -> None:
 def cmd_data_fashion_mnist(args: argparse.Namespace) -> None:
     from .data import convert_fashion_mnist
 
-    out = convert_fashion_mnist(args.out, args.source, args.train_per_class, args.test_per_class)
+    source = {"source": args.source} if args.source else {}
+    out = convert_fashion_mnist(args.out, train_per_class=args.train_per_class, test_per_class=args.test_per_class, **source)
     print(f"wrote {out} (train/ and val/, 10 classes, 32x32 RGB); use it as --target-dataset {out}")
 
 
@@ -324,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_download)
     p = data.add_parser("fashion-mnist", help="write Fashion-MNIST (Debian's dataset-fashion-mnist) as a 32x32 RGB image folder")
     p.add_argument("--out", required=True, help="the image folder to write")
-    p.add_argument("--source", default="/usr/share/datasets/fashion-mnist", help="folder of the four IDX .gz files")
+    p.add_argument("--source", help="folder of the four IDX .gz files (default: Debian's /usr/share/datasets/fashion-mnist)")
     p.add_argument("--train-per-class", type=int, default=500)
     p.add_argument("--test-per-class", type=int, default=100)
     p.set_defaults(func=cmd_data_fashion_mnist)

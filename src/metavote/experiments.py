@@ -4,10 +4,10 @@ main job)."""
 
 from __future__ import annotations
 
+import copy
 import os
-from pathlib import Path
-
 from collections.abc import Sequence
+from pathlib import Path
 
 from .bench import (
     BenchContext, ablate_groups, ablate_importance, ablate_iterations, ablate_neighbours, ablate_task_size, ablate_unseen, bench, bench_profile,
@@ -148,19 +148,19 @@ def demo(
     print(f"\n[2/2] pruning a new task at r={p['ratio']}: {target}")
     task_data = dataset.load_task(target)
     rows = head_rows_for(meta["classes"], target.classes)
-    dense = replace_head(load_backbone(path, dataset=dataset)[0], target.n_way, rows)
+    dense = replace_head(copy.deepcopy(model), target.n_way, rows)
     dense_acc = evaluate(dense, task_data.test_images, task_data.test_labels)
     print(f"  dense backbone with the task's head rows: {dense_acc:.2%} ({count_parameters(dense):,} parameters)")
+    methods = main_methods(p, dataset)  # MVP at J, IFP at 10 J, IFP at J, random at J
     results = {}
-    for method in main_methods(p, dataset):
+    for method in methods:
         result = method.run(model, task_data, zoo, rows, progress=True)
         results[method.label] = result
         extra = ""
         if method.name == "MVP":
             extra = f"; neighbours {', '.join(result.params['neighbours'])} found by LEEP in {result.params['search_seconds']:.1f} s"
         print(f"  {method.label:<14} {result.accuracy:7.2%}   {result.costs.tflops:7.3f} training TFLOPs   {result.costs.seconds:5.1f} s{extra}")
-    mvp_result = results[main_methods(p)[0].label]
-    upper = results[main_methods(p)[1].label]
+    mvp_result, upper = results[methods[0].label], results[methods[1].label]
     speedup = latency(dense) / latency(mvp_result.model)
     figures = {
         "dense_accuracy": dense_acc, **{f"{k} accuracy": v.accuracy for k, v in results.items()},

@@ -9,7 +9,7 @@ head_rows) -> PruneResult``; ``label`` names it in tables. Methods that need no 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from .baselines import random_pruning
 from .data import ImageDataset, TaskData
@@ -34,9 +34,6 @@ class Method:
     @property
     def label(self) -> str:
         return f"{self.name} (J={self.iterations})"
-
-    def params(self) -> dict:
-        return asdict(self)
 
     def run(self, backbone: ResNet, data: TaskData, zoo: Zoo | None = None, head_rows: list[int] | None = None,
             progress: bool = False) -> PruneResult:
@@ -82,9 +79,6 @@ class MVP(Method):
     def __post_init__(self) -> None:
         self._measures: dict = {}  # built once: the embedding caches its class means
 
-    def params(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "dataset"}
-
     def _measure(self, name: str, backbone: ResNet):
         if name not in self._measures:
             if name == "embedding" and self.dataset is None:
@@ -98,8 +92,11 @@ class MVP(Method):
         pool = zoo.records(method=self.zoo_method)
         if not pool:
             raise ConfigError(f"zoo {zoo.root} has no records{f' of method {self.zoo_method}' if self.zoo_method else ''}; build it with `metavote zoo build`")
-        measure = self._measure(self.similarity, backbone)
-        pre = self._measure("embedding", backbone) if self.preselect else None
+        if records is not None:  # neighbours given: no search
+            measure = pre = None
+        else:
+            measure = self._measure(self.similarity, backbone)
+            pre = self._measure("embedding", backbone) if self.preselect else None
         return mvp(backbone, data, zoo, records if records is not None else self.neighbours, measure, pool=pool, preselect=pre,
                    ratio=self.ratio, temperature=self.temperature, iterations=self.iterations, lr=self.lr,
                    batch_size=self.batch_size, head_rows=head_rows, progress=progress)

@@ -127,7 +127,8 @@ def mvp(
     The neighbour search is timed and its forward passes are not counted as training FLOPs.
     """
     seed = data.task.seed if seed is None else seed
-    target_widths(unit_groups(backbone), ratio)  # reject a bad ratio before the search
+    groups = unit_groups(backbone)
+    widths = target_widths(groups, ratio)  # rejects a bad ratio before the search
     costs = Costs()
     with Timer() as search:
         if isinstance(neighbours, int):
@@ -140,12 +141,11 @@ def mvp(
         loaded = [zoo.load(r) for r in records]
     subnets = [s for _, s in loaded]
     states = [m.state_dict() for m, _ in loaded]
-    groups = unit_groups(backbone)
     if {g.name: g.size for g in groups} != subnets[0].sizes:
         raise ConfigError("the zoo's sub-networks do not match this backbone's unit groups")
 
     with Timer() as timer:
-        subnet = sample_by_votes(vote_counts(subnets), target_widths(groups, ratio), temperature, seed)
+        subnet = sample_by_votes(vote_counts(subnets), widths, temperature, seed)
         full = copy.deepcopy(backbone)
         full.load_state_dict(average_neighbours(backbone, list(zip(subnets, states))), strict=False)
         head = "pretrained rows"
