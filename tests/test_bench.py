@@ -197,3 +197,29 @@ def test_importance_ablation_compares_zoos_of_the_same_tasks(ctx, small_zoo, tmp
     assert [r["method"] for r in rows] == ["activation zoo", "taylor zoo"]
     shared = {t.id for t in tasks[:4]}
     assert all(set(r["neighbours"]) <= shared and len(r["neighbours"]) == 3 for r in rows)
+
+
+def test_ssl_rows_from_a_headless_encoder(tmp_path, tiny_setup):  # noqa: F811 - fixture
+    """The -SSL rows: a zoo and the main table from an encoder without a head (as SimSiam writes)."""
+    import torch
+
+    from metavote.data import sample_tasks
+    from metavote.experiments import context, run_bench
+    from metavote.models import cifar_resnet18, save_weights
+    from metavote.zoo import build_zoo
+
+    dataset, folder, _ = tiny_setup
+    torch.manual_seed(0)
+    encoder = save_weights(tmp_path / "ssl.safetensors", cifar_resnet18(width=0.125, num_classes=0),
+                           {"arch": "cifar_resnet18", "width": 0.125, "dataset": dataset.name, "method": "simsiam"})
+    zoo_tasks = sample_tasks(dataset, 3, 4, seed=0)
+    params = {"ratio": 0.5, "iterations": 2, "lr": 0.01, "batch_size": 8, "importance_batches": 1}
+    report = build_zoo(tmp_path / "zoo", zoo_tasks, encoder, params, str(folder), workers=1, progress=False)
+    assert len(report.done) == 4 and not report.failed
+    ctx = context(tmp_path / "zoo", folder, encoder, "cpu")
+    assert ctx.classes is None and ctx.head_rows(zoo_tasks[0]) is None  # no pre-trained head: every head is made for the task
+    rows, table = run_bench(ctx, "cpu", 2, out=tmp_path / "bench", progress=False, **{k: v for k, v in TINY.items() if k != "ifp_lr"})
+    assert len(rows) == 8 and all(0 <= r["accuracy"] <= 1 for r in rows)
+    target = dataset.load_task(next(t for t in sample_tasks(dataset, 3, 10, seed=5) if t not in zoo_tasks))
+    result = MVP(0.5, 2, 0.01, 8).run(ctx.backbone, target, ctx.zoo, ctx.head_rows(target.task))
+    assert result.params["head"] in ("neighbour rows", "imprinted") and result.model.fc.out_features == 3

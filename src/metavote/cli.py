@@ -109,6 +109,7 @@ def cmd_data_info(args: argparse.Namespace) -> None:
 def cmd_zoo_build(args: argparse.Namespace) -> None:
     from .data import load_dataset, sample_tasks
     from .models import locate_backbone
+    from .training import select_device
     from .zoo import build_zoo, profile
 
     params = profile(args.profile, ratio=args.ratio, iterations=args.iterations, lr=args.lr, batch_size=args.batch_size)
@@ -117,7 +118,9 @@ def cmd_zoo_build(args: argparse.Namespace) -> None:
     tasks = sample_tasks(dataset, args.n_way, args.tasks, args.seed)
     backbone = locate_backbone(args.backbone)
     print(f"zoo {args.zoo}: {len(tasks)} {args.n_way}-way tasks of {dataset.name}, IFP {params}, backbone {backbone}")
-    report = build_zoo(args.zoo, tasks, backbone, params, args.dataset, args.data, args.workers, args.executor, args.address, not args.quiet)
+    device = select_device(args.device)
+    workers = args.workers or (2 if device.type == "cpu" else 1)
+    report = build_zoo(args.zoo, tasks, backbone, params, args.dataset, args.data, workers, args.executor, args.address, not args.quiet, device)
     print(f"built {len(report.done)}, skipped {len(report.skipped)} already done, failed {len(report.failed)} in {report.seconds / 60:.1f} min")
     if report.failed:
         raise ZooBuildFailed(f"{len(report.failed)} task(s) failed (see `metavote zoo ls --zoo {args.zoo} --status failed`); re-run to retry them")
@@ -159,12 +162,13 @@ def _zoo_context(args: argparse.Namespace, need_backbone: bool):
     """The zoo, its dataset and (for the embedding) its backbone."""
     from .data import load_dataset
     from .experiments import context
+    from .training import select_device
     from .zoo import Zoo
 
     if need_backbone:
-        ctx = context(args.zoo, args.data, args.backbone)
+        ctx = context(args.zoo, args.data, args.backbone, args.device)
         return ctx.zoo, ctx.dataset, ctx.backbone
-    zoo = Zoo(args.zoo)
+    zoo = Zoo(args.zoo, device=select_device(args.device))
     return zoo, load_dataset(zoo.meta.get("dataset") or "cifar100", args.data), None
 
 
@@ -220,7 +224,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     from .training import set_threads
 
     set_threads(args.threads)
-    ctx = context(args.zoo, args.data, args.backbone)
+    ctx = context(args.zoo, args.data, args.backbone, args.device)
     classes = _csv(args.classes)
     task = ctx.dataset.task(classes)
     same = [r for r in ctx.zoo.records() if r.task.id == task.id]
@@ -249,7 +253,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .training import set_threads
 
     set_threads(args.threads)
-    _, table = run_bench(context(args.zoo, args.data, args.backbone), args.profile, args.tasks, args.seed, args.out, not args.quiet,
+    _, table = run_bench(context(args.zoo, args.data, args.backbone, args.device), args.profile, args.tasks, args.seed, args.out, not args.quiet,
                          **_budget(args))
     print(table)
     print(f"wrote {Path(args.out) / 'summary.md'}, summary.csv and rows.jsonl")
@@ -260,7 +264,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     from .training import set_threads
 
     set_threads(args.threads)
-    _, table, figure = run_ablation(context(args.zoo, args.data, args.backbone), args.name, args.profile, args.tasks, args.seed,
+    _, table, figure = run_ablation(context(args.zoo, args.data, args.backbone, args.device), args.name, args.profile, args.tasks, args.seed,
                                     args.out, not args.quiet, args.target_dataset, args.other_zoo, **_budget(args))
     print(table)
     print(f"wrote {figure} and {Path(args.out) / args.name}/summary.md")
@@ -269,7 +273,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .experiments import demo
 
-    demo(data=args.data, backbone=args.backbone, out=args.out, threads=args.threads)
+    demo(data=args.data, backbone=args.backbone, out=args.out, threads=args.threads, device=args.device)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -343,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--importance", choices=["activation", "taylor", "random"], default="activation")
-    p.add_argument("--workers", type=int, default=2, help="parallel worker processes (default 2)")
+    p.add_argument("--workers", type=int, help="parallel worker processes (default 2 on the CPU, 1 on a GPU)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--executor", choices=["local", "ray"], default="local")
     p.add_argument("--address", help="Ray cluster address (with --executor ray)")
     p.add_argument("--quiet", action="store_true")
@@ -369,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rule", choices=["best_match", "mean_pairs"], default="best_match", help="WordNet aggregation rule")
     p.add_argument("--preselect", type=int, help="score only the top N candidates of the cheap embedding (fast for large zoos)")
     p.add_argument("--backbone", help="the zoo's backbone (needed by the embedding)")
-    p.add_argument("--threads", type=int)
+    _add_threads(p)
     p.set_defaults(func=cmd_similarity)
 
     study = sub.add_parser("study", help="studies of a zoo").add_subparsers(dest="study_command", required=True, metavar="STUDY")
@@ -381,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--groups", type=int, default=5)
     p.add_argument("--out", default="runs/study", help="folder for the CSV and PNG files")
     p.add_argument("--backbone", help="the zoo's backbone (needed by the embedding)")
-    p.add_argument("--threads", type=int)
+    _add_threads(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_study_overlap)
 
@@ -395,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--iterations", type=int, help="iterations J (overrides the profile; IFP's upper bound runs 10 J)")
         p.add_argument("--lr", type=float, help="learning rate (overrides the profile)")
         p.add_argument("--batch-size", type=int, help="batch size (overrides the profile)")
-        p.add_argument("--threads", type=int)
+        _add_threads(p)
         p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("prune", help="prune the backbone for a new task (MVP from the zoo, or IFP / random)")
@@ -429,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data root (default: $METAVOTE_DATA, then ../shared/data)")
     p.add_argument("--backbone", help="pre-trained backbone (default: ../shared/pretrained/cifar100_resnet18_w0.5.safetensors)")
     p.add_argument("--out", default="runs/demo", help="where the demo writes its zoo and results")
-    p.add_argument("--threads", type=int)
+    _add_threads(p)
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -457,13 +457,15 @@ class TaskData:
     test_labels: np.ndarray
     dataset_class_indices: list[int]
 
-    def loader(self, batch_size: int = 128, augment: Augment | None = None, seed: int | None = None) -> BatchLoader:
+    def loader(self, batch_size: int = 128, augment: Augment | None = None, seed: int | None = None,
+               device: str | torch.device | None = None) -> BatchLoader:
         return BatchLoader(
             self.train_images,
             self.train_labels,
             batch_size,
             augment if augment is not None else Augment(),
             self.task.seed if seed is None else seed,
+            device,
         )
 
 
@@ -510,24 +512,28 @@ class Augment:
 
 
 def augment_batch(x: torch.Tensor, aug: Augment, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Augment a float NCHW batch in place of a per-image loop: every op is one tensor op for the batch."""
+    """Augment a float NCHW batch in place of a per-image loop: every op is one tensor op for the batch.
+
+    The random draws come from ``generator`` on the CPU and move to ``x``'s device, so a seed gives
+    the same augmentation on every device."""
     b, c, h, w = x.shape
+    dev = x.device
     if aug.padding:
         p = aug.padding
         padded = F.pad(x, (p, p, p, p), mode="reflect")
-        off = torch.randint(0, 2 * p + 1, (b, 2), generator=generator)
-        rows = (off[:, :1] + torch.arange(h)).view(b, 1, h, 1).expand(b, c, h, w + 2 * p)
+        off = torch.randint(0, 2 * p + 1, (b, 2), generator=generator).to(dev)
+        rows = (off[:, :1] + torch.arange(h, device=dev)).view(b, 1, h, 1).expand(b, c, h, w + 2 * p)
         x = padded.gather(2, rows)
-        cols = (off[:, 1:] + torch.arange(w)).view(b, 1, 1, w).expand(b, c, h, w)
+        cols = (off[:, 1:] + torch.arange(w, device=dev)).view(b, 1, 1, w).expand(b, c, h, w)
         x = x.gather(3, cols)
     if aug.flip:
-        flip = torch.rand(b, generator=generator) < 0.5
+        flip = (torch.rand(b, generator=generator) < 0.5).to(dev)
         x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
     if aug.cutout:
         c = aug.cutout  # a c x c square centred anywhere in the image, clipped at the borders
-        cy = torch.randint(0, h, (b, 1), generator=generator) - c // 2
-        cx = torch.randint(0, w, (b, 1), generator=generator) - c // 2
-        dy, dx = torch.arange(h) - cy, torch.arange(w) - cx
+        cy = (torch.randint(0, h, (b, 1), generator=generator) - c // 2).to(dev)
+        cx = (torch.randint(0, w, (b, 1), generator=generator) - c // 2).to(dev)
+        dy, dx = torch.arange(h, device=dev) - cy, torch.arange(w, device=dev) - cx
         inside_y = ((dy >= 0) & (dy < c)).view(b, 1, h, 1)
         inside_x = ((dx >= 0) & (dx < c)).view(b, 1, 1, w)
         x = x.masked_fill(inside_y & inside_x, 0.0)
@@ -543,7 +549,8 @@ class BatchLoader:
     """Endless shuffled training batches from uint8 arrays, augmented as whole batches.
 
     Iterating yields ``(images float32 NCHW in [0, 1], labels int64)``; every epoch is a new
-    permutation; the sequence is fully determined by ``seed``.
+    permutation; the sequence is fully determined by ``seed``. With a ``device`` (e.g. CUDA) the
+    uint8 images are copied there once and batches are converted and augmented there.
     """
 
     def __init__(
@@ -553,13 +560,15 @@ class BatchLoader:
         batch_size: int = 128,
         augment: Augment = Augment(),
         seed: int = 0,
+        device: str | torch.device | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         if len(images) < batch_size:
             raise ConfigError(f"the training split has {len(images)} images, fewer than one batch of {batch_size}")
-        self.images = torch.as_tensor(images)
-        self.labels = torch.as_tensor(labels, dtype=torch.int64)
+        self.device = torch.device(device or "cpu")
+        self.images = torch.as_tensor(images).to(self.device)
+        self.labels = torch.as_tensor(labels, dtype=torch.int64).to(self.device)
         self.batch_size = batch_size
         self.augment = augment
         self.generator = torch.Generator().manual_seed(seed)
@@ -572,7 +581,7 @@ class BatchLoader:
         """One pass over a fresh permutation."""
         order = torch.randperm(len(self.images), generator=self.generator)
         for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size].to(self.device)
             yield augment_batch(to_float(self.images[idx]), self.augment, self.generator), self.labels[idx]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

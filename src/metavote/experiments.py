@@ -9,6 +9,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from .bench import (
     BenchContext, ablate_groups, ablate_importance, ablate_iterations, ablate_neighbours, ablate_task_size, ablate_unseen, bench, bench_profile,
     main_methods, markdown_table, plot_ablation, summarize, bench_tasks, write_table,
@@ -18,18 +20,21 @@ from .errors import ConfigError
 from .methods import IFP, MVP, RandomPruning
 from .models import count_parameters, head_rows_for, load_backbone, locate_backbone, replace_head
 from .pruning import PruneResult
-from .training import evaluate, latency, set_threads
+from .training import evaluate, latency, select_device, set_threads
 from .zoo import Zoo, build_zoo, profile
 
 
-def context(zoo_path: str | os.PathLike, data: str | os.PathLike | None = None, backbone: str | os.PathLike | None = None) -> BenchContext:
-    """Open a zoo with its dataset and the backbone it was built from (checked by fingerprint)."""
-    zoo = Zoo(zoo_path)
+def context(zoo_path: str | os.PathLike, data: str | os.PathLike | None = None, backbone: str | os.PathLike | None = None,
+            device: str | torch.device | None = None) -> BenchContext:
+    """Open a zoo with its dataset and the backbone it was built from (checked by fingerprint); the
+    backbone and every zoo model it loads go to ``device`` (default: CUDA when available)."""
+    device = select_device(device)
+    zoo = Zoo(zoo_path, device=device)
     dataset = load_dataset(zoo.meta.get("dataset") or "cifar100", data)
     model, meta = load_backbone(locate_backbone(backbone), dataset=dataset)
     if meta["fingerprint"] != zoo.fingerprint:
         raise ConfigError(f"the backbone is not the one zoo {zoo_path} was built from; pass the right one with --backbone")
-    return BenchContext(model, meta.get("classes"), dataset, zoo)
+    return BenchContext(model.to(device), meta.get("classes"), dataset, zoo)
 
 
 def prune(ctx: BenchContext, classes: Sequence[str], method: str = "mvp", profile_name: str = "cpu", save: bool = True,
@@ -103,7 +108,7 @@ def run_ablation(ctx: BenchContext, name: str, profile_name: str = "cpu", tasks:
     elif name == "importance":
         if other_zoo is None:
             raise ConfigError("the importance ablation needs --other-zoo (e.g. one built with `zoo build --importance taylor`)")
-        rows = ablate_importance(ctx, Zoo(other_zoo), test, p, out=folder, progress=progress)
+        rows = ablate_importance(ctx, Zoo(other_zoo, device=ctx.zoo.device), test, p, out=folder, progress=progress)
         fig = plot_ablation(rows, Path(out) / f"{name}.png", f"MVP (J={p['iterations']}) from zoos pruned by each importance", "zoo", bars=True)
     else:
         raise ConfigError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
@@ -118,6 +123,7 @@ def demo(
     out: str | os.PathLike = "runs/demo",
     zoo_tasks: int = 6,
     threads: int | None = None,
+    device: str | torch.device | None = None,
 ) -> dict:
     """The whole path on the CPU profile: load CIFAR-100 and the pre-trained backbone, build (or
     reuse) a small zoo with IFP, MVP-prune a new task from its 3 nearest zoo tasks, and compare it
@@ -126,10 +132,12 @@ def demo(
     the 2 cores. Returns the printed figures as a dict.
     """
     set_threads(threads)
+    device = select_device(device)
     out = Path(out)
     dataset = load_dataset("cifar100", data)
     path = locate_backbone(backbone)
     model, meta = load_backbone(path, dataset=dataset)
+    model.to(device)
     print(f"backbone {path.name}: {meta['arch']} width {meta['width']:g}, {count_parameters(model):,} parameters, "
           f"CIFAR-100 top-1 {meta.get('test_acc', float('nan')):.2%} (from its metadata)")
 
@@ -137,15 +145,15 @@ def demo(
     tasks = sample_tasks(dataset, 5, zoo_tasks + 1, seed=2026)
     zoo_tasks_, target = tasks[:-1], tasks[-1]
     print(f"\n[1/2] zoo of {len(zoo_tasks_)} tasks in {out / 'zoo'} (IFP, CPU profile {params})")
-    report = build_zoo(out / "zoo", zoo_tasks_, path, params, "cifar100", data, workers=2)
-    zoo = Zoo(out / "zoo")
+    report = build_zoo(out / "zoo", zoo_tasks_, path, params, "cifar100", data, workers=2 if device.type == "cpu" else 1, device=device)
+    zoo = Zoo(out / "zoo", device=device)
     for r in zoo.records(method="ifp"):
         print(f"  {r.record_id}  {r.accuracy:.2%}  {', '.join(r.task.classes)}")
     print(f"  built {len(report.done)}, reused {len(report.skipped)}, failed {len(report.failed)}")
 
     p = bench_profile("cpu")
     j = p["iterations"]
-    print(f"\n[2/2] pruning a new task at r={p['ratio']}: {target}")
+    print(f"\n[2/2] pruning a new task at r={p['ratio']} on {device}: {target}")
     task_data = dataset.load_task(target)
     rows = head_rows_for(meta["classes"], target.classes)
     dense = replace_head(copy.deepcopy(model), target.n_way, rows)

@@ -86,8 +86,8 @@ def _neighbour_head(records: Sequence[ZooRecord], states, subnets, classes: Sequ
             if c in r.task.classes:
                 k = r.task.classes.index(c)
                 w = torch.zeros(features)
-                w[torch.as_tensor(subnet.kept[stream.name])] = state["fc.weight"][k]
-                rows.append((w, state["fc.bias"][k]))
+                w[torch.as_tensor(subnet.kept[stream.name])] = state["fc.weight"][k].cpu()
+                rows.append((w, state["fc.bias"][k].cpu()))
         if not rows:
             return None
         weight[c_idx] = torch.stack([w for w, _ in rows]).mean(0)
@@ -152,8 +152,8 @@ def mvp(
         if head_rows is not None and isinstance(full.fc, torch.nn.Linear):
             replace_head(full, data.task.n_way, head_rows)
         else:
-            rows = _neighbour_head(records, states, subnets, data.task.classes, backbone)
-            replace_head(full, data.task.n_way)
+            replace_head(full, data.task.n_way)  # first, so that a headless encoder has a head to number features by
+            rows = _neighbour_head(records, states, subnets, data.task.classes, full)
             if rows is not None:
                 head = "neighbour rows"
                 with torch.no_grad():

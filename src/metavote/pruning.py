@@ -262,9 +262,9 @@ def dense_view(backbone_state: Mapping[str, torch.Tensor], subnet: SubNetwork, c
         for dim, group in axes.get(key, []):
             index[dim] = torch.as_tensor(subnet.kept[group])
         if len([i for i in index if isinstance(i, torch.Tensor)]) == 2:  # conv weight indexed on both axes
-            out[index[0][:, None], index[1][None, :]] = compact_state[key]
+            out[index[0][:, None], index[1][None, :]] = compact_state[key].to(out.device)
         else:
-            out[tuple(index)] = compact_state[key]
+            out[tuple(index)] = compact_state[key].to(out.device)
         dense[key] = out
     return dense
 
@@ -438,9 +438,10 @@ def ifp(
         steps = pruning_schedule({g.name: g.size for g in groups}, target_widths(groups, ratio), step_fraction)
         every = max(1, math.floor(prune_until * iterations / max(len(steps), 1)))
         prune_at = {every * (k + 1): widths for k, widths in enumerate(steps)}
-        loader = data.loader(batch_size)
-        batches = iter(loader)
-        imp_batches = BatchLoader(data.train_images, data.train_labels, min(batch_size, len(data.train_labels)), Augment.none(), data.task.seed + 1)
+        device = next(model.parameters()).device
+        batches = iter(data.loader(batch_size, device=device))
+        imp_batches = BatchLoader(data.train_images, data.train_labels, min(batch_size, len(data.train_labels)), Augment.none(),
+                                  data.task.seed + 1, device)
         imp_iter = iter(imp_batches)
         optimizer = sgd(model, lr)
         bar = tqdm(total=iterations, desc=f"IFP {data.task.id}", unit="it", disable=not progress, leave=False)

@@ -60,9 +60,13 @@ def leep(probs: torch.Tensor, labels: torch.Tensor, num_labels: int | None = Non
 
 @torch.no_grad()
 def softmax_outputs(models: Sequence[nn.Module], images: np.ndarray, batch_size: int = 500) -> list[torch.Tensor]:
-    """Softmax outputs (n, Z_m) of every model on the same uint8 images, converted once."""
-    chunks = [x for x, _ in iterate_eval(images, np.zeros(len(images), np.int64), batch_size)]
-    return [torch.cat([m.eval()(x).float().softmax(-1) for x in chunks]) for m in models]
+    """Softmax outputs (n, Z_m), on the CPU, of every model on the same uint8 images, converted once
+    (and moved once to the models' device: they must share one)."""
+    if not models:
+        return []
+    device = next(models[0].parameters()).device
+    chunks = [x.to(device) for x, _ in iterate_eval(images, np.zeros(len(images), np.int64), batch_size)]
+    return [torch.cat([m.eval()(x).float().softmax(-1) for x in chunks]).cpu() for m in models]
 
 
 def target_sample(target: TaskData, per_class: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -254,7 +258,8 @@ class EmbeddingSimilarity(Similarity):
 
     @torch.no_grad()
     def _class_means(self, images: np.ndarray, labels: np.ndarray, n: int) -> torch.Tensor:
-        feats = torch.cat([self.backbone.features(x) for x, _ in iterate_eval(images, labels)])
+        device = next(self.backbone.parameters()).device
+        feats = torch.cat([self.backbone.features(x.to(device)).float().cpu() for x, _ in iterate_eval(images, labels)])
         y = torch.as_tensor(labels)
         return F.normalize(torch.stack([feats[y == c].mean(0) for c in range(n)]), dim=1)
 

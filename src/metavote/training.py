@@ -163,9 +163,9 @@ def recalibrate_bn(model: nn.Module, data, batches: int, batch_size: int, seed: 
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches
     model.train()
-    it = iter(data.loader(batch_size, seed=seed))
+    it = iter(data.loader(batch_size, seed=seed, device=next(model.parameters()).device))
     for _ in range(batches):
-        model(next(it)[0].to(next(model.parameters()).device))
+        model(next(it)[0])
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     if costs is not None:
@@ -179,7 +179,7 @@ def finetune(model: nn.Module, data, iterations: int, lr: float, batch_size: int
     test accuracy."""
     if iterations < 0:
         raise ConfigError(f"iterations must be >= 0, got {iterations}")
-    batches = iter(data.loader(batch_size, seed=seed))
+    batches = iter(data.loader(batch_size, seed=seed, device=next(model.parameters()).device))
     if iterations:
         with tqdm(total=iterations, desc=desc, unit="it", disable=not progress, leave=False) as bar:
             train_steps(model, batches, sgd(model, lr), iterations, lambda s: cosine_lr(s, iterations, lr), progress=bar)
@@ -240,11 +240,15 @@ def imprint_head(model: nn.Module, images: np.ndarray, labels: np.ndarray, num_c
 def latency(model: nn.Module, batch_size: int = 128, input_size: int = 32, repeats: int = 5) -> float:
     """Median seconds of one eval-mode forward pass of a batch (after one warm-up pass)."""
     model.eval()
-    x = torch.rand(batch_size, 3, input_size, input_size, device=next(model.parameters()).device)
+    device = next(model.parameters()).device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    x = torch.rand(batch_size, 3, input_size, input_size, device=device)
     model(x)
     times = []
     for _ in range(repeats):
+        sync()
         with Timer() as t:
             model(x)
+            sync()
         times.append(t.seconds)
     return float(np.median(times))

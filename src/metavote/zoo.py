@@ -82,11 +82,13 @@ class Zoo:
     """A zoo folder bound to one backbone.
 
     ``Zoo(root, backbone_meta)`` creates the folder if needed and refuses a zoo made from another
-    backbone; ``Zoo(root)`` opens an existing zoo whatever its backbone.
+    backbone; ``Zoo(root)`` opens an existing zoo whatever its backbone. Models it loads are put on
+    ``device`` (default the CPU; :meth:`to` changes it).
     """
 
-    def __init__(self, root: str | os.PathLike, backbone_meta: dict | None = None) -> None:
+    def __init__(self, root: str | os.PathLike, backbone_meta: dict | None = None, device: str | torch.device = "cpu") -> None:
         self.root = Path(root)
+        self.device = torch.device(device)
         self._skeletons: dict[tuple, ResNet] = {}
         index = self.root / INDEX
         if not index.exists():
@@ -125,6 +127,11 @@ class Zoo:
             self._conn.execute("BEGIN IMMEDIATE")
             for k, v in meta.items():
                 self._conn.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (k, json.dumps(v)))
+
+    def to(self, device: str | torch.device) -> Zoo:
+        """Load models onto ``device`` from now on; returns the zoo."""
+        self.device = torch.device(device)
+        return self
 
     @property
     def fingerprint(self) -> str:
@@ -230,7 +237,7 @@ class Zoo:
         return SubNetwork.from_tensors(self._tensors(record))
 
     def load(self, record: ZooRecord) -> tuple[ResNet, SubNetwork]:
-        """The record's compact model (with its task head) and its sub-network."""
+        """The record's compact model (with its task head, on the zoo's device) and its sub-network."""
         tensors = self._tensors(record)
         subnet = SubNetwork.from_tensors(tensors)
         state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -239,7 +246,7 @@ class Zoo:
             self._skeletons[shape] = shrink(build_model(self.meta["arch"], self.meta["width"], record.task.n_way), subnet.kept)
         model = copy.deepcopy(self._skeletons[shape])
         model.load_state_dict(state)
-        return model.eval(), subnet
+        return model.to(self.device).eval(), subnet
 
     def dense(self, record: ZooRecord, backbone: ResNet) -> dict[str, torch.Tensor]:
         """The record's weights written into a copy of the backbone's state dict at Omega (body only)."""
@@ -284,6 +291,7 @@ class Job:
     task: dict
     params: dict
     threads: int
+    device: str = "cpu"
 
 
 _WORKER_CACHE: dict = {}
@@ -298,10 +306,11 @@ def run_job(job: Job) -> tuple[str, str | None, float]:
     task = Task.from_dict(job.task)
     start = time.perf_counter()
     try:
-        key = (job.dataset, job.data, job.backbone)
+        key = (job.dataset, job.data, job.backbone, job.device)
         if _WORKER_CACHE.get("key") != key:
             dataset = load_dataset(job.dataset, job.data)
             backbone, meta = load_backbone(job.backbone, dataset=dataset)
+            backbone.to(job.device)
             _WORKER_CACHE.update(key=key, dataset=dataset, backbone=backbone, meta=meta)
         dataset, backbone, meta = _WORKER_CACHE["dataset"], _WORKER_CACHE["backbone"], _WORKER_CACHE["meta"]
         data = dataset.load_task(task)
@@ -324,12 +333,14 @@ def build_zoo(
     executor: str = "local",
     address: str | None = None,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> BuildReport:
     """Prune every task not yet in the zoo with IFP, in parallel; finished tasks are skipped.
 
     ``executor="local"``: a pool of ``workers`` processes, each with cores/workers torch threads.
     ``executor="ray"``: Ray tasks of one CPU each on a running cluster (``address``) or on a local
-    Ray instance with ``workers`` CPUs. A task that fails is recorded with its error.
+    Ray instance with ``workers`` CPUs. A task that fails is recorded with its error. Workers
+    train on ``device``; on a GPU one worker (``workers=1``, in this process) keeps it busy.
     """
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
@@ -348,7 +359,8 @@ def build_zoo(
             else:
                 todo.append(task)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    jobs = [Job(str(zoo_root), dataset, str(data) if data else None, str(backbone), t.to_dict(), dict(params), threads) for t in todo]
+    jobs = [Job(str(zoo_root), dataset, str(data) if data else None, str(backbone), t.to_dict(), dict(params), threads, str(device))
+            for t in todo]
     start = time.perf_counter()
     bar = tqdm(total=len(tasks), initial=len(report.skipped), desc="zoo build", unit="task", disable=not progress, dynamic_ncols=True)
     results = _run_ray(jobs, workers, address) if executor == "ray" else _run_local(jobs, workers)
