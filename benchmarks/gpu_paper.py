@@ -16,6 +16,7 @@ universe (disjoint from the zoo's tasks) until the budget is spent, writing rows
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import shutil
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # the GPU machine runs from the tree, without an install
 
 from metavote.bench import BenchContext, bench, bench_profile, main_methods, markdown_table, summarize  # noqa: E402
-from metavote.data import load_dataset, sample_tasks, write_npz_dataset  # noqa: E402
+from metavote.data import ImageDataset, load_dataset, sample_tasks, write_npz_dataset  # noqa: E402
 from metavote.models import count_parameters, head_rows_for, load_backbone, locate_backbone, replace_head  # noqa: E402
 from metavote.training import evaluate, latency, select_device, sgd, train_steps  # noqa: E402
 from metavote.zoo import Zoo, build_zoo, profile  # noqa: E402
@@ -45,8 +46,9 @@ def prepare(args) -> None:
     full = load_dataset("cifar100", args.data)
     names = universe(full, args.classes, args.seed)
     keep = np.isin(np.arange(full.num_classes), full.class_indices(names))
-    sub = type(full)(full.name, list(full.classes), full.train_images[keep[full.train_labels]], full.train_labels[keep[full.train_labels]],
-                     full.test_images[keep[full.test_labels]], full.test_labels[keep[full.test_labels]], wnids=full.wnids)
+    train, test = keep[full.train_labels], keep[full.test_labels]  # only these images; all 100 names, so the head rows still apply
+    sub = ImageDataset(full.name, list(full.classes), full.train_images[train], full.train_labels[train],
+                       full.test_images[test], full.test_labels[test], wnids=full.wnids)
     out = Path(args.out)
     write_npz_dataset(sub, out / "cifar100")
     shutil.copy(locate_backbone(args.backbone), out / "backbone.safetensors")
@@ -81,8 +83,7 @@ def run(args) -> None:
     for i in range(0, len(zoo_tasks), args.chunk):
         if time.perf_counter() - start > args.zoo_seconds:
             break
-        report = build_zoo(zoo_root, zoo_tasks[i:i + args.chunk], backbone_path, params, "cifar100", data_root, workers=1, progress=False,
-                           device=device)
+        report = build_zoo(zoo_root, zoo_tasks[i:i + args.chunk], backbone_path, params, "cifar100", data_root, progress=False, device=device)
         built += report.done + report.skipped
         print(f"zoo: {len(built)} tasks after {time.perf_counter() - start:.0f} s; failed {report.failed}", flush=True)
     zoo = Zoo(zoo_root, device=device)
@@ -108,13 +109,15 @@ def run(args) -> None:
         bench(ctx, methods, [task], out / "bench", progress=False)
         per_task, done = max(per_task, time.perf_counter() - t0), done + 1
         print(f"bench: {done} tasks after {time.perf_counter() - start:.0f} s", flush=True)
+    if not done:
+        raise SystemExit(f"the budget of {args.budget:.0f} s was spent before a test task could run")
     rows = [json.loads(line) for line in (out / "bench" / "rows.jsonl").read_text().splitlines()]
     summary = summarize(rows)
 
     # 3. the pruned model against the dense one on this device
     task = tests[0]
     data = dataset.load_task(task)
-    dense = replace_head(load_backbone(backbone_path)[0].to(device), task.n_way, head_rows_for(meta["classes"], task.classes))
+    dense = replace_head(copy.deepcopy(ctx.backbone), task.n_way, head_rows_for(meta["classes"], task.classes))
     dense_accuracy = evaluate(dense, data.test_images, data.test_labels)
     mvp = methods[0].run(ctx.backbone, data, zoo, ctx.head_rows(task))
     steps = iter(data.loader(p["batch_size"], device=device))

@@ -118,9 +118,8 @@ def cmd_zoo_build(args: argparse.Namespace) -> None:
     tasks = sample_tasks(dataset, args.n_way, args.tasks, args.seed)
     backbone = locate_backbone(args.backbone)
     print(f"zoo {args.zoo}: {len(tasks)} {args.n_way}-way tasks of {dataset.name}, IFP {params}, backbone {backbone}")
-    device = select_device(args.device)
-    workers = args.workers or (2 if device.type == "cpu" else 1)
-    report = build_zoo(args.zoo, tasks, backbone, params, args.dataset, args.data, workers, args.executor, args.address, not args.quiet, device)
+    report = build_zoo(args.zoo, tasks, backbone, params, args.dataset, args.data, args.workers, args.executor, args.address, not args.quiet,
+                       select_device(args.device))
     print(f"built {len(report.done)}, skipped {len(report.skipped)} already done, failed {len(report.failed)} in {report.seconds / 60:.1f} min")
     if report.failed:
         raise ZooBuildFailed(f"{len(report.failed)} task(s) failed (see `metavote zoo ls --zoo {args.zoo} --status failed`); re-run to retry them")

@@ -145,7 +145,7 @@ def demo(
     tasks = sample_tasks(dataset, 5, zoo_tasks + 1, seed=2026)
     zoo_tasks_, target = tasks[:-1], tasks[-1]
     print(f"\n[1/2] zoo of {len(zoo_tasks_)} tasks in {out / 'zoo'} (IFP, CPU profile {params})")
-    report = build_zoo(out / "zoo", zoo_tasks_, path, params, "cifar100", data, workers=2 if device.type == "cpu" else 1, device=device)
+    report = build_zoo(out / "zoo", zoo_tasks_, path, params, "cifar100", data, device=device)
     zoo = Zoo(out / "zoo", device=device)
     for r in zoo.records(method="ifp"):
         print(f"  {r.record_id}  {r.accuracy:.2%}  {', '.join(r.task.classes)}")

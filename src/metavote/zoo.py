@@ -329,7 +329,7 @@ def build_zoo(
     params: dict,
     dataset: str = "cifar100",
     data: str | os.PathLike | None = None,
-    workers: int = 2,
+    workers: int | None = None,
     executor: str = "local",
     address: str | None = None,
     progress: bool = True,
@@ -340,8 +340,11 @@ def build_zoo(
     ``executor="local"``: a pool of ``workers`` processes, each with cores/workers torch threads.
     ``executor="ray"``: Ray tasks of one CPU each on a running cluster (``address``) or on a local
     Ray instance with ``workers`` CPUs. A task that fails is recorded with its error. Workers
-    train on ``device``; on a GPU one worker (``workers=1``, in this process) keeps it busy.
+    train on ``device``. ``workers`` defaults to 2 on the CPU and to 1 (in this process) on a GPU,
+    which one worker keeps busy.
     """
+    device = torch.device(device)
+    workers = workers if workers is not None else (2 if device.type == "cpu" else 1)
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     if executor not in ("local", "ray"):
