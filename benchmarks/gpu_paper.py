@@ -30,11 +30,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # the GPU machine runs from the tree, without an install
 
-from metavote.bench import BenchContext, bench, bench_profile, main_methods, markdown_table, summarize  # noqa: E402
+from metavote.bench import BenchContext, bench, main_methods, markdown_table, summarize  # noqa: E402
 from metavote.data import ImageDataset, load_dataset, sample_tasks, write_npz_dataset  # noqa: E402
 from metavote.models import count_parameters, head_rows_for, load_backbone, locate_backbone, replace_head  # noqa: E402
 from metavote.training import evaluate, latency, select_device, sgd, train_steps  # noqa: E402
-from metavote.zoo import Zoo, build_zoo, profile  # noqa: E402
+from metavote.methods import create_method  # noqa: E402
+from metavote.profiles import get_profile  # noqa: E402
+from metavote.zoo import Zoo, build_zoo  # noqa: E402
 
 
 def universe(dataset, classes: int, seed: int) -> list[str]:
@@ -75,7 +77,8 @@ def run(args) -> None:
     print(json.dumps(env), flush=True)
     pool = dataset.subset(names)
     zoo_tasks = sample_tasks(pool, 5, args.zoo_tasks, seed=0)
-    params = profile("paper", iterations=1000 // args.shrink) | {"importance": "activation"}
+    ifp = create_method("ifp", **get_profile("paper").settings("ifp", iterations=1000 // args.shrink), importance="activation")
+    params = ifp.settings()
 
     # 1. the zoo, in chunks so its time share is respected
     zoo_root = Path(args.zoo)
@@ -83,7 +86,7 @@ def run(args) -> None:
     for i in range(0, len(zoo_tasks), args.chunk):
         if time.perf_counter() - start > args.zoo_seconds:
             break
-        report = build_zoo(zoo_root, zoo_tasks[i:i + args.chunk], backbone_path, params, "cifar100", data_root, progress=False, device=device)
+        report = build_zoo(zoo_root, zoo_tasks[i:i + args.chunk], backbone_path, ifp, "cifar100", data_root, progress=False, device=device)
         built += report.done + report.skipped
         print(f"zoo: {len(built)} tasks after {time.perf_counter() - start:.0f} s; failed {report.failed}", flush=True)
     zoo = Zoo(zoo_root, device=device)
@@ -98,7 +101,7 @@ def run(args) -> None:
 
     # 2. the main table at the paper's budget, one task at a time until the budget is spent
     ctx = BenchContext(backbone.to(device), meta["classes"], dataset, zoo)
-    p = bench_profile("paper", iterations=100 // args.shrink)
+    p = get_profile("paper", iterations=100 // args.shrink)
     methods = main_methods(p, dataset)
     tests = sample_tasks(pool, 5, args.tasks, seed=1000, exclude=zoo_tasks)
     per_task, done = 0.0, 0

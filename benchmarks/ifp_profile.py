@@ -12,9 +12,9 @@ import numpy as np
 
 from metavote.data import load_dataset, sample_tasks
 from metavote.models import head_rows_for, load_backbone, locate_backbone
-from metavote.pruning import ifp
+from metavote.methods import create_method
 from metavote.training import set_threads
-from metavote.zoo import profile
+from metavote.profiles import get_profile
 
 from _common import save
 
@@ -29,10 +29,11 @@ def main() -> None:
     set_threads(args.threads)
     dataset = load_dataset("cifar100")
     backbone, meta = load_backbone(locate_backbone(), dataset=dataset)
-    params = profile("cpu") | {"importance": args.importance}
+    method = create_method("ifp", **get_profile("cpu").settings("ifp"), importance=args.importance)
+    params = method.settings()
     rows = []
     for task in sample_tasks(dataset, 5, args.tasks, seed=args.seed):
-        r = ifp(backbone, dataset.load_task(task), head_rows=head_rows_for(meta["classes"], task.classes), **params)
+        r = method.run(backbone, dataset.load_task(task), None, head_rows_for(meta["classes"], task.classes))
         rows.append({"task": str(task), "accuracy": r.accuracy, "tflops": r.costs.tflops, "seconds": r.costs.seconds})
         print(f"{task}: {r.accuracy:.2%}, {r.costs.tflops:.2f} TFLOPs, {r.costs.seconds:.1f} s", flush=True)
     stat = {k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows]))) for k in ("accuracy", "tflops", "seconds")}

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from metavote.models import cifar_resnet18, count_parameters
-from metavote.pruning import SubNetwork, extract, target_widths, unit_groups
+from metavote.pruning import SubNetwork, extract, target_widths
 from metavote.training import latency, set_threads
 from metavote.zoo import Zoo
 
@@ -33,7 +33,7 @@ def main() -> None:
     rows = []
     for width, ratio in ((0.5, 0.8), (1.0, 0.9), (0.5, 0.9)):
         dense = cifar_resnet18(width, num_classes=5).eval()
-        groups = unit_groups(dense)
+        groups = dense.unit_groups()
         source = "random Omega"
         if args.zoo and width == 0.5 and ratio == 0.8:
             with Zoo(args.zoo) as zoo:

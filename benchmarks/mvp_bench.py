@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from metavote.bench import bench_profile, summarize
+from metavote.bench import summarize
 from metavote.experiments import context, run_ablation, run_bench
+from metavote.profiles import get_profile
 from metavote.training import set_threads
 
 from _common import save
@@ -51,7 +52,7 @@ def main() -> None:
     rows, table = run_bench(ctx, args.profile, args.tasks, out=Path(args.out) / "bench")
     bench_minutes = (time.perf_counter() - t0) / 60
     summary = summarize(rows)
-    j = bench_profile(args.profile)["iterations"]
+    j = get_profile(args.profile).iterations
     mvp, ifp10, rnd = _by(summary, "MVP"), _by(summary, f"IFP (J={10 * j})"), _by(summary, "random")
     gap = 100 * (ifp10["accuracy_mean"] - mvp["accuracy_mean"])
     flops_ratio = ifp10["tflops"] / mvp["tflops"]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from metavote.models import cifar_resnet18, count_parameters
-from metavote.pruning import SubNetwork, extract, target_widths, unit_groups
+from metavote.pruning import SubNetwork, extract, target_widths
 from metavote.training import set_threads, sgd, step_flops
 
 from _common import save
@@ -45,7 +45,7 @@ def main() -> None:
     torch.manual_seed(0)
     models = {f"width {w}": cifar_resnet18(w).train() for w in (1.0, 0.5, 0.25)}
     full = cifar_resnet18(1.0)
-    groups = unit_groups(full)
+    groups = full.unit_groups()
     rng = np.random.default_rng(0)
     subnet = SubNetwork({g.name: rng.choice(g.size, n, replace=False) for g, n in zip(groups, target_widths(groups, 0.9).values())},
                         {g.name: g.size for g in groups})

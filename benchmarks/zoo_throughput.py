@@ -12,7 +12,9 @@ from pathlib import Path
 
 from metavote.data import load_dataset, sample_tasks
 from metavote.models import locate_backbone
-from metavote.zoo import build_zoo, profile
+from metavote.methods import create_method
+from metavote.profiles import get_profile
+from metavote.zoo import build_zoo
 
 from _common import save
 
@@ -27,7 +29,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, workers, executor in (("local, 1 worker", 1, "local"), ("local, 2 workers", 2, "local"), ("ray, 2 CPUs", 2, "ray")):
-            report = build_zoo(Path(tmp) / name.replace(" ", "").replace(",", "_"), tasks, locate_backbone(), profile("cpu"),
+            report = build_zoo(Path(tmp) / name.replace(" ", "").replace(",", "_"), tasks, locate_backbone(), create_method("ifp", **get_profile("cpu").settings("ifp")),
                                workers=workers, executor=executor, progress=False)
             assert not report.failed, report.failed
             rows.append({"executor": name, "tasks": len(report.done), "seconds": report.seconds,

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from metavote.data import ImageDataset
 from metavote.models import cifar_resnet18, save_weights
+from metavote.pruning import SubNetwork
 
 # The machine is shared with a long CPU job: every test runs on a single intra-op thread.
 torch.set_num_threads(1)
@@ -147,3 +149,33 @@ def tiny_backbone_file(path: str | os.PathLike, dataset: ImageDataset, width: fl
 
 def state_dicts_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- sub-networks
+
+
+def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial norm parameters and statistics and perturbed weights, so equivalences mean something."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
+                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+            elif isinstance(m, (nn.Linear, nn.LayerNorm)):
+                m.weight.add_(0.1 * torch.randn(m.weight.shape, generator=g))
+                m.bias.add_(0.1 * torch.randn(m.bias.shape, generator=g))
+    return model.eval()
+
+
+def random_subnet(model, keep: float = 0.3, seed: int = 0, empty: bool = True) -> SubNetwork:
+    """Random kept sets; a ViT also gets one block without heads and one without MLP nodes."""
+    rng = np.random.default_rng(seed)
+    groups = model.unit_groups()
+    kept = {g.name: rng.choice(g.size, max(1, round(keep * g.size)), replace=False) for g in groups}
+    if empty and model.family == "vit":
+        kept["blocks.0.attn"] = np.array([], dtype=np.int64)
+        kept["blocks.1.mlp"] = np.array([], dtype=np.int64)
+    return SubNetwork(kept, {g.name: g.size for g in groups})

@@ -7,26 +7,26 @@ import json
 import numpy as np
 import pytest
 
-from metavote.baselines import random_pruning, random_subnetwork
 from metavote.bench import (
-    BenchContext, ablate_groups, bench, bench_profile, main_methods, markdown_table, plot_ablation, ranked_pool,
-    ratio_for, summarize, bench_tasks, write_table,
+    BenchContext, ablate_groups, bench, main_methods, markdown_table, plot_ablation, ranked_pool, summarize, bench_tasks, write_table,
 )
 from metavote.cli import main
 from metavote.errors import ConfigError
-from metavote.methods import IFP, MVP, RandomPruning
+from metavote.methods import IFP, MVP, RandomPruning, random_subnetwork
 from metavote.models import load_backbone
-from metavote.pruning import target_widths, unit_groups
+from metavote.profiles import get_profile, ratio_for
+from metavote.pruning import target_widths
 from metavote.zoo import Zoo
 
-from test_similarity import small_zoo  # noqa: F401 - fixture
-from test_zoo import tiny_setup  # noqa: F401 - fixture
+from conftest import tiny_ifp
 
-TINY = {"ratio": 0.5, "iterations": 2, "lr": 0.01, "batch_size": 8, "ifp_lr": 0.01}
+# the tiny budget: r 0.5, J 2, batch 8, lr 0.01 for every method (IFP's upper bound runs 10 J = 20)
+TINY_BUDGET = {"ratio": 0.5, "iterations": 2, "lr": 0.01, "batch_size": 8}
+TINY = get_profile("cpu", **TINY_BUDGET)
 
 
 @pytest.fixture()
-def ctx(small_zoo):  # noqa: F811 - fixture
+def ctx(small_zoo):
     zoo, dataset, _, _ = small_zoo
     backbone, meta = load_backbone(zoo.root.parent / "backbone.safetensors")
     return BenchContext(backbone, meta.get("classes"), dataset, zoo)
@@ -35,7 +35,7 @@ def ctx(small_zoo):  # noqa: F811 - fixture
 def test_random_subnetwork_is_uniform_at_the_target_widths():
     from metavote.models import cifar_resnet18
 
-    groups = unit_groups(cifar_resnet18(width=0.125, num_classes=4))
+    groups = cifar_resnet18(width=0.125, num_classes=4).unit_groups()
     a, b = random_subnetwork(groups, 0.75, seed=1), random_subnetwork(groups, 0.75, seed=1)
     assert a.widths() == target_widths(groups, 0.75)
     assert all(np.array_equal(a.kept[g], b.kept[g]) for g in a.kept)
@@ -49,25 +49,26 @@ def test_random_subnetwork_is_uniform_at_the_target_widths():
 
 def test_random_pruning_fine_tunes_a_random_subnetwork(ctx):
     data = ctx.dataset.load_task(bench_tasks(ctx.dataset, ctx.zoo, 1)[0])
-    result = random_pruning(ctx.backbone, data, ratio=0.5, iterations=3, batch_size=8)
+    result = RandomPruning(ratio=0.5, iterations=3, batch_size=8).run(ctx.backbone, data, None, None)
     assert result.method == "random" and result.costs.iterations == 3 and result.costs.flops > 0
-    assert result.subnet.widths() == target_widths(unit_groups(ctx.backbone), 0.5)
+    assert result.subnet.widths() == target_widths(ctx.backbone.unit_groups(), 0.5)
     assert result.model.fc.out_features == data.task.n_way and 0 <= result.accuracy <= 1
 
 
 def test_profiles_and_ratio_mapping():
-    assert bench_profile("cpu", iterations=7)["iterations"] == 7
-    assert bench_profile("cpu", lr=0.5)["ifp_lr"] == 0.5  # --lr sets every method's rate
+    assert get_profile("cpu", iterations=7).iterations == 7
+    assert get_profile("cpu", lr=0.5).settings("ifp")["lr"] == 0.5  # --lr sets every method's rate
+    assert get_profile("paper", lr=0.5).settings("ifp")["lr"] == 0.5  # IFP's own paper rate (0.005) too
     with pytest.raises(ConfigError, match="profile"):
-        bench_profile("gpu")
+        get_profile("gpu")
     with pytest.raises(ConfigError, match="unknown budget"):
-        bench_profile("cpu", momentum=0.5)
+        get_profile("cpu", momentum=0.5)
     assert ratio_for(0.95, "cpu") == 0.9 and ratio_for(0.85, "cpu") == 0.7 and ratio_for(0.9, "cpu") == 0.8
     assert ratio_for(0.95, "paper") == 0.95
 
 
 def test_main_methods_are_the_papers_comparison():
-    methods = main_methods(bench_profile("cpu"))
+    methods = main_methods(get_profile("cpu"))
     assert [m.label for m in methods] == ["MVP (J=20)", "IFP (J=200)", "IFP (J=20)", "random (J=20)"]
     assert isinstance(methods[0], MVP) and isinstance(methods[3], RandomPruning)
     assert {m.ratio for m in methods} == {0.8} and {m.batch_size for m in methods} == {64}
@@ -94,12 +95,12 @@ def test_bench_runs_every_method_and_resumes(ctx, tmp_path, monkeypatch):
     again = bench(ctx, methods, tasks, tmp_path / "bench", progress=False)  # everything is already there
     assert not calls and again == rows
     with pytest.raises(ConfigError, match="label"):
-        bench(ctx, [IFP(**{k: v for k, v in TINY.items() if k != "ifp_lr"})] * 2, tasks, progress=False)
+        bench(ctx, [IFP(**TINY_BUDGET)] * 2, tasks, progress=False)
 
 
 def test_mvp_method_searches_only_the_ifp_records(ctx):
     data = ctx.dataset.load_task(bench_tasks(ctx.dataset, ctx.zoo, 1)[0])
-    method = MVP(0.5, 2, 0.01, 8, neighbours=2)
+    method = MVP(ratio=0.5, iterations=2, lr=0.01, batch_size=8, neighbours=2)
     first = method.run(ctx.backbone, data, ctx.zoo)
     ctx.zoo.add(data.task, first)  # the zoo grows; its MVP records are not voted on
     second = method.run(ctx.backbone, data, ctx.zoo)
@@ -108,7 +109,7 @@ def test_mvp_method_searches_only_the_ifp_records(ctx):
     with pytest.raises(ConfigError, match="zoo"):
         method.run(ctx.backbone, data, None)
     with pytest.raises(ConfigError, match="no records of method taylor"):
-        MVP(0.5, 2, 0.01, 8, zoo_method="taylor").run(ctx.backbone, data, ctx.zoo)
+        MVP(ratio=0.5, iterations=2, lr=0.01, batch_size=8, zoo_method="taylor").run(ctx.backbone, data, ctx.zoo)
 
 
 def test_summary_table_and_files(tmp_path):
@@ -150,7 +151,8 @@ def test_cli_prune_saves_to_the_zoo_and_reports_bad_input(ctx, capsys):
     assert "the zoo already holds this task" in capsys.readouterr().out
     for bad, message in ((["--ratio", "1.5", "--iterations", "2", "--batch-size", "8"], "pruning ratio must be in (0, 1)"),
                          (["--ratio", "0.5", "--iterations", "2", "--batch-size", "500"], "fewer than one batch of 500"),
-                         ([*tiny, "--neighbours", "50"], "fewer than the 50 neighbours")):
+                         ([*tiny, "--neighbours", "50"], "fewer than the 50 neighbours"),
+                         ([*tiny, "--method", "ifp", "--neighbours", "2"], "ifp has no setting(s) neighbours")):
         assert main(["prune", *common, *bad]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err
@@ -184,14 +186,12 @@ def test_unseen_ablation_prunes_tasks_of_a_new_dataset(ctx, tmp_path):
         ablate_unseen(ctx, ctx.dataset, 1, TINY, progress=False)
 
 
-def test_importance_ablation_compares_zoos_of_the_same_tasks(ctx, small_zoo, tmp_path):  # noqa: F811 - fixture
+def test_importance_ablation_compares_zoos_of_the_same_tasks(ctx, small_zoo, tmp_path):
     from metavote.bench import ablate_importance
     from metavote.zoo import build_zoo
 
     zoo, dataset, folder, tasks = small_zoo
-    from test_zoo import PARAMS
-
-    build_zoo(tmp_path / "taylor", tasks[:4], zoo.root.parent / "backbone.safetensors", PARAMS | {"importance": "taylor"}, str(folder),
+    build_zoo(tmp_path / "taylor", tasks[:4], zoo.root.parent / "backbone.safetensors", tiny_ifp(importance="taylor"), str(folder),
               workers=1, progress=False)
     rows = ablate_importance(ctx, Zoo(tmp_path / "taylor"), bench_tasks(dataset, zoo, 1), TINY, out=tmp_path / "imp", progress=False)
     assert [r["method"] for r in rows] == ["activation zoo", "taylor zoo"]
@@ -199,12 +199,13 @@ def test_importance_ablation_compares_zoos_of_the_same_tasks(ctx, small_zoo, tmp
     assert all(set(r["neighbours"]) <= shared and len(r["neighbours"]) == 3 for r in rows)
 
 
-def test_ssl_rows_from_a_headless_encoder(tmp_path, tiny_setup):  # noqa: F811 - fixture
+def test_ssl_rows_from_a_headless_encoder(tmp_path, tiny_setup):
     """The -SSL rows: a zoo and the main table from an encoder without a head (as SimSiam writes)."""
     import torch
 
     from metavote.data import sample_tasks
     from metavote.experiments import context, run_bench
+    from metavote.methods import create_method
     from metavote.models import cifar_resnet18, save_weights
     from metavote.zoo import build_zoo
 
@@ -214,12 +215,12 @@ def test_ssl_rows_from_a_headless_encoder(tmp_path, tiny_setup):  # noqa: F811 -
                            {"arch": "cifar_resnet18", "width": 0.125, "dataset": dataset.name, "method": "simsiam"})
     zoo_tasks = sample_tasks(dataset, 3, 4, seed=0)
     params = {"ratio": 0.5, "iterations": 2, "lr": 0.01, "batch_size": 8, "importance_batches": 1}
-    report = build_zoo(tmp_path / "zoo", zoo_tasks, encoder, params, str(folder), workers=1, progress=False)
+    report = build_zoo(tmp_path / "zoo", zoo_tasks, encoder, create_method("ifp", **params), str(folder), workers=1, progress=False)
     assert len(report.done) == 4 and not report.failed
     ctx = context(tmp_path / "zoo", folder, encoder, "cpu")
     assert ctx.classes is None and ctx.head_rows(zoo_tasks[0]) is None  # no pre-trained head: every head is made for the task
-    rows, table = run_bench(ctx, "cpu", 2, out=tmp_path / "bench", progress=False, **{k: v for k, v in TINY.items() if k != "ifp_lr"})
+    rows, table = run_bench(ctx, "cpu", 2, out=tmp_path / "bench", progress=False, **TINY_BUDGET)
     assert len(rows) == 8 and all(0 <= r["accuracy"] <= 1 for r in rows)
     target = dataset.load_task(next(t for t in sample_tasks(dataset, 3, 10, seed=5) if t not in zoo_tasks))
-    result = MVP(0.5, 2, 0.01, 8).run(ctx.backbone, target, ctx.zoo, ctx.head_rows(target.task))
+    result = MVP(ratio=0.5, iterations=2, lr=0.01, batch_size=8).run(ctx.backbone, target, ctx.zoo, ctx.head_rows(target.task))
     assert result.params["head"] in ("neighbour rows", "imprinted") and result.model.fc.out_features == 3

@@ -10,16 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from metavote.baselines import random_pruning
 from metavote.data import Augment, BatchLoader
+from metavote.methods import IFP, MVP, RandomPruning
 from metavote.models import load_backbone
-from metavote.mvp import mvp
-from metavote.pruning import ifp
 from metavote.similarity import LEEPSimilarity
 from metavote.zoo import Zoo
-
-from test_similarity import small_zoo  # noqa: F401 - fixture
-from test_zoo import tiny_setup  # noqa: F401 - fixture
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -38,7 +33,7 @@ def test_loader_gives_the_same_batches_on_cuda():
 
 
 @cuda
-def test_every_method_runs_on_cuda(small_zoo, tmp_path):  # noqa: F811 - fixture
+def test_every_method_runs_on_cuda(small_zoo, tmp_path):
     zoo, dataset, _, tasks = small_zoo
     backbone = load_backbone(zoo.root.parent / "backbone.safetensors")[0].cuda()
     target = next(t for t in (dataset.task(dataset.classes[i:i + 3]) for i in range(4)) if t not in tasks)
@@ -46,11 +41,11 @@ def test_every_method_runs_on_cuda(small_zoo, tmp_path):  # noqa: F811 - fixture
     zoo.to("cuda")
     assert next(zoo.load(zoo.records()[0])[0].parameters()).is_cuda
     assert np.isfinite(LEEPSimilarity().scores(zoo, zoo.records(), data)).all()
-    results = [mvp(backbone, data, zoo, neighbours=2, ratio=0.5, iterations=4, batch_size=8),
-               ifp(backbone, data, ratio=0.5, iterations=4, batch_size=8, importance="taylor"),
-               random_pruning(backbone, data, ratio=0.5, iterations=4, batch_size=8)]
+    results = [MVP(neighbours=2, ratio=0.5, iterations=4, batch_size=8).run(backbone, data, zoo, None),
+               IFP(ratio=0.5, iterations=4, batch_size=8, importance="taylor").run(backbone, data, None, None),
+               RandomPruning(ratio=0.5, iterations=4, batch_size=8).run(backbone, data, None, None)]
     zoo.to("cpu")  # neighbours loaded on the CPU are moved to the backbone's device
-    results.append(mvp(backbone, data, zoo, neighbours=2, ratio=0.5, iterations=4, batch_size=8))
+    results.append(MVP(neighbours=2, ratio=0.5, iterations=4, batch_size=8).run(backbone, data, zoo, None))
     for result in results:
         assert next(result.model.parameters()).is_cuda
         assert result.costs.iterations == 4 and result.costs.flops > 0 and 0 <= result.accuracy <= 1

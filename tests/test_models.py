@@ -11,11 +11,12 @@ import torch
 from safetensors.torch import save_file
 
 import metavote.models as mvmodels
+import metavote.models.weights as mvweights
 from helpers import SHARED_BACKBONE, SHARED_DATA, state_dicts_equal, synthetic_dataset, tiny_backbone_file
 from metavote.errors import CheckpointError, ConfigError
 from metavote.models import (
-    build_model,
     cifar_resnet18,
+    create_model,
     head_rows_for,
     infer_width,
     load_backbone,
@@ -72,10 +73,10 @@ def test_forward_shapes_and_headless():
     assert not any(k.startswith("fc.") for k in enc.state_dict())
 
 
-def test_build_model_and_width_validation():
-    assert isinstance(build_model("cifar_resnet18", 0.125, 3), mvmodels.ResNet)
+def test_create_model_and_width_validation():
+    assert isinstance(create_model({"arch": "cifar_resnet18", "width": 0.125}, 3), mvmodels.ResNet)
     with pytest.raises(ConfigError, match="unknown architecture"):
-        build_model("vgg", 1.0, 3)
+        create_model({"arch": "vgg", "width": 1.0}, 3)
     with pytest.raises(ConfigError):
         cifar_resnet18(width=0)
 
@@ -264,8 +265,8 @@ def isolated_backbone_search(tmp_path, monkeypatch):
     work.mkdir(parents=True)
     monkeypatch.chdir(work)
     monkeypatch.delenv("METAVOTE_BACKBONE", raising=False)
-    # the repo fallback is <__file__>.parents[3]/shared/pretrained: point it into tmp_path
-    monkeypatch.setattr(mvmodels, "__file__", str(tmp_path / "fake" / "src" / "metavote" / "models.py"))
+    # the repo fallback is <weights.py>.parents[4]/shared/pretrained: point it into tmp_path
+    monkeypatch.setattr(mvweights, "__file__", str(tmp_path / "fake" / "src" / "metavote" / "models" / "weights.py"))
     return tmp_path
 
 

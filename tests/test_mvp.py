@@ -8,11 +8,8 @@ import torch
 
 from metavote.errors import ConfigError
 from metavote.models import cifar_resnet18, load_backbone
-from metavote.mvp import average_neighbours, mvp, sample_by_votes, vote_counts
-from metavote.pruning import SubNetwork, extract, target_widths, unit_groups
-
-from test_similarity import small_zoo  # noqa: F401 - fixture
-from test_zoo import tiny_setup  # noqa: F401 - fixture
+from metavote.methods import MVP, average_neighbours, sample_by_votes, vote_counts
+from metavote.pruning import SubNetwork, extract, target_widths
 
 
 def test_vote_counts():
@@ -48,7 +45,7 @@ def test_sampling_follows_the_votes():
 def test_average_neighbours_averages_only_over_holders():
     torch.manual_seed(0)
     backbone = cifar_resnet18(width=0.125, num_classes=4)
-    sizes = {g.name: g.size for g in unit_groups(backbone)}
+    sizes = {g.name: g.size for g in backbone.unit_groups()}
     first = SubNetwork({g: np.arange(0, n // 2) for g, n in sizes.items()}, sizes)  # units 0 .. n/2-1
     second = SubNetwork({g: np.arange(n // 4, 3 * n // 4) for g, n in sizes.items()}, sizes)  # units n/4 .. 3n/4-1
     neighbours = []
@@ -66,20 +63,20 @@ def test_average_neighbours_averages_only_over_holders():
     assert "fc.weight" not in avg
 
 
-def test_mvp_end_to_end(small_zoo):  # noqa: F811 - fixture
+def test_mvp_end_to_end(small_zoo):
     zoo, dataset, _, tasks = small_zoo
     target_task = next(t for t in [dataset.task(dataset.classes[i:i + 3]) for i in range(4)] if t not in tasks)
     data = dataset.load_task(target_task)
     backbone, _ = load_backbone(zoo.root.parent / "backbone.safetensors")  # written by the tiny_setup fixture
-    result = mvp(backbone, data, zoo, neighbours=2, ratio=0.5, iterations=6, batch_size=8)
-    assert result.subnet.widths() == target_widths(unit_groups(backbone), 0.5)
+    result = MVP(neighbours=2, ratio=0.5, iterations=6, batch_size=8).run(backbone, data, zoo, None)
+    assert result.subnet.widths() == target_widths(backbone.unit_groups(), 0.5)
     assert len(result.params["neighbours"]) == 2 and target_task.id not in result.params["neighbours"]
     assert result.params["similarity"] == "leep" and result.params["head"] in ("neighbour rows", "imprinted")
     skeleton = extract(backbone, result.subnet)
     assert {k: v.shape for k, v in skeleton.state_dict().items() if not k.startswith("fc.")} == \
            {k: v.shape for k, v in result.model.state_dict().items() if not k.startswith("fc.")}
     assert result.model.fc.out_features == 3 and result.costs.iterations == 6 and 0 <= result.accuracy <= 1
-    given = mvp(backbone, data, zoo, neighbours=zoo.records()[:3], ratio=0.5, iterations=2, batch_size=8, head_rows=[0, 1, 2])
+    given = MVP(neighbours=zoo.records()[:3], ratio=0.5, iterations=2, batch_size=8).run(backbone, data, zoo, [0, 1, 2])
     assert given.params["similarity"] == "given" and given.params["head"] == "pretrained rows"
     with pytest.raises(ConfigError, match="ratio"):
-        mvp(backbone, data, zoo, neighbours=2, ratio=1.0, iterations=2, batch_size=8)
+        MVP(neighbours=2, ratio=1.0, iterations=2, batch_size=8).run(backbone, data, zoo, None)

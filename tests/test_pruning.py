@@ -9,47 +9,22 @@ import torch_pruning as tp
 from torch import nn
 
 from metavote.errors import ConfigError
+from metavote.methods import IFP
 from metavote.models import cifar_resnet18, resnet50
 from metavote.pruning import (
     ActivationImportance,
     RandomImportance,
+    Slot,
     SubNetwork,
     TaylorImportance,
-    dense_view,
+    UnitGroup,
     extract,
-    ifp,
     keep_top,
-    mask,
     pruning_schedule,
-    shrink,
     target_widths,
-    tensor_axes,
-    unit_groups,
 )
 
-from helpers import synthetic_dataset
-
-
-def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm parameters and statistics, so equivalence tests mean something."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
-                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-    return model.eval()
-
-
-def random_subnet(model, keep: float = 0.3, seed: int = 0) -> SubNetwork:
-    rng = np.random.default_rng(seed)
-    groups = unit_groups(model)
-    return SubNetwork(
-        {g.name: rng.choice(g.size, max(1, round(keep * g.size)), replace=False) for g in groups},
-        {g.name: g.size for g in groups},
-    )
+from helpers import randomised, synthetic_dataset
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +34,7 @@ def model():
 
 
 def test_resnet18_groups_in_depth_order(model):
-    groups = unit_groups(model)
+    groups = model.unit_groups()
     assert [g.name for g in groups] == [
         "layer1", "layer1.0.conv1", "layer1.1.conv1",
         "layer2.0.conv1", "layer2", "layer2.1.conv1",
@@ -73,7 +48,7 @@ def test_resnet18_groups_in_depth_order(model):
 
 
 def test_resnet50_groups():
-    groups = unit_groups(resnet50(num_classes=10))
+    groups = resnet50(num_classes=10).unit_groups()
     assert len(groups) == 1 + 4 + 2 * 16
     assert groups[0].name == "stem" and groups[0].size == 64
     assert {g.name: g.size for g in groups}["layer4"] == 2048
@@ -91,53 +66,11 @@ def test_groups_match_torch_pruning_dependency_graph(model):
             if name is not None:
                 (outs if "out" in getattr(dep.handler, "__name__", "") else ins).add(name)
         traced.add((frozenset(outs), frozenset(ins)))
-    ours = {(frozenset(g.producers), frozenset(g.consumers)) for g in unit_groups(model)}
+    ours = {(frozenset(g.producers), frozenset(g.consumers)) for g in model.unit_groups()}
     assert ours == traced
 
 
-def test_extract_equals_masked_model(model):
-    subnet = random_subnet(model, keep=0.3)
-    x = torch.rand(4, 3, 32, 32)
-    small = extract(model, subnet).eval()
-    with torch.no_grad():
-        assert torch.allclose(small(x), mask(model, subnet).eval()(x), atol=1e-5)
-        assert not torch.allclose(small(x), model(x), atol=1e-3)  # pruning changed something
-    assert sum(p.numel() for p in small.parameters()) < 0.2 * sum(p.numel() for p in model.parameters())
-    assert small.layer3[0].conv1.weight.shape[:2] == (len(subnet.kept["layer3.0.conv1"]), len(subnet.kept["layer2"]))
-
-
-def test_extract_full_subnetwork_is_identity(model):
-    x = torch.rand(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(extract(model, SubNetwork.full(unit_groups(model))).eval()(x), model(x))
-
-
-def test_shrink_composes_with_subnetwork(model):
-    """Shrinking twice with local indices equals one extraction at the composed Omega."""
-    first = random_subnet(model, keep=0.5, seed=1)
-    small = extract(model, first)
-    local = {k: np.sort(np.random.default_rng(2).choice(len(v), max(1, len(v) // 2), replace=False)) for k, v in first.kept.items()}
-    twice = shrink(small, local).eval()
-    once = extract(model, first.compose(local)).eval()
-    x = torch.rand(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.allclose(twice(x), once(x), atol=1e-6)
-
-
-def test_dense_view_writes_at_omega_only(model):
-    subnet = random_subnet(model, keep=0.4)
-    small = extract(model, subnet)
-    with torch.no_grad():
-        for p in small.parameters():
-            p.add_(1.0)
-    dense = dense_view(model.state_dict(), subnet, small.state_dict(), tensor_axes(model, unit_groups(model)))
-    assert "fc.weight" not in dense
-    w, full = dense["layer3.0.conv1.weight"], model.state_dict()["layer3.0.conv1.weight"]
-    rows, cols = subnet.kept["layer3.0.conv1"], subnet.kept["layer2"]
-    assert torch.equal(w[rows][:, cols], small.state_dict()["layer3.0.conv1.weight"])
-    outside = np.setdiff1d(np.arange(w.shape[0]), rows)
-    assert torch.equal(w[outside], full[outside])
-    assert torch.equal(dense["layer2.0.bn2.running_var"][subnet.kept["layer2"]], small.state_dict()["layer2.0.bn2.running_var"])
+# extraction, masking, composition and the dense view of both families: tests/test_units.py
 
 
 def test_subnetwork_validation_iou_and_round_trip():
@@ -148,14 +81,17 @@ def test_subnetwork_validation_iou_and_round_trip():
     assert s.iou(t) == {"a": pytest.approx(2 / 5), "b": 0.0}
     back = SubNetwork.from_tensors(s.to_tensors())
     assert back.sizes == sizes and all(np.array_equal(back.kept[k], s.kept[k]) for k in sizes)
+    # an empty kept set is allowed in a SubNetwork, but rejected when checked against groups that may not be empty
+    groups = [UnitGroup("a", 10, (Slot("a"),)), UnitGroup("b", 4, (Slot("b"),))]
+    empty = SubNetwork({"a": [], "b": [0]}, sizes)
     with pytest.raises(ConfigError, match="keep no units"):
-        SubNetwork({"a": []}, sizes)
+        empty.check(groups)
     with pytest.raises(ConfigError, match="outside"):
         SubNetwork({"b": [4]}, sizes)
 
 
 def test_target_widths_validates_ratio(model):
-    groups = unit_groups(model)
+    groups = model.unit_groups()
     widths = target_widths(groups, 0.75)
     assert widths["layer1"] == 2 and widths["layer4"] == 16  # round(0.25 * 8), round(0.25 * 64)
     for bad in (0.0, 1.0, -0.1, 1.5):
@@ -184,7 +120,7 @@ def test_activation_importance_ranks_a_silenced_channel_last(model):
     with torch.no_grad():
         silenced.layer3[0].bn1.weight[5] = 0.0
         silenced.layer3[0].bn1.bias[5] = -1.0
-    groups = unit_groups(silenced)
+    groups = silenced.unit_groups()
     batches = [(torch.rand(8, 3, 32, 32), torch.zeros(8, dtype=torch.long))]
     scores = ActivationImportance()(silenced, groups, batches)
     assert {k: len(v) for k, v in scores.items()} == {g.name: g.size for g in groups}
@@ -192,7 +128,7 @@ def test_activation_importance_ranks_a_silenced_channel_last(model):
 
 
 def test_taylor_and_random_importance(model):
-    groups = unit_groups(model)
+    groups = model.unit_groups()
     batches = [(torch.rand(8, 3, 32, 32), torch.randint(0, 6, (8,)))]
     taylor = TaylorImportance()(model, groups, batches)
     assert all((v >= 0).all() and v.sum() > 0 for v in taylor.values())
@@ -207,8 +143,9 @@ def test_ifp_reaches_ratio_and_shrinks_physically(importance):
     data = dataset.load_task(dataset.task(dataset.classes[:4]))
     torch.manual_seed(0)
     backbone = cifar_resnet18(width=0.125, num_classes=6)
-    result = ifp(backbone, data, ratio=0.75, iterations=12, batch_size=8, lr=0.01, importance=importance, importance_batches=1)
-    groups = unit_groups(backbone)
+    method = IFP(ratio=0.75, iterations=12, batch_size=8, lr=0.01, importance=importance, importance_batches=1)
+    result = method.run(backbone, data, None, None)
+    groups = backbone.unit_groups()
     assert result.subnet.widths() == target_widths(groups, 0.75)
     assert result.params["pruning_steps"] >= 3  # gradual, not one shot
     # the trained model has exactly the shapes of the sub-network extracted from the backbone
@@ -224,12 +161,12 @@ def test_ifp_with_short_budget_still_prunes_to_target():
     dataset = synthetic_dataset(num_classes=4, train_per_class=8, test_per_class=2)
     data = dataset.load_task(dataset.task(dataset.classes))
     backbone = cifar_resnet18(width=0.125, num_classes=4)
-    result = ifp(backbone, data, ratio=0.5, iterations=2, batch_size=8, importance_batches=1)
-    assert result.subnet.widths() == target_widths(unit_groups(backbone), 0.5)
+    result = IFP(ratio=0.5, iterations=2, batch_size=8, importance_batches=1).run(backbone, data, None, None)
+    assert result.subnet.widths() == target_widths(backbone.unit_groups(), 0.5)
 
 
 def test_ifp_rejects_bad_ratio():
     dataset = synthetic_dataset(num_classes=4, train_per_class=8, test_per_class=2)
     data = dataset.load_task(dataset.task(dataset.classes))
     with pytest.raises(ConfigError, match="ratio"):
-        ifp(cifar_resnet18(width=0.125, num_classes=4), data, ratio=1.2, iterations=2, batch_size=8)
+        IFP(ratio=1.2, iterations=2, batch_size=8).run(cifar_resnet18(width=0.125, num_classes=4), data, None, None)

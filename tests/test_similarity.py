@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from metavote.cli import main
-from metavote.data import sample_tasks
 from metavote.models import cifar_resnet18
-from metavote.pruning import SubNetwork, extract, unit_groups
+from metavote.pruning import SubNetwork, extract
 from metavote.similarity import (
     CIFAR100_SYNSETS,
     Similarity,
@@ -25,10 +24,8 @@ from metavote.similarity import (
 )
 from metavote.study import chance_iou, overlap_study, write_overlap
 from metavote.training import predict
-from metavote.zoo import Zoo, build_zoo
 
 from helpers import SHARED_DATA
-from test_zoo import PARAMS, tiny_setup  # noqa: F401 - fixture
 
 # ----------------------------------------------------------------------------- LEEP
 
@@ -61,7 +58,7 @@ def test_leep_refuses_missing_classes_and_nan():
 def test_softmax_outputs_equals_one_pass_per_model():
     torch.manual_seed(0)
     backbone = cifar_resnet18(width=0.125, num_classes=5).eval()
-    groups = unit_groups(backbone)
+    groups = backbone.unit_groups()
     models = []
     for seed in range(3):  # same shapes, different Omega
         rng = np.random.default_rng(seed)
@@ -136,14 +133,6 @@ def test_wordnet_folder_is_assembled_from_debian_files(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- nearest and the study
 
 
-@pytest.fixture()
-def small_zoo(tmp_path, tiny_setup):  # noqa: F811 - pytest fixture
-    dataset, folder, weights = tiny_setup
-    tasks = sample_tasks(dataset, 3, 6, seed=3)
-    build_zoo(tmp_path / "zoo", tasks, weights, PARAMS, str(folder), workers=1, progress=False)
-    return Zoo(tmp_path / "zoo"), dataset, folder, tasks
-
-
 class Fixed(Similarity):
     """A similarity with given scores per task id; records what it was asked to score."""
 
@@ -190,7 +179,7 @@ def test_overlap_study_groups_by_similarity(tmp_path, small_zoo):
     """Omega built so that overlap falls with |i - j|; similarity = -|i - j| must order the groups."""
     zoo, dataset, _, _ = small_zoo
     records = zoo.records()
-    groups = unit_groups(cifar_resnet18(width=0.125))
+    groups = cifar_resnet18(width=0.125).unit_groups()
     fake = {}
     for i, r in enumerate(records):
         fake[r.record_id] = SubNetwork({g.name: (np.arange(g.size // 2) + i) % g.size for g in groups}, {g.name: g.size for g in groups})

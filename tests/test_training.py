@@ -49,9 +49,9 @@ def test_costs_add_steps_accumulates_and_measures_each_shape_once(tiny_models, m
     calls = []
     real = mvtraining.step_flops
 
-    def counting(model, batch_size=128, input_size=32, backward=True):
+    def counting(model, batch_size=128, backward=True, input_size=None):
         calls.append((batch_size, backward))
-        return real(model, batch_size, input_size, backward)
+        return real(model, batch_size, backward, input_size)
 
     monkeypatch.setattr(mvtraining, "step_flops", counting)
     per_step = real(small, 2)
@@ -114,6 +114,13 @@ class ColourFeatures(nn.Module):
         self.register_buffer("colours", torch.tensor(class_colours(num_classes), dtype=torch.float32) / 255)
         self.register_buffer("mix", torch.randn(num_classes, 16, generator=torch.Generator().manual_seed(seed)))
         self.fc = nn.Linear(16, num_classes)
+
+    # the classifier interface imprint_head uses (as on a metavote Backbone)
+    def get_classifier(self):
+        return self.fc
+
+    def set_classifier(self, head):
+        self.fc = head
 
     def features(self, x):
         d = torch.cdist(x.mean((2, 3)), self.colours)
@@ -205,7 +212,9 @@ def test_finetune_counts_its_steps():
     dataset = synthetic_dataset()
     data = dataset.load_task(dataset.task(dataset.classes[:3]))
     model, costs = cifar_resnet18(width=0.125, num_classes=3), Costs()
-    accuracy = finetune(model, data, 3, 0.01, 8, seed=0, costs=costs)
+    loss = finetune(model, data, 3, 0.01, 8, seed=0, costs=costs)  # returns the mean training loss now
+    assert math.isfinite(loss) and loss >= 0
+    accuracy = evaluate(model, data.test_images, data.test_labels)
     assert 0 <= accuracy <= 1 and costs.iterations == 3 and costs.flops == 3 * step_flops(model, 8)
     with pytest.raises(ConfigError, match="iterations"):
         finetune(model, data, -1, 0.01, 8)

@@ -14,25 +14,28 @@ import numpy as np
 import pytest
 import torch
 
-from metavote.data import Task, load_dataset, sample_tasks, write_npz_dataset
+from metavote.data import Task, sample_tasks
+from metavote.errors import ConfigError
+from metavote.methods import PruneResult
 from metavote.models import cifar_resnet18, load_backbone, replace_head
-from metavote.pruning import PruneResult, SubNetwork, dense_view, extract, tensor_axes, unit_groups
+from metavote.pruning import SubNetwork, TensorIndex, dense_view, extract
 from metavote.training import Costs
 from metavote.zoo import Zoo, ZooError, build_zoo
 
-from helpers import synthetic_dataset, tiny_backbone_file
+from conftest import tiny_ifp
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def backbone_meta(fingerprint: str = "f" * 64) -> dict:
-    return {"fingerprint": fingerprint, "arch": "cifar_resnet18", "width": 0.125, "dataset": "synthetic"}
+    return {"fingerprint": fingerprint, "arch": "cifar_resnet18", "width": 0.125,
+            "config": {"arch": "cifar_resnet18", "width": 0.125}, "dataset": "synthetic"}
 
 
 def fake_result(backbone, n_way: int = 3, seed: int = 0) -> PruneResult:
     """A pruning result without training: a random sub-network of the backbone with a task head."""
     rng = np.random.default_rng(seed)
-    groups = unit_groups(backbone)
+    groups = backbone.unit_groups()
     subnet = SubNetwork({g.name: rng.choice(g.size, max(1, g.size // 3), replace=False) for g in groups}, {g.name: g.size for g in groups})
     model = extract(backbone, subnet)
     replace_head(model, n_way)
@@ -62,7 +65,8 @@ def test_round_trip(tmp_path, backbone):
         with torch.no_grad():
             assert torch.equal(model(x), result.model(x))
         assert all(np.array_equal(subnet.kept[k], result.subnet.kept[k]) for k in subnet.kept)
-        expected = dense_view(backbone.state_dict(), result.subnet, result.model.state_dict(), tensor_axes(backbone, unit_groups(backbone)))
+        expected = dense_view(backbone.state_dict(), result.subnet, result.model.state_dict(),
+                              TensorIndex(backbone, backbone.unit_groups()), skip=backbone.classifier_keys())
         dense = zoo.dense(got, backbone)
         assert dense.keys() == expected.keys() and all(torch.equal(dense[k], expected[k]) for k in dense)
         assert zoo.records(method="mvp") == [] and len(zoo.records(method="ifp")) == 2
@@ -101,7 +105,7 @@ def test_missing_or_damaged_record_files(tmp_path, backbone):
 
 
 def test_crash_while_writing_leaves_the_zoo_intact(tmp_path, backbone, monkeypatch):
-    import metavote.zoo as zoo_module
+    import metavote.zoo.store as zoo_module
 
     with Zoo(tmp_path / "zoo", backbone_meta()) as zoo:
         zoo.add(task(0), fake_result(backbone))
@@ -140,28 +144,19 @@ def test_concurrent_writers(tmp_path):
         assert len(records) == 12 and all(zoo.verify(r) for r in records)
 
 
-@pytest.fixture()
-def tiny_setup(tmp_path):
-    """A synthetic dataset folder (npz layout) and a tiny backbone trained on nothing."""
-    dataset = synthetic_dataset(num_classes=6, train_per_class=12, test_per_class=4)
-    folder = write_npz_dataset(dataset, tmp_path / "data")
-    loaded = load_dataset(str(folder))
-    weights = tiny_backbone_file(tmp_path / "backbone.safetensors", loaded)
-    return loaded, folder, weights
-
-
-PARAMS = {"ratio": 0.5, "iterations": 4, "lr": 0.01, "batch_size": 8, "importance_batches": 1}
-
-
 def test_build_resumes_and_records_failures(tmp_path, tiny_setup):
     dataset, folder, weights = tiny_setup
     tasks = sample_tasks(dataset, 3, 3, seed=0)
-    report = build_zoo(tmp_path / "zoo", tasks[:2], weights, PARAMS, str(folder), workers=1, progress=False)
+    report = build_zoo(tmp_path / "zoo", tasks[:2], weights, tiny_ifp(), str(folder), workers=1, progress=False)
     assert len(report.done) == 2 and not report.failed
-    report = build_zoo(tmp_path / "zoo", tasks, weights, PARAMS, str(folder), workers=1, progress=False)
+    report = build_zoo(tmp_path / "zoo", tasks, weights, tiny_ifp(), str(folder), workers=1, progress=False)
     assert len(report.skipped) == 2 and len(report.done) == 1
     bad = sample_tasks(dataset, 3, 1, seed=7, exclude=tasks)
-    report = build_zoo(tmp_path / "zoo", bad, weights, PARAMS | {"ratio": 1.5}, str(folder), workers=1, progress=False)
+    # a ratio outside (0, 1) is now refused when the method is created, before any task runs; a ratio that
+    # prunes a group of the tiny backbone to zero (8 channels * 0.03 rounds to 0) still fails inside the task
+    with pytest.raises(ConfigError, match="ratio"):
+        tiny_ifp(ratio=1.5)
+    report = build_zoo(tmp_path / "zoo", bad, weights, tiny_ifp(ratio=0.97), str(folder), workers=1, progress=False)
     assert list(report.failed.values())[0].startswith("ConfigError") and "ratio" in list(report.failed.values())[0]
     with Zoo(tmp_path / "zoo") as zoo:
         assert len(zoo) == 3
@@ -171,10 +166,26 @@ def test_build_resumes_and_records_failures(tmp_path, tiny_setup):
         assert zoo.fingerprint == meta["fingerprint"]
 
 
+def test_cli_zoo_build_takes_any_registered_method(tmp_path, tiny_setup, capsys):
+    from metavote.cli import main
+
+    _, folder, weights = tiny_setup
+    common = ["zoo", "build", "--zoo", str(tmp_path / "zoo"), "--dataset", str(folder), "--backbone", str(weights), "--tasks", "2",
+              "--n-way", "3", "--ratio", "0.5", "--iterations", "2", "--batch-size", "8", "--workers", "1", "--quiet"]
+    assert main([*common, "--method", "random"]) == 0
+    assert "random {'ratio': 0.5, 'iterations': 2" in capsys.readouterr().out
+    with Zoo(tmp_path / "zoo") as zoo:
+        assert [r.method for r in zoo.records()] == ["random", "random"] and zoo.records()[0].record_id.endswith(".random")
+    assert main([*common, "--method", "random", "--importance", "taylor"]) == 2  # a setting of IFP only
+    assert "random has no setting(s) importance" in capsys.readouterr().err
+    assert main(["zoo", "ls", "--zoo", str(tmp_path / "zoo")]) == 0
+    assert "backbone cifar_resnet18 w0.125 (" in capsys.readouterr().out
+
+
 def test_build_with_two_worker_processes(tmp_path, tiny_setup):
     dataset, folder, weights = tiny_setup
     tasks = sample_tasks(dataset, 3, 2, seed=1)
-    report = build_zoo(tmp_path / "zoo", tasks, weights, PARAMS, str(folder), workers=2, progress=False)
+    report = build_zoo(tmp_path / "zoo", tasks, weights, tiny_ifp(), str(folder), workers=2, progress=False)
     assert sorted(report.done) == sorted(f"{t.id}.ifp" for t in tasks)
     with Zoo(tmp_path / "zoo") as zoo:
         assert all(zoo.verify(r) for r in zoo.records())
@@ -184,7 +195,7 @@ def test_build_with_ray(tmp_path, tiny_setup):
     pytest.importorskip("ray", reason="the Ray executor is an optional extra")
     dataset, folder, weights = tiny_setup
     tasks = sample_tasks(dataset, 3, 2, seed=2)
-    report = build_zoo(tmp_path / "zoo", tasks, weights, PARAMS, str(folder), workers=2, executor="ray", progress=False)
+    report = build_zoo(tmp_path / "zoo", tasks, weights, tiny_ifp(), str(folder), workers=2, executor="ray", progress=False)
     assert len(report.done) == 2, report.failed
 
 

@@ -60,11 +60,12 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .data import load_dataset
     from .models import head_rows_for, load_backbone, replace_head
-    from .training import evaluate, set_threads
+    from .training import evaluate, select_device, set_threads
 
     set_threads(args.threads)
     dataset = load_dataset(args.dataset, args.data)
     model, meta = load_backbone(args.weights, dataset=dataset)
+    model.to(select_device(args.device))
     if args.classes:
         task = dataset.task(_csv(args.classes))
         rows = head_rows_for(meta["classes"], task.classes)
@@ -108,17 +109,20 @@ def cmd_data_info(args: argparse.Namespace) -> None:
 
 def cmd_zoo_build(args: argparse.Namespace) -> None:
     from .data import load_dataset, sample_tasks
+    from .methods import create_method
     from .models import locate_backbone
+    from .profiles import get_profile
     from .training import select_device
-    from .zoo import build_zoo, profile
+    from .zoo import build_zoo
 
-    params = profile(args.profile, ratio=args.ratio, iterations=args.iterations, lr=args.lr, batch_size=args.batch_size)
-    params["importance"] = args.importance
+    settings = get_profile(args.profile).settings(args.method, ratio=args.ratio, iterations=args.iterations, lr=args.lr,
+                                                  batch_size=args.batch_size, importance=args.importance)
+    method = create_method(args.method, **settings)
     dataset = load_dataset(args.dataset, args.data)
     tasks = sample_tasks(dataset, args.n_way, args.tasks, args.seed)
     backbone = locate_backbone(args.backbone)
-    print(f"zoo {args.zoo}: {len(tasks)} {args.n_way}-way tasks of {dataset.name}, IFP {params}, backbone {backbone}")
-    report = build_zoo(args.zoo, tasks, backbone, params, args.dataset, args.data, args.workers, args.executor, args.address, not args.quiet,
+    print(f"zoo {args.zoo}: {len(tasks)} {args.n_way}-way tasks of {dataset.name}, {method.key} {method.settings()}, backbone {backbone}")
+    report = build_zoo(args.zoo, tasks, backbone, method, args.dataset, args.data, args.workers, args.executor, args.address, not args.quiet,
                        select_device(args.device))
     print(f"built {len(report.done)}, skipped {len(report.skipped)} already done, failed {len(report.failed)} in {report.seconds / 60:.1f} min")
     if report.failed:
@@ -131,7 +135,8 @@ def cmd_zoo_ls(args: argparse.Namespace) -> None:
     with Zoo(args.zoo) as zoo:
         records = zoo.records(method=args.method, status=None if args.status == "any" else args.status)
         meta = zoo.meta
-    print(f"zoo {args.zoo}: backbone {meta.get('arch')} w{meta.get('width', 0):g} ({str(meta.get('fingerprint'))[:12]}), {len(records)} record(s)")
+        backbone = zoo.describe()
+    print(f"zoo {args.zoo}: backbone {backbone} ({str(meta.get('fingerprint'))[:12]}), {len(records)} record(s)")
     print(f"{'record':<22} {'status':<7} {'acc':>6} {'TFLOPs':>7} {'secs':>6}  classes")
     for r in records:
         acc = f"{r.accuracy:.2%}" if r.accuracy is not None else "-"
@@ -229,13 +234,12 @@ def cmd_prune(args: argparse.Namespace) -> None:
     same = [r for r in ctx.zoo.records() if r.task.id == task.id]
     if same:
         print(f"note: the zoo already holds this task ({', '.join(r.record_id for r in same)}); it is left out of its own neighbours")
+    own = {"neighbours": args.neighbours, "similarity": args.similarity, "temperature": args.temperature}  # MVP's settings
     result, task = prune(ctx, classes, args.method, args.profile, save=not args.no_save, progress=not args.quiet,
-                         ratio=args.ratio, iterations=args.iterations, lr=args.lr, batch_size=args.batch_size,
-                         **({"neighbours": args.neighbours, "similarity": args.similarity, "temperature": args.temperature}
-                            if args.method == "mvp" else {}))
+                         **{k: v for k, v in (_budget(args) | own).items() if v is not None})
     print(f"{result.method} on {task}: test accuracy {result.accuracy:.2%}")
     print(f"  {result.costs.iterations} iterations, {result.costs.tflops:.3f} training TFLOPs, {result.costs.seconds:.1f} s")
-    if result.method == "mvp":
+    if "neighbour_scores" in result.params:
         print(f"  neighbours ({result.params['similarity']}, {result.params['search_seconds']:.1f} s): " + ", ".join(
             f"{t} ({s:.3f})" for t, s in zip(result.params["neighbours"], result.params["neighbour_scores"])) + f"; head: {result.params['head']}")
     print(f"  {count_parameters(result.model):,} parameters, {result.subnet.kept_fraction():.1%} of units kept")
@@ -279,6 +283,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .methods import METHODS
+    from .profiles import PROFILES
+
+    methods, profiles = sorted(METHODS), list(PROFILES)
     parser = argparse.ArgumentParser(prog="metavote", description="Meta-Vote Pruning of pre-trained models for downstream tasks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -333,19 +341,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_info)
 
     zoo = sub.add_parser("zoo", help="build and inspect a zoo of pruned models").add_subparsers(dest="zoo_command", required=True, metavar="ACTION")
-    p = zoo.add_parser("build", help="prune T sampled tasks with IFP into a zoo (parallel, resumable)")
+    p = zoo.add_parser("build", help="prune T sampled tasks into a zoo (IFP by default; parallel, resumable)")
     _add_data(p)
     p.add_argument("--zoo", required=True, help="zoo folder (created if new)")
     p.add_argument("--backbone", help="pre-trained backbone (default: ../shared/pretrained/cifar100_resnet18_w0.5.safetensors)")
     p.add_argument("--tasks", type=int, default=100, help="number of tasks T (default 100)")
     p.add_argument("--n-way", type=int, default=5)
     p.add_argument("--seed", type=int, default=0, help="task sampling seed")
-    p.add_argument("--profile", choices=["paper", "cpu"], default="paper", help="IFP settings: 'paper' (r 0.9, J 1000, batch 128) or 'cpu' (r 0.8, J 200, batch 64)")
+    p.add_argument("--method", choices=methods, default="ifp", help="the pruning method of every record (default ifp)")
+    p.add_argument("--profile", choices=profiles, default="paper",
+                   help="budget: 'paper' (IFP r 0.9, J 1000, batch 128) or 'cpu' (IFP r 0.8, J 200, batch 64)")
     p.add_argument("--ratio", type=float, help="pruning ratio r (overrides the profile)")
-    p.add_argument("--iterations", type=int, help="IFP iterations J (overrides the profile)")
+    p.add_argument("--iterations", type=int, help="the method's iterations (overrides the profile)")
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--importance", choices=["activation", "taylor", "random"], default="activation")
+    p.add_argument("--importance", choices=["activation", "taylor", "random"], help="IFP's criterion (default activation)")
     p.add_argument("--workers", type=int, help="parallel worker processes (default 2 on the CPU, 1 on a GPU)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--executor", choices=["local", "ray"], default="local")
@@ -393,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--zoo", required=True, help="a zoo built by `metavote zoo build`")
         p.add_argument("--data", help="data root (default: $METAVOTE_DATA, then ../shared/data)")
         p.add_argument("--backbone", help="the backbone the zoo was built from (default: the shared one)")
-        p.add_argument("--profile", choices=["paper", "cpu"], default="cpu",
+        p.add_argument("--profile", choices=profiles, default="cpu",
                        help="budget: 'cpu' (r 0.8, J 20, batch 64; IFP 10x = 200) or 'paper' (r 0.9, J 100, batch 128)")
         p.add_argument("--ratio", type=float, help="pruning ratio r (overrides the profile)")
         p.add_argument("--iterations", type=int, help="iterations J (overrides the profile; IFP's upper bound runs 10 J)")
@@ -405,10 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune the backbone for a new task (MVP from the zoo, or IFP / random)")
     zoo_args(p)
     p.add_argument("--classes", required=True, help="the task's classes, comma-separated")
-    p.add_argument("--method", choices=["mvp", "ifp", "random"], default="mvp")
-    p.add_argument("--neighbours", type=int, default=3, help="MVP: nearest zoo tasks that vote (default 3)")
-    p.add_argument("--similarity", choices=["leep", "wordnet", "embedding"], default="leep", help="MVP: neighbour search")
-    p.add_argument("--temperature", type=float, default=0.5, help="MVP: softmax temperature tau of the votes (default 0.5)")
+    p.add_argument("--method", choices=methods, default="mvp")
+    p.add_argument("--neighbours", type=int, help="MVP: nearest zoo tasks that vote (default 3)")
+    p.add_argument("--similarity", choices=["leep", "wordnet", "embedding"], help="MVP: neighbour search (default leep)")
+    p.add_argument("--temperature", type=float, help="MVP: softmax temperature tau of the votes (default 0.5)")
     p.add_argument("--no-save", action="store_true", help="do not add the result to the zoo")
     p.set_defaults(func=cmd_prune)
 

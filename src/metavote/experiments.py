@@ -12,16 +12,16 @@ from pathlib import Path
 import torch
 
 from .bench import (
-    BenchContext, ablate_groups, ablate_importance, ablate_iterations, ablate_neighbours, ablate_task_size, ablate_unseen, bench, bench_profile,
-    main_methods, markdown_table, plot_ablation, summarize, bench_tasks, write_table,
+    BenchContext, ablate_groups, ablate_importance, ablate_iterations, ablate_neighbours, ablate_task_size, ablate_unseen, bench,
+    bench_tasks, main_methods, markdown_table, plot_ablation, summarize, write_table,
 )
 from .data import Task, load_dataset, sample_tasks
 from .errors import ConfigError
-from .methods import IFP, MVP, RandomPruning
+from .methods import PruneResult, create_method, get_method_class, method_settings
 from .models import count_parameters, head_rows_for, load_backbone, locate_backbone, replace_head
-from .pruning import PruneResult
+from .profiles import get_profile
 from .training import evaluate, latency, select_device, set_threads
-from .zoo import Zoo, build_zoo, profile
+from .zoo import Zoo, build_zoo
 
 
 def context(zoo_path: str | os.PathLike, data: str | os.PathLike | None = None, backbone: str | os.PathLike | None = None,
@@ -38,21 +38,19 @@ def context(zoo_path: str | os.PathLike, data: str | os.PathLike | None = None, 
 
 
 def prune(ctx: BenchContext, classes: Sequence[str], method: str = "mvp", profile_name: str = "cpu", save: bool = True,
-          progress: bool = True, **overrides) -> tuple[PruneResult, Task]:
-    """Prune the backbone for the task of ``classes`` with ``mvp``, ``ifp`` or ``random`` at a bench
-    profile's budget (``overrides``: ratio, iterations, lr, batch_size, neighbours, similarity,
-    temperature). With ``save`` the result joins the zoo as a record of its method."""
-    p = bench_profile(profile_name, **{k: overrides.pop(k, None) for k in ("ratio", "iterations", "lr", "batch_size")})
+          progress: bool = True, **settings) -> tuple[PruneResult, Task]:
+    """Prune the backbone for the task of ``classes`` with a registered method (``mvp``, ``ifp``,
+    ``random``, ...) at a profile's budget; ``settings`` (ratio, iterations, lr, batch_size and the
+    method's own, e.g. neighbours, similarity, temperature) override it. With ``save`` the result
+    joins the zoo as a record of its method."""
+    budget = {k: settings.pop(k) for k in ("ratio", "iterations", "lr", "batch_size") if k in settings}
+    p = get_profile(profile_name)
+    cls = get_method_class(method)
+    extra = {"dataset": ctx.dataset} if "dataset" in method_settings(method) else {}  # MVP's embedding similarity
+    m = create_method(method, **p.settings(method, **({"iterations": p.iterations} | budget)), **settings, **extra)
     task = ctx.dataset.task(list(classes))
-    if method == "mvp":
-        m = MVP(p["ratio"], p["iterations"], p["lr"], p["batch_size"], dataset=ctx.dataset, **{k: v for k, v in overrides.items() if v is not None})
-    elif method == "ifp":
-        m = IFP(p["ratio"], p["iterations"], p["ifp_lr"], p["batch_size"])
-    elif method == "random":
-        m = RandomPruning(p["ratio"], p["iterations"], p["lr"], p["batch_size"])
-    else:
-        raise ConfigError(f"unknown method {method!r}; choose mvp, ifp or random")
-    result = m.run(ctx.backbone, ctx.dataset.load_task(task), ctx.zoo, head_rows_for(ctx.classes, task.classes), progress=progress)
+    result = m.run(ctx.backbone, ctx.dataset.load_task(task), ctx.zoo if cls.needs_zoo else None, head_rows_for(ctx.classes, task.classes),
+                   progress=progress)
     if save:
         ctx.zoo.add(task, result)
     return result, task
@@ -62,13 +60,13 @@ def run_bench(ctx: BenchContext, profile_name: str = "cpu", tasks: int = 20, see
               progress: bool = True, **overrides) -> tuple[list[dict], str]:
     """The main table: MVP at J, IFP at J and 10·J, random at J on ``tasks`` seeded test tasks
     disjoint from the zoo's. Writes rows.jsonl, summary.md and summary.csv to ``out``; resumable.
-    ``overrides`` (ratio, iterations, lr, batch_size, ifp_lr) change the profile's budget."""
-    p = bench_profile(profile_name, **overrides)
+    ``overrides`` (ratio, iterations, lr, batch_size) change the profile's budget."""
+    p = get_profile(profile_name, **overrides)
     test = bench_tasks(ctx.dataset, ctx.zoo, tasks, seed=seed)
     rows = bench(ctx, main_methods(p, ctx.dataset), test, out, progress)
     summary = summarize(rows)
     title = (f"{len(test)} test tasks (5-way, seed {seed}, disjoint from the zoo's {len(ctx.zoo.records(method='ifp'))}), "
-             f"profile {profile_name}: r={p['ratio']}, batch {p['batch_size']}")
+             f"profile {profile_name}: r={p.ratio}, batch {p.batch_size}")
     write_table(summary, out, title)
     return rows, f"{title}\n\n{markdown_table(summary)}"
 
@@ -83,7 +81,7 @@ def run_ablation(ctx: BenchContext, name: str, profile_name: str = "cpu", tasks:
     table per variant and one figure (``<out>/<name>.png``). ``unseen`` draws its tasks from
     ``target_dataset`` (an image folder, e.g. from :func:`~metavote.data.convert_fashion_mnist`);
     ``importance`` compares MVP from this zoo with MVP from ``other_zoo`` (e.g. a Taylor zoo)."""
-    p = bench_profile(profile_name, **overrides)
+    p = get_profile(profile_name, **overrides)
     folder = Path(out) / name
     test = bench_tasks(ctx.dataset, ctx.zoo, tasks, seed=seed)
     if name == "iterations":
@@ -91,10 +89,10 @@ def run_ablation(ctx: BenchContext, name: str, profile_name: str = "cpu", tasks:
         fig = plot_ablation(rows, Path(out) / f"{name}.png", "Accuracy against fine-tuning iterations", "iterations J", logx=True)
     elif name == "neighbours":
         rows = ablate_neighbours(ctx, test, p, out=folder, progress=progress)
-        fig = plot_ablation(rows, Path(out) / f"{name}.png", f"MVP (J={p['iterations']}) against the number of neighbours", "neighbours N")
+        fig = plot_ablation(rows, Path(out) / f"{name}.png", f"MVP (J={p.iterations}) against the number of neighbours", "neighbours N")
     elif name == "groups":
         rows = ablate_groups(ctx, test, p, out=folder, progress=progress)
-        fig = plot_ablation(rows, Path(out) / f"{name}.png", f"MVP (J={p['iterations']}) with neighbours from one similarity group",
+        fig = plot_ablation(rows, Path(out) / f"{name}.png", f"MVP (J={p.iterations}) with neighbours from one similarity group",
                             "similarity group (1 = most similar)", bars=True)
     elif name == "task-size":
         rows = ablate_task_size(ctx, profile_name, tasks, seed=seed, out=folder, progress=progress, **overrides)
@@ -109,7 +107,7 @@ def run_ablation(ctx: BenchContext, name: str, profile_name: str = "cpu", tasks:
         if other_zoo is None:
             raise ConfigError("the importance ablation needs --other-zoo (e.g. one built with `zoo build --importance taylor`)")
         rows = ablate_importance(ctx, Zoo(other_zoo, device=ctx.zoo.device), test, p, out=folder, progress=progress)
-        fig = plot_ablation(rows, Path(out) / f"{name}.png", f"MVP (J={p['iterations']}) from zoos pruned by each importance", "zoo", bars=True)
+        fig = plot_ablation(rows, Path(out) / f"{name}.png", f"MVP (J={p.iterations}) from zoos pruned by each importance", "zoo", bars=True)
     else:
         raise ConfigError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
     summary = summarize(rows)
@@ -141,19 +139,19 @@ def demo(
     print(f"backbone {path.name}: {meta['arch']} width {meta['width']:g}, {count_parameters(model):,} parameters, "
           f"CIFAR-100 top-1 {meta.get('test_acc', float('nan')):.2%} (from its metadata)")
 
-    params = profile("cpu")
+    p = get_profile("cpu")
+    ifp = create_method("ifp", **p.settings("ifp"))
     tasks = sample_tasks(dataset, 5, zoo_tasks + 1, seed=2026)
     zoo_tasks_, target = tasks[:-1], tasks[-1]
-    print(f"\n[1/2] zoo of {len(zoo_tasks_)} tasks in {out / 'zoo'} (IFP, CPU profile {params})")
-    report = build_zoo(out / "zoo", zoo_tasks_, path, params, "cifar100", data, device=device)
+    print(f"\n[1/2] zoo of {len(zoo_tasks_)} tasks in {out / 'zoo'} ({ifp.label}, CPU profile: {ifp.settings()})")
+    report = build_zoo(out / "zoo", zoo_tasks_, path, ifp, "cifar100", data, device=device)
     zoo = Zoo(out / "zoo", device=device)
     for r in zoo.records(method="ifp"):
         print(f"  {r.record_id}  {r.accuracy:.2%}  {', '.join(r.task.classes)}")
     print(f"  built {len(report.done)}, reused {len(report.skipped)}, failed {len(report.failed)}")
 
-    p = bench_profile("cpu")
-    j = p["iterations"]
-    print(f"\n[2/2] pruning a new task at r={p['ratio']} on {device}: {target}")
+    j = p.iterations
+    print(f"\n[2/2] pruning a new task at r={p.ratio} on {device}: {target}")
     task_data = dataset.load_task(target)
     rows = head_rows_for(meta["classes"], target.classes)
     dense = replace_head(copy.deepcopy(model), target.n_way, rows)

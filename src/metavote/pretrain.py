@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .data import Augment, BatchLoader, ImageDataset, iterate_eval
 from .errors import CheckpointError, ConfigError, one_line
 from .files import atomic_path
-from .models import ResNet, build_model, save_weights
+from .models import Backbone, create_model, save_weights
 from .training import Timer, cosine_lr, evaluate, set_lr, sgd
 
 METHODS = ("supervised", "simsiam")
@@ -79,7 +79,7 @@ def one_cycle_lr(step: int, total: int, peak: float, warmup: float = 0.3) -> flo
 class SimSiam(nn.Module):
     """Encoder + projector + predictor (Chen & He 2020), sized to the encoder's feature width."""
 
-    def __init__(self, encoder: ResNet, dim: int | None = None) -> None:
+    def __init__(self, encoder: Backbone, dim: int | None = None) -> None:
         super().__init__()
         f = encoder.num_features
         dim = dim or max(512, 2 * f)
@@ -125,7 +125,7 @@ def simsiam_view(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def knn_accuracy(encoder: ResNet, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], k: int = 20, temperature: float = 0.1) -> float:
+def knn_accuracy(encoder: Backbone, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], k: int = 20, temperature: float = 0.1) -> float:
     """Weighted k-NN accuracy (cosine similarity, exp(s/T) votes) of an encoder's features."""
     encoder.eval()
 
@@ -170,7 +170,7 @@ def pretrain(
     ckpt_path = Path(checkpoint) if checkpoint else default_checkpoint_path(out)
     torch.manual_seed(config.seed)
     supervised = config.method == "supervised"
-    model = build_model(config.arch, config.width, dataset.num_classes if supervised else 0)
+    model = create_model({"arch": config.arch, "width": config.width}, dataset.num_classes if supervised else 0)
     net: nn.Module = model if supervised else SimSiam(model)
     net.to(device)
     base_lr = config.lr if supervised else config.lr * config.batch_size / 256

@@ -26,7 +26,7 @@ from torch import nn
 
 from .data import ImageDataset, TaskData, iterate_eval
 from .errors import ConfigError, MetavoteError
-from .models import ResNet
+from .models import Backbone
 from .zoo import Zoo, ZooRecord
 
 
@@ -252,7 +252,7 @@ class EmbeddingSimilarity(Similarity):
 
     name = "embedding"
 
-    def __init__(self, backbone: ResNet, dataset: ImageDataset, per_class: int = 50) -> None:
+    def __init__(self, backbone: Backbone, dataset: ImageDataset, per_class: int = 50) -> None:
         self.backbone, self.dataset, self.per_class = backbone.eval(), dataset, per_class
         self._means: dict[str, torch.Tensor] = {}
 
@@ -278,7 +278,7 @@ class EmbeddingSimilarity(Similarity):
         return np.array([float((t @ self.source_means(r.task.classes).T).max(1).values.mean()) for r in records])
 
 
-def make_similarity(metric: str, rule: str = "best_match", backbone: ResNet | None = None, dataset: ImageDataset | None = None) -> Similarity:
+def make_similarity(metric: str, rule: str = "best_match", backbone: Backbone | None = None, dataset: ImageDataset | None = None) -> Similarity:
     """A similarity measure by name: ``leep``, ``wordnet`` (with its ``rule``) or ``embedding``."""
     if metric == "leep":
         return LEEPSimilarity()

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .data import iterate_eval
 from .errors import ConfigError
+from .models import Backbone
 
 
 def set_threads(threads: int | None = None) -> int:
@@ -68,17 +69,17 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 # ----------------------------------------------------------------------------- costs
 
 
-def _shape_signature(model: nn.Module) -> tuple:
-    return tuple((k, tuple(p.shape)) for k, p in model.named_parameters())
+def _input_size(model: nn.Module) -> tuple[int, ...]:
+    return tuple(getattr(model, "input_size", (3, 32, 32)))
 
 
-def step_flops(model: nn.Module, batch_size: int = 128, input_size: int = 32, backward: bool = True) -> int:
+def step_flops(model: nn.Module, batch_size: int = 128, backward: bool = True, input_size: tuple[int, ...] | None = None) -> int:
     """FLOPs of one training step (forward + backward; forward only with ``backward=False``) of
-    ``model`` at this batch size, counted by ``FlopCounterMode`` on a copy of the model (its
-    BatchNorm statistics are not touched)."""
+    ``model`` at this batch size on its own input size (``model.input_size``), counted by
+    ``FlopCounterMode`` on a copy of the model (its BatchNorm statistics are not touched)."""
     probe = copy.deepcopy(model).train()
     device = next(probe.parameters()).device
-    x = torch.rand(batch_size, 3, input_size, input_size, device=device)
+    x = torch.rand(batch_size, *(input_size or _input_size(model)), device=device)
     with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(backward):
         out = probe(x)
         if backward:
@@ -95,15 +96,18 @@ class Costs:
     iterations: int = 0
     _flops_cache: dict = field(default_factory=dict, repr=False)
 
-    def add_steps(self, model: nn.Module, steps: int, batch_size: int, input_size: int = 32, backward: bool = True, training: bool = True) -> None:
-        """Count the FLOPs of ``steps`` passes of ``model``'s current shape, forward + backward (or
-        forward only, ``backward=False``); FLOPs are measured once per shape and batch size. Only
-        ``training`` passes (SGD steps) count as iterations; scoring passes add FLOPs alone."""
+    def add_steps(self, model: nn.Module, steps: int, batch_size: int, backward: bool = True, training: bool = True) -> None:
+        """Count the FLOPs of ``steps`` passes of ``model`` as it is now, forward + backward (or
+        forward only, ``backward=False``), on the model's own input size. FLOPs are measured once per
+        distinct cost: the cache key is the model's ``flops_key()`` (its parameter shapes, plus
+        whatever else its cost depends on), the input size, batch size and direction. Only
+        ``training`` passes (optimiser steps) count as iterations; scoring passes add FLOPs alone."""
         if steps <= 0:
             return
-        key = (_shape_signature(model), batch_size, input_size, backward)
+        shape_key = model.flops_key() if hasattr(model, "flops_key") else tuple((k, tuple(p.shape)) for k, p in model.named_parameters())
+        key = (type(model).__name__, shape_key, _input_size(model), batch_size, backward)
         if key not in self._flops_cache:
-            self._flops_cache[key] = step_flops(model, batch_size, input_size, backward)
+            self._flops_cache[key] = step_flops(model, batch_size, backward)
         self.flops += self._flops_cache[key] * steps
         if training:
             self.iterations += steps
@@ -175,17 +179,18 @@ def recalibrate_bn(model: nn.Module, data, batches: int, batch_size: int, seed: 
 def finetune(model: nn.Module, data, iterations: int, lr: float, batch_size: int, seed: int | None = None,
              costs: Costs | None = None, desc: str = "fine-tune", progress: bool = False) -> float:
     """Fine-tune ``model`` on a task's training data (a :class:`~metavote.data.TaskData`) for
-    ``iterations`` SGD steps with a cosine-annealed ``lr``, count them in ``costs``, and return the
-    test accuracy."""
+    ``iterations`` SGD steps with a cosine-annealed ``lr``, count them in ``costs``; returns the mean
+    training loss (nan for no steps)."""
     if iterations < 0:
         raise ConfigError(f"iterations must be >= 0, got {iterations}")
     batches = iter(data.loader(batch_size, seed=seed, device=next(model.parameters()).device))
+    loss = float("nan")
     if iterations:
         with tqdm(total=iterations, desc=desc, unit="it", disable=not progress, leave=False) as bar:
-            train_steps(model, batches, sgd(model, lr), iterations, lambda s: cosine_lr(s, iterations, lr), progress=bar)
+            loss = train_steps(model, batches, sgd(model, lr), iterations, lambda s: cosine_lr(s, iterations, lr), progress=bar)
     if costs is not None:
         costs.add_steps(model, iterations, batch_size)
-    return evaluate(model, data.test_images, data.test_labels)
+    return loss
 
 
 @torch.no_grad()
@@ -219,8 +224,8 @@ class Timer:
 
 
 @torch.no_grad()
-def imprint_head(model: nn.Module, images: np.ndarray, labels: np.ndarray, num_classes: int, per_class: int = 100) -> None:
-    """Set ``model.fc`` to class-mean feature imprinting: row c is the normalised mean feature of
+def imprint_head(model: Backbone, images: np.ndarray, labels: np.ndarray, num_classes: int, per_class: int = 100) -> None:
+    """Give ``model`` a class-mean feature imprinting head: row c is the normalised mean feature of
     class c (at most ``per_class`` images each), scaled so logits have the spread of a trained head."""
     labels = np.asarray(labels)
     pick = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)])
@@ -230,19 +235,19 @@ def imprint_head(model: nn.Module, images: np.ndarray, labels: np.ndarray, num_c
     y = torch.as_tensor(labels[pick], device=device)
     means = torch.stack([feats[y == c].mean(0) for c in range(num_classes)])
     scale = 10.0 / feats.norm(dim=1).mean().clamp_min(1e-6)
-    fc = nn.Linear(feats.shape[1], num_classes).to(device)
-    fc.weight.copy_(F.normalize(means, dim=1) * scale)
-    fc.bias.zero_()
-    model.fc = fc
+    head = nn.Linear(feats.shape[1], num_classes).to(device)
+    head.weight.copy_(F.normalize(means, dim=1) * scale)
+    head.bias.zero_()
+    model.set_classifier(head)
 
 
 @torch.no_grad()
-def latency(model: nn.Module, batch_size: int = 128, input_size: int = 32, repeats: int = 5) -> float:
+def latency(model: nn.Module, batch_size: int = 128, repeats: int = 5) -> float:
     """Median seconds of one eval-mode forward pass of a batch (after one warm-up pass)."""
     model.eval()
     device = next(model.parameters()).device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    x = torch.rand(batch_size, 3, input_size, input_size, device=device)
+    x = torch.rand(batch_size, *_input_size(model), device=device)
     model(x)
     times = []
     for _ in range(repeats):

@@ -1,8 +1,8 @@
-"""The zoo of pruned models: an SQLite index plus one safetensors file per record, and its builder.
+"""The zoo of pruned models: an SQLite index plus one safetensors file per record.
 
 Layout of a zoo folder::
 
-    index.sqlite                 # table `meta` (backbone fingerprint, arch, width) + table `records`
+    index.sqlite                 # table `meta` (backbone fingerprint, model config, dataset) + table `records`
     records/<task id>.<method>.safetensors   # compact weights ("model.*"), Omega ("omega.*", "size.*")
 
 Writes are atomic and safe with several writer processes: a record's file is written to a
@@ -18,23 +18,24 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
-from multiprocessing import get_context
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
-from .data import Task, load_dataset
-from .errors import ConfigError, MetavoteError, one_line
-from .files import atomic_path, file_digest
-from .models import ResNet, build_model, head_rows_for, load_backbone
-from .pruning import PruneResult, SubNetwork, dense_view, ifp, shrink, tensor_axes, unit_groups
+from ..data import Task
+from ..errors import ConfigError, MetavoteError
+from ..files import atomic_path, file_digest
+from ..models.base import Backbone, create_model
+from ..pruning import SubNetwork, TensorIndex, dense_view, shrink
+
+if TYPE_CHECKING:
+    from ..methods.base import PruneResult
 
 INDEX = "index.sqlite"
 SCHEMA = """
@@ -89,7 +90,7 @@ class Zoo:
     def __init__(self, root: str | os.PathLike, backbone_meta: dict | None = None, device: str | torch.device = "cpu") -> None:
         self.root = Path(root)
         self.device = torch.device(device)
-        self._skeletons: dict[tuple, ResNet] = {}
+        self._skeletons: dict[tuple, Backbone] = {}
         index = self.root / INDEX
         if not index.exists():
             if backbone_meta is None:
@@ -106,7 +107,8 @@ class Zoo:
             raise ZooError(f"{index} is not a readable zoo index ({e})") from e
         self.meta = self._read_meta()
         if backbone_meta is not None:
-            wanted = {"fingerprint": backbone_meta["fingerprint"], "arch": backbone_meta["arch"], "width": float(backbone_meta["width"]),
+            config = backbone_meta.get("config") or {"arch": backbone_meta["arch"], "width": float(backbone_meta["width"])}
+            wanted = {"fingerprint": backbone_meta["fingerprint"], "arch": config["arch"], "config": config,
                       "dataset": backbone_meta.get("dataset")}
             if not self.meta:
                 self._write_meta(wanted)
@@ -114,7 +116,7 @@ class Zoo:
             elif self.meta["fingerprint"] != wanted["fingerprint"]:
                 raise ZooError(
                     f"zoo {self.root} was built from backbone {self.meta['fingerprint'][:12]} "
-                    f"({self.meta['arch']} w{self.meta['width']:g}), not from the given {wanted['fingerprint'][:12]}; "
+                    f"({self.describe()}), not from the given {wanted['fingerprint'][:12]}; "
                     "use a new zoo folder for a new backbone"
                 )
 
@@ -136,6 +138,17 @@ class Zoo:
     @property
     def fingerprint(self) -> str:
         return self.meta["fingerprint"]
+
+    @property
+    def model_config(self) -> dict:
+        """The backbone's model config (zoos written before configs were stored hold a ResNet's arch and width)."""
+        return self.meta.get("config") or {"arch": self.meta["arch"], "width": self.meta["width"]}
+
+    def describe(self) -> str:
+        """The backbone in a few words: its architecture and size."""
+        c = self.model_config
+        size = f" w{c['width']:g}" if "width" in c else f" d{c['embed_dim']} x{c['depth']}" if "embed_dim" in c else ""
+        return f"{c['arch']}{size}"
 
     def close(self) -> None:
         self._conn.close()
@@ -236,180 +249,28 @@ class Zoo:
     def subnetwork(self, record: ZooRecord) -> SubNetwork:
         return SubNetwork.from_tensors(self._tensors(record))
 
-    def load(self, record: ZooRecord) -> tuple[ResNet, SubNetwork]:
+    def load(self, record: ZooRecord) -> tuple[Backbone, SubNetwork]:
         """The record's compact model (with its task head, on the zoo's device) and its sub-network."""
         tensors = self._tensors(record)
-        subnet = SubNetwork.from_tensors(tensors)
+        try:
+            subnet = SubNetwork.from_tensors(tensors)
+        except ConfigError as e:
+            raise ZooError(f"record {record.record_id}: {e}") from e
         state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         shape = (record.task.n_way, tuple(sorted(subnet.widths().items())))
         if shape not in self._skeletons:  # building and shrinking a full-size model is the slow part
-            self._skeletons[shape] = shrink(build_model(self.meta["arch"], self.meta["width"], record.task.n_way), subnet.kept)
+            full = create_model(self.model_config, record.task.n_way)
+            try:
+                subnet.check(full.unit_groups())
+            except ConfigError as e:
+                raise ZooError(f"record {record.record_id} does not fit the zoo's backbone: {e}") from e
+            self._skeletons[shape] = shrink(full, subnet.kept)
         model = copy.deepcopy(self._skeletons[shape])
         model.load_state_dict(state)
         return model.to(self.device).eval(), subnet
 
-    def dense(self, record: ZooRecord, backbone: ResNet) -> dict[str, torch.Tensor]:
+    def dense(self, record: ZooRecord, backbone: Backbone) -> dict[str, torch.Tensor]:
         """The record's weights written into a copy of the backbone's state dict at Omega (body only)."""
         model, subnet = self.load(record)
-        return dense_view(backbone.state_dict(), subnet, model.state_dict(), tensor_axes(backbone, unit_groups(backbone)))
-
-
-# ----------------------------------------------------------------------------- building
-
-PROFILES: dict[str, dict] = {
-    # the paper's IFP: full run at r = 0.9, J = 1000, lr 0.005, batch 128 (GPU scale)
-    "paper": {"ratio": 0.9, "iterations": 1000, "lr": 0.005, "batch_size": 128},
-    # 2 CPU cores, width-0.5 backbone: r = 0.8 keeps 6..51 channels as the paper's r = 0.9 does at
-    # width 1.0; 200 iterations of batch 64 with 8 gradual pruning steps (one every 15 iterations)
-    "cpu": {"ratio": 0.8, "iterations": 200, "lr": 0.01, "batch_size": 64},
-}
-
-
-def profile(name: str, **overrides) -> dict:
-    """IFP parameters of a named profile, with overrides (``None`` values are ignored)."""
-    if name not in PROFILES:
-        raise ConfigError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
-    return PROFILES[name] | {k: v for k, v in overrides.items() if v is not None}
-
-
-@dataclass
-class BuildReport:
-    done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class Job:
-    """Everything a worker needs to prune one task into a zoo (plain data, so it pickles)."""
-
-    zoo: str
-    dataset: str
-    data: str | None
-    backbone: str
-    task: dict
-    params: dict
-    threads: int
-    device: str = "cpu"
-
-
-_WORKER_CACHE: dict = {}
-
-
-def run_job(job: Job) -> tuple[str, str | None, float]:
-    """Prune one task with IFP and add it to the zoo. Returns (record id, error or None, seconds).
-
-    Runs in a worker process (local pool or Ray); the dataset and backbone are loaded once per process.
-    """
-    torch.set_num_threads(job.threads)
-    task = Task.from_dict(job.task)
-    start = time.perf_counter()
-    try:
-        key = (job.dataset, job.data, job.backbone, job.device)
-        if _WORKER_CACHE.get("key") != key:
-            dataset = load_dataset(job.dataset, job.data)
-            backbone, meta = load_backbone(job.backbone, dataset=dataset)
-            backbone.to(job.device)
-            _WORKER_CACHE.update(key=key, dataset=dataset, backbone=backbone, meta=meta)
-        dataset, backbone, meta = _WORKER_CACHE["dataset"], _WORKER_CACHE["backbone"], _WORKER_CACHE["meta"]
-        data = dataset.load_task(task)
-        result = ifp(backbone, data, head_rows=head_rows_for(meta["classes"], task.classes), **job.params)
-        with Zoo(job.zoo, meta) as zoo:
-            zoo.add(task, result)
-        return record_id(task, "ifp"), None, time.perf_counter() - start
-    except Exception as e:  # noqa: BLE001 - a failed task is recorded, the build goes on
-        return record_id(task, "ifp"), f"{type(e).__name__}: {one_line(e)}", time.perf_counter() - start
-
-
-def build_zoo(
-    zoo_root: str | os.PathLike,
-    tasks: Sequence[Task],
-    backbone: str | os.PathLike,
-    params: dict,
-    dataset: str = "cifar100",
-    data: str | os.PathLike | None = None,
-    workers: int | None = None,
-    executor: str = "local",
-    address: str | None = None,
-    progress: bool = True,
-    device: str | torch.device = "cpu",
-) -> BuildReport:
-    """Prune every task not yet in the zoo with IFP, in parallel; finished tasks are skipped.
-
-    ``executor="local"``: a pool of ``workers`` processes, each with cores/workers torch threads.
-    ``executor="ray"``: Ray tasks of one CPU each on a running cluster (``address``) or on a local
-    Ray instance with ``workers`` CPUs. A task that fails is recorded with its error. Workers
-    train on ``device``. ``workers`` defaults to 2 on the CPU and to 1 (in this process) on a GPU,
-    which one worker keeps busy.
-    """
-    device = torch.device(device)
-    workers = workers if workers is not None else (2 if device.type == "cpu" else 1)
-    if workers < 1:
-        raise ConfigError(f"workers must be >= 1, got {workers}")
-    if executor not in ("local", "ray"):
-        raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")
-    ds = load_dataset(dataset, data)
-    _, meta = load_backbone(backbone, dataset=ds)
-    report = BuildReport()
-    with Zoo(zoo_root, meta) as zoo:
-        finished = {r.record_id: r for r in zoo.records(method="ifp")}
-        todo = []
-        for task in tasks:
-            rid = record_id(task, "ifp")
-            if rid in finished and zoo.verify(finished[rid]):  # a missing or damaged file is redone
-                report.skipped.append(rid)
-            else:
-                todo.append(task)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    jobs = [Job(str(zoo_root), dataset, str(data) if data else None, str(backbone), t.to_dict(), dict(params), threads, str(device))
-            for t in todo]
-    start = time.perf_counter()
-    bar = tqdm(total=len(tasks), initial=len(report.skipped), desc="zoo build", unit="task", disable=not progress, dynamic_ncols=True)
-    results = _run_ray(jobs, workers, address) if executor == "ray" else _run_local(jobs, workers)
-    with Zoo(zoo_root) as zoo:
-        for job, (rid, error, secs) in results:
-            if error is None:
-                report.done.append(rid)
-            else:
-                report.failed[rid] = error
-                zoo.add_failure(Task.from_dict(job.task), "ifp", job.params, error)
-                bar.write(f"task {rid} failed: {error}")
-            bar.update(1)
-            bar.set_postfix(failed=len(report.failed), last=f"{secs:.0f}s", refresh=False)
-    bar.close()
-    report.seconds = time.perf_counter() - start
-    return report
-
-
-def _run_local(jobs: list[Job], workers: int) -> Iterator[tuple[Job, tuple]]:
-    if workers == 1:
-        for job in jobs:
-            yield job, run_job(job)
-        return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        pending = {pool.submit(run_job, job): job for job in jobs}
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                yield pending.pop(fut), fut.result()
-
-
-def _run_ray(jobs: list[Job], workers: int, address: str | None) -> Iterator[tuple[Job, tuple]]:
-    try:
-        import ray
-    except ImportError as e:
-        raise ConfigError("the Ray executor needs Ray: pip install 'metavote[ray]'") from e
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False, log_to_driver=False)
-    try:
-        remote = ray.remote(num_cpus=1)(run_job)
-        pending = {remote.remote(job): job for job in jobs}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                yield pending.pop(ref), ray.get(ref)
-    finally:
-        if started:
-            ray.shutdown()
+        return dense_view(backbone.state_dict(), subnet, model.state_dict(), TensorIndex(backbone, backbone.unit_groups()),
+                          skip=backbone.classifier_keys())

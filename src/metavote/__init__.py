@@ -1,0 +1,35 @@
+"""metavote: Meta-Vote Pruning of pre-trained vision models for downstream tasks.
+
+The public API, in the order data flows (each name lives in the module that says what it holds)::
+
+    dataset = metavote.load_dataset("cifar100")
+    backbone, meta = metavote.load_backbone(metavote.locate_backbone(), dataset=dataset)
+    data = dataset.load_task(dataset.task(["apple", "bear", "bridge", "rose", "tank"]))
+    with metavote.Zoo("runs/zoo-cpu") as zoo:
+        mvp = metavote.create_method("mvp", **metavote.get_profile("cpu").settings("mvp"))
+        result = mvp.run(backbone, data, zoo, metavote.head_rows_for(meta["classes"], data.task.classes))
+"""
+
+from .data import ImageDataset, Task, TaskData, load_dataset, sample_tasks
+from .errors import MetavoteError
+from .methods import METHODS, Method, PruneResult, create_method
+from .models import (
+    MODELS, Backbone, ResNet, Slot, UnitGroup, VisionTransformer, count_parameters, create_model, head_rows_for, load_backbone,
+    locate_backbone, replace_head, save_weights,
+)
+from .profiles import PROFILES, Profile, get_profile
+from .pruning import SubNetwork, dense_view, extract, mask, shrink, target_widths
+from .similarity import EmbeddingSimilarity, LEEPSimilarity, Similarity, WordNetSimilarity, make_similarity, nearest
+from .training import Costs, evaluate, select_device, set_threads
+from .zoo import Zoo, ZooRecord, build_zoo
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "METHODS", "MODELS", "PROFILES", "Backbone", "Costs", "EmbeddingSimilarity", "ImageDataset", "LEEPSimilarity", "Method",
+    "MetavoteError", "Profile", "PruneResult", "ResNet", "Similarity", "Slot", "SubNetwork", "Task", "TaskData", "UnitGroup",
+    "VisionTransformer", "WordNetSimilarity", "Zoo", "ZooRecord", "build_zoo", "count_parameters", "create_method", "create_model",
+    "dense_view", "evaluate", "extract", "get_profile", "head_rows_for", "load_backbone", "load_dataset", "locate_backbone",
+    "make_similarity", "mask", "nearest", "replace_head", "sample_tasks", "save_weights", "select_device", "set_threads", "shrink",
+    "target_widths",
+]

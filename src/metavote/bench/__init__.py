@@ -1,0 +1,14 @@
+"""The evaluation harness (``harness.py``: bench, rows, summaries), the ablations (``ablations.py``)
+and their figures (``plots.py``)."""
+
+from .ablations import (
+    ablate_groups, ablate_importance, ablate_iterations, ablate_neighbours, ablate_task_size, ablate_unseen, ranked_pool,
+)
+from .harness import BenchContext, RowLog, bench, bench_tasks, main_methods, markdown_table, run_variants, summarize, write_table
+from .plots import plot_ablation
+
+__all__ = [
+    "BenchContext", "RowLog", "ablate_groups", "ablate_importance", "ablate_iterations", "ablate_neighbours", "ablate_task_size",
+    "ablate_unseen", "bench", "bench_tasks", "main_methods", "markdown_table", "plot_ablation", "ranked_pool", "run_variants",
+    "summarize", "write_table",
+]

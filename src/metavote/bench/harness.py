@@ -1,0 +1,152 @@
+"""The evaluation harness: run methods on test tasks disjoint from the zoo's.
+
+:func:`bench` runs every :class:`~metavote.methods.Method` on every test task and writes one row per
+(task, method) to ``rows.jsonl`` as it goes, so an interrupted bench resumes where it stopped.
+:func:`summarize` turns rows into the paper's table (accuracy mean ± std over tasks, training
+TFLOPs, seconds per task), written as markdown and CSV by :func:`write_table`. Budgets come from
+the one profile system (:mod:`metavote.profiles`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data import ImageDataset, Task, sample_tasks
+from ..errors import ConfigError
+from ..methods import Method, PruneResult, create_method
+from ..models import Backbone, count_parameters, head_rows_for
+from ..profiles import Profile
+from ..zoo import Zoo
+
+
+def main_methods(profile: Profile, dataset: ImageDataset | None = None) -> list[Method]:
+    """The main table: MVP at J, IFP at 10·J and at J, random pruning at J."""
+    return [
+        create_method("mvp", **profile.settings("mvp"), dataset=dataset),
+        create_method("ifp", **profile.settings("ifp")),
+        create_method("ifp", **profile.settings("ifp", iterations=profile.iterations)),
+        create_method("random", **profile.settings("random")),
+    ]
+
+
+def bench_tasks(dataset: ImageDataset, zoo: Zoo, count: int, n_way: int = 5, seed: int = 1000) -> list[Task]:
+    """``count`` seeded N-way tasks, none of them a task of the zoo."""
+    return sample_tasks(dataset, n_way, count, seed=seed, exclude=[r.task for r in zoo.records(status=None)])
+
+
+@dataclass
+class BenchContext:
+    """What every bench run shares: backbone, its class names (for head rows), dataset, zoo."""
+
+    backbone: Backbone
+    classes: list[str] | None
+    dataset: ImageDataset
+    zoo: Zoo
+
+    def head_rows(self, task: Task) -> list[int] | None:
+        return head_rows_for(self.classes, task.classes) if self.classes else None
+
+    def run(self, method: Method, data, progress: bool = False) -> PruneResult:
+        """``method`` on one task of this context's dataset, with the task's head rows."""
+        return method.run(self.backbone, data, self.zoo, self.head_rows(data.task), progress=progress)
+
+
+def _row(task: Task, label: str, result: PruneResult, extra: dict | None = None) -> dict:
+    return {"task": task.id, "classes": list(task.classes), "method": label, "accuracy": result.accuracy,
+            "tflops": result.costs.tflops, "seconds": result.costs.seconds, "iterations": result.costs.iterations,
+            "search_seconds": result.params.get("search_seconds", 0.0), "parameters": count_parameters(result.model),
+            "neighbours": result.params.get("neighbours"), **(extra or {})}
+
+
+class RowLog:
+    """Rows appended to ``<out>/rows.jsonl`` as they are made; rows already there are kept."""
+
+    def __init__(self, out: str | os.PathLike | None) -> None:
+        self.path = Path(out) / "rows.jsonl" if out is not None else None
+        self.rows: list[dict] = []
+        if self.path is not None and self.path.exists():
+            self.rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def has(self, task: Task, label: str) -> bool:
+        return any(r["task"] == task.id and r["method"] == label for r in self.rows)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def bench(ctx: BenchContext, methods: Sequence[Method], tasks: Sequence[Task], out: str | os.PathLike | None = None,
+          progress: bool = True) -> list[dict]:
+    """Run every method on every task; returns one row per (task, method), resuming from ``out``.
+    Rows carry ``family`` (the method's name) and ``x`` (its iterations) for :func:`plot_ablation`."""
+    labels = [m.label for m in methods]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"two methods share a label: {labels}")
+
+    def variants(data, task, log):
+        for m in methods:
+            yield m.label, {"family": m.name, "x": m.iterations}, lambda m=m: ctx.run(m, data)
+
+    return [r for r in run_variants(ctx, tasks, variants, out, progress, "bench") if r["method"] in labels]
+
+
+def summarize(rows: Sequence[dict], key: str = "method") -> list[dict]:
+    """Per ``key`` (in first-seen order): accuracy mean ± std over tasks, mean TFLOPs and seconds."""
+    out = []
+    for value in dict.fromkeys(r[key] for r in rows):
+        sel = [r for r in rows if r[key] == value]
+        acc = np.array([r["accuracy"] for r in sel])
+        out.append({key: value, "tasks": len(sel), "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
+                    "tflops": float(np.mean([r["tflops"] for r in sel])), "seconds": float(np.mean([r["seconds"] for r in sel])),
+                    "search_seconds": float(np.mean([r.get("search_seconds", 0.0) for r in sel])),
+                    "parameters": float(np.mean([r["parameters"] for r in sel]))})
+    return out
+
+
+def markdown_table(summary: Sequence[dict], key: str = "method") -> str:
+    lines = [f"| {key} | tasks | accuracy (%) | training TFLOPs | seconds per task | + neighbour search (s) | parameters |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for s in summary:
+        search = f"{s['search_seconds']:.1f}" if s["search_seconds"] else "–"
+        lines.append(f"| {s[key]} | {s['tasks']} | {100 * s['accuracy_mean']:.2f} ± {100 * s['accuracy_std']:.2f} | "
+                     f"{s['tflops']:.3f} | {s['seconds']:.1f} | {search} | {s['parameters']:,.0f} |")
+    return "\n".join(lines)
+
+
+def write_table(summary: Sequence[dict], out: str | os.PathLike, title: str, key: str = "method") -> list[Path]:
+    """``summary.md`` (a titled markdown table) and ``summary.csv`` in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "summary.md"
+    md.write_text(f"{title}\n\n{markdown_table(summary, key)}\n")
+    path = out / "summary.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(summary[0]))
+        w.writeheader()
+        w.writerows(summary)
+    return [md, path]
+
+
+def run_variants(ctx: BenchContext, tasks: Sequence[Task], variants: Callable, out, progress: bool, desc: str) -> list[dict]:
+    """Run ``variants(data, task, log) -> iterable of (label, extra, thunk)`` on each task; a thunk
+    runs only when its (task, label) row is not logged yet, so a stopped run resumes."""
+    log = RowLog(out)
+    for task in tqdm(tasks, desc=desc, unit="task", disable=not progress):
+        data = ctx.dataset.load_task(task)
+        for label, extra, run in variants(data, task, log):
+            if not log.has(task, label):
+                log.add(_row(task, label, run(), extra))
+    wanted = {t.id for t in tasks}
+    return [r for r in log.rows if r["task"] in wanted]

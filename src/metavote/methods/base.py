@@ -1,0 +1,161 @@
+"""One base class for every pruning method, and the registry that names them.
+
+A method is a dataclass of keyword-only, well-named settings (``ratio``, ``iterations``, ``lr``,
+``batch_size``, ``seed`` and its own) with a ``key`` (its registry name and zoo record suffix), the
+model ``families`` it supports and whether it ``needs_zoo``. One call runs it::
+
+    method = create_method("mvp", ratio=0.8, iterations=20, batch_size=64)
+    result = method.run(backbone, task_data, zoo, head_rows)      # -> PruneResult
+
+:meth:`Method.run` is the skeleton every method shares (checks, timer, result); a method fills in
+:meth:`Method.prune` and may use :meth:`Method.fine_tune` (BatchNorm re-estimation, then J SGD
+steps) and :func:`task_head`. ``create_method`` feeds the CLI's choices, ``prune``, the bench and
+``zoo build --method``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from torch import nn
+
+from ..data import TaskData
+from ..errors import ConfigError
+from ..models.base import Backbone, replace_head
+from ..pruning import SubNetwork
+from ..training import Costs, Timer, evaluate, finetune, imprint_head, recalibrate_bn
+
+if TYPE_CHECKING:
+    from ..zoo import Zoo
+
+
+@dataclass
+class PruneResult:
+    """What every pruning method returns: the compact model with its task head, Omega, and costs."""
+
+    model: Backbone
+    subnet: SubNetwork
+    costs: Costs
+    accuracy: float
+    method: str
+    params: dict
+
+
+def task_head(model: Backbone, data: TaskData, head_rows: list[int] | None) -> None:
+    """Give ``model`` the task's head: rows of the pre-trained head when it knows every class,
+    otherwise class-mean feature imprinting from the task's training images."""
+    if head_rows is not None and isinstance(model.get_classifier(), nn.Linear):
+        replace_head(model, data.task.n_way, head_rows)
+    else:
+        imprint_head(model, data.train_images, data.train_labels, data.task.n_way)
+
+
+@dataclass(kw_only=True)
+class Method:
+    """Base class: the budget every method shares.
+
+    ``ratio`` r (fraction of each group's units removed), ``iterations`` J (optimiser steps),
+    ``lr`` (peak, cosine-annealed), ``batch_size``, ``seed`` (default: the task's own seed).
+    """
+
+    key: ClassVar[str] = "method"
+    name: ClassVar[str] = "method"  # how tables label it
+    families: ClassVar[tuple[str, ...]] = ("resnet", "vit")
+    needs_zoo: ClassVar[bool] = False
+
+    ratio: float = 0.9
+    iterations: int = 100
+    lr: float = 0.01
+    batch_size: int = 128
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ratio < 1:
+            raise ConfigError(f"pruning ratio must be in (0, 1), got {self.ratio}")
+        if self.iterations < 0:
+            raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
+        if self.lr <= 0:
+            raise ConfigError(f"learning rate must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} (J={self.iterations})"
+
+    def settings(self) -> dict[str, Any]:
+        """The method's settings as plain data (what a zoo record keeps)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
+
+    # -- the skeleton
+    def run(self, backbone: Backbone, data: TaskData, zoo: Zoo | None = None, head_rows: list[int] | None = None,
+            progress: bool = False) -> PruneResult:
+        """Prune ``backbone`` for the task of ``data``; the wall time, FLOPs and accuracy go in the result.
+        ``head_rows``: rows of the pre-trained head for the task's classes (None: imprint a head)."""
+        if backbone.family not in self.families:
+            raise ConfigError(f"{self.key} prunes {', '.join(self.families)} models, not a {backbone.family}")
+        if self.needs_zoo and zoo is None:
+            raise ConfigError(f"{self.key} needs a zoo of pruned models (--zoo)")
+        prepared = self.prepare(backbone, data, zoo)
+        costs = Costs()
+        seed = data.task.seed if self.seed is None else self.seed
+        with Timer() as timer:
+            model, subnet, params = self.prune(backbone, data, zoo, head_rows, costs, seed, prepared, progress)
+            accuracy = evaluate(model, data.test_images, data.test_labels)
+        costs.seconds = timer.seconds
+        return PruneResult(model, subnet, costs, accuracy, self.key, self.settings() | {"seed": seed} | params)
+
+    def prepare(self, backbone: Backbone, data: TaskData, zoo: Zoo | None) -> Any:
+        """Untimed work before pruning (MVP's neighbour search, timed on its own)."""
+        return None
+
+    def prune(self, backbone: Backbone, data: TaskData, zoo: Zoo | None, head_rows: list[int] | None, costs: Costs, seed: int,
+              prepared: Any, progress: bool) -> tuple[Backbone, SubNetwork, dict]:
+        """The method itself: the compact model with its task head (trained), its Omega and extra record params."""
+        raise NotImplementedError
+
+    def fine_tune(self, model: Backbone, data: TaskData, costs: Costs, seed: int, progress: bool, bn_batches: int = 0) -> None:
+        """Re-estimate BatchNorm statistics on ``bn_batches`` batches, then ``iterations`` SGD steps."""
+        recalibrate_bn(model, data, bn_batches, self.batch_size, seed, costs)
+        finetune(model, data, self.iterations, self.lr, self.batch_size, seed, costs, f"{self.name} {data.task.id}", progress)
+
+
+# ----------------------------------------------------------------------------- registry
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available to :func:`create_method` under its ``key``."""
+    METHODS[cls.key] = cls
+    return cls
+
+
+def method_settings(key: str) -> list[str]:
+    """The settings a method accepts."""
+    return [f.name for f in dataclasses.fields(get_method_class(key)) if f.init]
+
+
+def get_method_class(key: str) -> type[Method]:
+    if key not in METHODS:
+        raise ConfigError(f"unknown method {key!r}; choose from {', '.join(sorted(METHODS))}")
+    return METHODS[key]
+
+
+def create_method(key: str, **settings) -> Method:
+    """A method by registry key with keyword settings (``None`` values mean the default)."""
+    cls = get_method_class(key)
+    settings = {k: v for k, v in settings.items() if v is not None}
+    unknown = sorted(set(settings) - set(method_settings(key)))
+    if unknown:
+        raise ConfigError(f"{key} has no setting(s) {', '.join(unknown)}; it takes {', '.join(method_settings(key))}")
+    return cls(**settings)
+
+
+def pick(settings: dict, key: str) -> dict:
+    """The part of ``settings`` that method ``key`` accepts."""
+    accepted = set(method_settings(key))
+    return {k: v for k, v in settings.items() if k in accepted}
+

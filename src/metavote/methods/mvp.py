@@ -1,0 +1,203 @@
+"""Meta-Vote Pruning (the paper's Algorithm 1): prune for a new task from its nearest zoo tasks.
+
+1. Find N neighbours of the target task in the zoo (LEEP by default, or given records).
+2. Per unit group l: votes v_k = number of neighbours whose Omega_l keeps unit k; sample
+   round((1 - r) n_l) units without replacement from softmax(v / tau) (Gumbel top-k).
+3. Initialise every weight of the kept units by averaging it over the neighbours whose
+   sub-network contains it (their dense views); a weight no neighbour has keeps the backbone's
+   value. BatchNorm parameters and running statistics are averaged the same way.
+4. Give the task its head, extract the physically small sub-network, re-estimate its BatchNorm
+   statistics on a few training batches (ours, not the paper's), fine-tune J iterations (SGD,
+   momentum 0.9, cosine-annealed lr), evaluate.
+
+Head policy: the pre-trained head's rows when the backbone was trained on every target class;
+otherwise, when every target class appears in some neighbour's task, the mean of those
+neighbours' rows for it (in the backbone's feature numbering); otherwise class-mean feature
+imprinting on the extracted sub-network.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import ImageDataset
+from ..errors import ConfigError
+from ..models.base import Backbone, replace_head
+from ..pruning import SubNetwork, TensorIndex, dense_view, extract, target_widths
+from ..similarity import Similarity, make_similarity, nearest
+from ..training import Timer, imprint_head
+from ..zoo import ZooRecord
+from .base import Method, register
+
+DEFAULT_TEMPERATURE = 0.5
+"""tau: at 0.5 a unit kept by all 3 neighbours is e^6 ≈ 400 times likelier than one kept by none, so
+sampling is a majority vote whose ties (and shortfalls) are broken at random."""
+
+
+def vote_counts(subnets: Sequence[SubNetwork]) -> dict[str, np.ndarray]:
+    """Per group, how many of the sub-networks keep each unit."""
+    if not subnets:
+        raise ConfigError("voting needs at least one neighbour")
+    sizes = subnets[0].sizes
+    return {g: np.bincount(np.concatenate([s.kept[g] for s in subnets]), minlength=n) for g, n in sizes.items()}
+
+
+def sample_by_votes(votes: dict[str, np.ndarray], widths: dict[str, int], temperature: float = DEFAULT_TEMPERATURE, seed: int = 0) -> SubNetwork:
+    """Per group, ``widths[g]`` units drawn without replacement from softmax(votes / temperature),
+    by Gumbel top-k (equivalent to successive draws without replacement)."""
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    rng = np.random.default_rng(seed)
+    kept = {}
+    for g, v in votes.items():
+        keys = v / temperature + rng.gumbel(size=len(v))
+        kept[g] = np.sort(np.argsort(-keys, kind="stable")[: widths[g]])
+    return SubNetwork(kept, {g: len(v) for g, v in votes.items()})
+
+
+def average_neighbours(backbone: Backbone, neighbours: Sequence[tuple[SubNetwork, dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+    """The backbone's body state with every weight replaced by its mean over the neighbours whose
+    sub-network holds it (weights no neighbour holds keep the backbone's values). Works on tensor
+    indices, so a head's q, k, v rows and a node's fc2 column are averaged like a channel's filter."""
+    index = TensorIndex(backbone, backbone.unit_groups())
+    skip = backbone.classifier_keys()
+    base = {k: v for k, v in backbone.state_dict().items() if k not in skip and not k.endswith("num_batches_tracked")}
+    zeros = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in base.items()}
+    total = {k: z.clone() for k, z in zeros.items()}
+    count = {k: z.clone() for k, z in zeros.items()}
+    for subnet, state in neighbours:
+        body = {k: v.double() for k, v in state.items() if k in base}
+        for k, v in dense_view(zeros, subnet, body, index).items():
+            total[k] += v
+        for k, v in dense_view(zeros, subnet, {k: torch.ones_like(v) for k, v in body.items()}, index).items():
+            count[k] += v
+    return {k: torch.where(count[k] > 0, total[k] / count[k].clamp_min(1), base[k].double()).to(base[k].dtype) for k in base}
+
+
+def _neighbour_head(records: Sequence[ZooRecord], states, subnets, classes: Sequence[str], model: Backbone) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Mean of the neighbours' head rows per target class, in the backbone's feature numbering
+    (``model`` is the full-size model that will carry the head)."""
+    features, name = model.num_features, model.classifier_name
+    feeding = next((g for g in model.unit_groups() if name in g.consumers), None)  # the group that feeds the head, if pruned
+    weight, bias = torch.zeros(len(classes), features), torch.zeros(len(classes))
+    for c_idx, c in enumerate(classes):
+        rows = []
+        for r, state, subnet in zip(records, states, subnets):
+            if c in r.task.classes:
+                k = r.task.classes.index(c)
+                w = torch.zeros(features)
+                at = torch.as_tensor(subnet.kept[feeding.name]) if feeding is not None else slice(None)
+                w[at] = state[f"{name}.weight"][k].cpu()
+                rows.append((w, state[f"{name}.bias"][k].cpu()))
+        if not rows:
+            return None
+        weight[c_idx] = torch.stack([w for w, _ in rows]).mean(0)
+        bias[c_idx] = torch.stack([b for _, b in rows]).mean(0)
+    return weight, bias
+
+
+@register
+@dataclass(kw_only=True)
+class MVP(Method):
+    """Meta-Vote Pruning of the backbone for a new task from its nearest zoo tasks.
+
+    ``neighbours``: how many to find (N) by ``similarity`` (``leep``, ``wordnet`` or ``embedding``),
+    among the zoo's records of ``zoo_method`` (default ``ifp``: MVP's own results are not voted on;
+    the target's own record never counts), or the records to use. ``preselect``: LEEP ranks only
+    the embedding's top 20. ``temperature``: tau of softmax(votes / tau). ``bn_batches``: before
+    fine-tuning, BatchNorm statistics are re-estimated on this many training batches (beyond the
+    paper; 0 turns it off): averaged neighbour statistics do not match a sub-network whose units
+    come from different neighbours. Measured on 3 CPU-profile tasks it lifts accuracy before
+    fine-tuning from 27% to 38% and after 20 iterations by 1.5 points. Defaults are the paper's:
+    N = 3, r = 0.9, J = 100, lr 0.01 with cosine annealing, batch 128.
+
+    The neighbour search and the loading of the neighbours are timed on their own
+    (``search_seconds``); their forward passes are not counted as training FLOPs.
+    """
+
+    key = "mvp"
+    name = "MVP"
+    needs_zoo = True
+
+    neighbours: int | Sequence[ZooRecord] = 3
+    similarity: str = "leep"
+    temperature: float = DEFAULT_TEMPERATURE
+    preselect: bool = False
+    zoo_method: str | None = "ifp"
+    bn_batches: int = 5
+    dataset: ImageDataset | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if isinstance(self.neighbours, int) and self.neighbours < 1:
+            raise ConfigError(f"neighbours must be >= 1, got {self.neighbours}")
+        if not isinstance(self.neighbours, int) and not self.neighbours:
+            raise ConfigError("MVP needs at least one neighbour record")
+        self._measures: dict = {}  # built once: the embedding caches its class means
+
+    def settings(self) -> dict:
+        out = super().settings()
+        if not isinstance(self.neighbours, int):
+            out["neighbours"] = [r.task.id for r in self.neighbours]
+        return out
+
+    def _measure(self, name: str, backbone: Backbone) -> Similarity:
+        if name not in self._measures:
+            if name == "embedding" and self.dataset is None:
+                raise ConfigError("the embedding similarity needs the zoo's dataset (MVP(dataset=...))")
+            self._measures[name] = make_similarity(name, backbone=backbone, dataset=self.dataset)
+        return self._measures[name]
+
+    def prepare(self, backbone, data, zoo):
+        target_widths(backbone.unit_groups(), self.ratio)  # rejects a bad ratio before the search
+        with Timer() as search:
+            if isinstance(self.neighbours, int):
+                pool = zoo.records(method=self.zoo_method)
+                if not pool:
+                    raise ConfigError(f"zoo {zoo.root} has no records{f' of method {self.zoo_method}' if self.zoo_method else ''}; "
+                                      "build it with `metavote zoo build`")
+                pre = self._measure("embedding", backbone) if self.preselect else None
+                ranked = nearest(zoo, data, self.neighbours, self._measure(self.similarity, backbone), preselect=pre, records=pool)
+                records, scores, how = [r for r, _ in ranked], [s for _, s in ranked], self.similarity
+            else:
+                records, scores, how = list(self.neighbours), [float("nan")] * len(self.neighbours), "given"
+            loaded = [zoo.load(r) for r in records]
+        return records, scores, how, loaded, search.seconds
+
+    def prune(self, backbone, data, zoo, head_rows, costs, seed, prepared, progress):
+        records, scores, how, loaded, search_seconds = prepared
+        subnets = [s for _, s in loaded]
+        states = [m.state_dict() for m, _ in loaded]
+        groups = backbone.unit_groups()
+        if {g.name: g.size for g in groups} != subnets[0].sizes:
+            raise ConfigError("the zoo's sub-networks do not match this backbone's unit groups")
+        subnet = sample_by_votes(vote_counts(subnets), target_widths(groups, self.ratio), self.temperature, seed)
+        full = copy.deepcopy(backbone)
+        full.load_state_dict(average_neighbours(backbone, list(zip(subnets, states))), strict=False)
+        head = "pretrained rows"
+        if head_rows is not None and isinstance(full.get_classifier(), nn.Linear):
+            replace_head(full, data.task.n_way, head_rows)
+        else:
+            replace_head(full, data.task.n_way)  # first, so that a headless encoder has a head to number features by
+            rows = _neighbour_head(records, states, subnets, data.task.classes, full)
+            if rows is not None:
+                head = "neighbour rows"
+                with torch.no_grad():
+                    full.get_classifier().weight.copy_(rows[0])
+                    full.get_classifier().bias.copy_(rows[1])
+            else:
+                head = "imprinted"
+        model = extract(full, subnet)
+        if head == "imprinted":
+            imprint_head(model, data.train_images, data.train_labels, data.task.n_way)
+        self.fine_tune(model, data, costs, seed, progress, self.bn_batches)
+        return model, subnet, {"neighbours": [r.task.id for r in records], "neighbour_scores": scores, "similarity": how,
+                               "head": head, "search_seconds": search_seconds}

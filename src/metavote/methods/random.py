@@ -1,0 +1,39 @@
+"""Random sub-networks: the lower bound MVP is measured against."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..models.units import UnitGroup
+from ..pruning import SubNetwork, extract, target_widths
+from .base import Method, register, task_head
+
+
+def random_subnetwork(groups: Sequence[UnitGroup], ratio: float, seed: int = 0) -> SubNetwork:
+    """Per group, round((1 - r) n) units drawn uniformly without replacement."""
+    rng = np.random.default_rng(seed)
+    widths = target_widths(groups, ratio)
+    return SubNetwork({g.name: np.sort(rng.choice(g.size, widths[g.name], replace=False)) for g in groups}, {g.name: g.size for g in groups})
+
+
+@register
+@dataclass(kw_only=True)
+class RandomPruning(Method):
+    """A uniformly random sub-network at ratio ``ratio`` with the pre-trained weights and the task's
+    head (pre-trained rows, else imprinting), its BatchNorm statistics re-estimated on ``bn_batches``
+    batches as MVP's are, fine-tuned ``iterations`` steps: the paper's lower bound, at MVP's widths."""
+
+    key = "random"
+    name = "random"
+
+    bn_batches: int = 5
+
+    def prune(self, backbone, data, zoo, head_rows, costs, seed, prepared, progress):
+        subnet = random_subnetwork(backbone.unit_groups(), self.ratio, seed)
+        model = extract(backbone, subnet)  # a compact copy; the head's rows or imprinting use its own features
+        task_head(model, data, head_rows)
+        self.fine_tune(model, data, costs, seed, progress, self.bn_batches)
+        return model, subnet, {}

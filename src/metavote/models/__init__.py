@@ -1,0 +1,26 @@
+"""Model families behind one interface (:class:`Backbone`), their registry and their weights files.
+
+``resnet.py``: CIFAR ResNet-18 (any width) and ResNet-50, torchvision's keys. ``vit.py``: Vision
+Transformers, timm's keys. ``base.py``: the interface, the registry (:func:`create_model`) and task
+heads. ``units.py``: how a family declares its prunable units. ``weights.py``: files and loading.
+"""
+
+from .base import (
+    CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, MODELS, Backbone, count_parameters, create_model, head_rows_for,
+    register_model, replace_head,
+)
+from .resnet import BasicBlock, Bottleneck, ResNet, cifar_resnet18, resnet50
+from .units import IN, OUT, Slot, UnitGroup
+from .vit import VisionTransformer, cifar_vit, vision_transformer, vit_small_patch16_224
+from .weights import (
+    DEFAULT_BACKBONE, backbone_search_path, infer_config, infer_width, load_backbone, load_state_checked, load_weights,
+    locate_backbone, save_weights,
+)
+
+__all__ = [
+    "Backbone", "BasicBlock", "Bottleneck", "CIFAR100_MEAN", "CIFAR100_STD", "DEFAULT_BACKBONE", "IMAGENET_MEAN", "IMAGENET_STD",
+    "IN", "MODELS", "OUT", "ResNet", "Slot", "UnitGroup", "VisionTransformer", "backbone_search_path", "cifar_resnet18",
+    "cifar_vit", "count_parameters", "create_model", "head_rows_for", "infer_config", "infer_width", "load_backbone",
+    "load_state_checked", "load_weights", "locate_backbone", "register_model", "replace_head", "resnet50", "save_weights",
+    "vision_transformer", "vit_small_patch16_224",
+]

@@ -1,0 +1,87 @@
+"""Prunable units, as a model family declares them.
+
+A *unit* is what pruning keeps or drops as one: a CNN channel, an attention head, an MLP node.
+A :class:`UnitGroup` is a set of units kept or dropped together, with every place (a
+:class:`Slot`) where they appear: one slot per layer, saying whether the units are that layer's
+outputs or its inputs, and how one unit expands to tensor indices there. A channel is one index;
+an attention head is ``head_dim`` rows in each of the q, k and v blocks of ``qkv``
+(``width=head_dim, copies=3``) and ``head_dim`` input columns of ``proj`` (``width=head_dim``).
+Voting, averaging, IoU, extraction and the dense view work on units and use the slots only to
+find the indices, so they are the same code for channels, heads and MLP nodes (Torch-Pruning's
+``index_mapping`` plays this part there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+OUT, IN = "out", "in"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a group's units appear in one layer.
+
+    ``role``: ``"out"`` when the units are the layer's outputs (weight rows, bias, norm parameters
+    and statistics: dim 0 of every tensor) or ``"in"`` when they are its inputs (dim 1 of the
+    weight). Unit ``u`` of a group of ``n`` units covers indices ``c·n·width + u·width + [0, width)``
+    for each ``c < copies``.
+    """
+
+    module: str
+    role: str = OUT
+    width: int = 1
+    copies: int = 1
+
+    def __post_init__(self) -> None:
+        if self.role not in (OUT, IN):
+            raise ConfigError(f"slot role must be {OUT!r} or {IN!r}, got {self.role!r}")
+        if self.width < 1 or self.copies < 1:
+            raise ConfigError(f"slot {self.module}: width and copies must be >= 1")
+
+    def indices(self, units: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+        """Tensor indices of ``units`` (of a group of ``size`` units), in the order a compact layer holds them."""
+        units = torch.as_tensor(np.asarray(units), dtype=torch.long)
+        if self.width == 1 and self.copies == 1:
+            return units
+        span = (units[:, None] * self.width + torch.arange(self.width)).flatten()
+        return torch.cat([c * size * self.width + span for c in range(self.copies)])
+
+
+@dataclass(frozen=True)
+class UnitGroup:
+    """Units kept or dropped together: ``size`` units appearing in every ``slot``.
+
+    ``probes``: modules whose output carries one channel per unit (the BatchNorms of a CNN
+    group), where activation and Taylor importance measure. ``can_be_empty``: whether pruning may
+    remove every unit (a ViT block without heads keeps its residual path; a CNN stream cannot).
+    """
+
+    name: str
+    size: int
+    slots: tuple[Slot, ...]
+    probes: tuple[str, ...] = ()
+    can_be_empty: bool = False
+
+    @property
+    def producers(self) -> tuple[str, ...]:
+        """Modules whose outputs are the units."""
+        return tuple(s.module for s in self.slots if s.role == OUT)
+
+    @property
+    def consumers(self) -> tuple[str, ...]:
+        """Modules that read the units as inputs."""
+        return tuple(s.module for s in self.slots if s.role == IN)
+
+    def check(self, kept: np.ndarray) -> None:
+        """A clear error when a kept set is out of range or empty where it may not be."""
+        kept = np.asarray(kept)
+        if kept.size == 0 and not self.can_be_empty:
+            raise ConfigError(f"group {self.name} would keep no units; use a smaller pruning ratio")
+        if kept.size and (kept.min() < 0 or kept.max() >= self.size):
+            raise ConfigError(f"group {self.name}: kept indices outside 0..{self.size - 1}")

@@ -1,0 +1,83 @@
+"""Budget profiles: one named budget answers ``--profile`` everywhere.
+
+A profile fixes the pruning ratio r, the budget J of a new task's pruning (MVP, random, ...), the
+batch size and the learning rate. Conventional pruning (IFP: how the zoo is built, and the bench's
+upper bound) runs ``conventional_factor`` · J iterations, with its own settings where the paper
+gives them (``method_settings``). So ``zoo build --profile cpu`` and the CPU bench's upper bound are
+the same recipe, and the bench's records compare with the zoo's.
+
+| profile | r | J | conventional (IFP) | batch | lr |
+|---|---:|---:|---:|---:|---:|
+| ``paper`` | 0.9 | 100 | 1000, lr 0.005 | 128 | 0.01 |
+| ``cpu`` | 0.8 | 20 | 200 | 64 | 0.01 |
+
+``cpu`` is for 2 CPU cores and the width-0.5 backbone: r = 0.8 keeps 6–51 channels per layer, the
+widths the paper's r = 0.9 keeps at width 1.0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    ratio: float
+    iterations: int
+    batch_size: int
+    lr: float
+    conventional_factor: int = 10
+    conventional: tuple[str, ...] = ("ifp",)
+    method_settings: dict[str, dict] = field(default_factory=dict)
+
+    def settings(self, method: str, **overrides) -> dict:
+        """Keyword settings of ``method`` (a registry key) under this profile, ``overrides`` on top
+        (``None`` ignored). Conventional methods run ``conventional_factor`` · J unless told otherwise."""
+        base = {"ratio": self.ratio, "iterations": self.iterations, "batch_size": self.batch_size, "lr": self.lr}
+        if method in self.conventional:
+            base["iterations"] = self.conventional_factor * self.iterations
+        base |= self.method_settings.get(method, {})
+        return base | {k: v for k, v in overrides.items() if v is not None}
+
+    def replace(self, **overrides) -> Profile:
+        """This profile with some budget fields changed (``None`` ignored). A new ``lr`` applies to
+        every method (the per-method learning rates are dropped)."""
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        fields = {"ratio", "iterations", "batch_size", "lr"}
+        unknown = set(overrides) - fields
+        if unknown:
+            raise ConfigError(f"unknown budget setting(s) {', '.join(sorted(unknown))}; a profile has {', '.join(sorted(fields))}")
+        if not overrides:
+            return self
+        per_method = self.method_settings
+        if "lr" in overrides:
+            per_method = {m: {k: v for k, v in s.items() if k != "lr"} for m, s in per_method.items()}
+        return dataclasses.replace(self, method_settings=per_method, **overrides)
+
+
+PROFILES: dict[str, Profile] = {
+    # the paper: r = 0.9, MVP J = 100 at batch 128, IFP at 10·J = 1000 with lr 0.005 (GPU scale)
+    "paper": Profile("paper", ratio=0.9, iterations=100, batch_size=128, lr=0.01, method_settings={"ifp": {"lr": 0.005}}),
+    # 2 CPU cores, width-0.5 backbone: r = 0.8, MVP J = 20 at batch 64, IFP at 10·J = 200 (8 gradual
+    # pruning steps, one every 15 iterations)
+    "cpu": Profile("cpu", ratio=0.8, iterations=20, batch_size=64, lr=0.01),
+}
+
+
+def get_profile(name: str | Profile, **overrides) -> Profile:
+    """A profile by name, with budget overrides (``ratio``, ``iterations``, ``batch_size``, ``lr``)."""
+    if isinstance(name, Profile):
+        return name.replace(**overrides)
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
+    return PROFILES[name].replace(**overrides)
+
+
+def ratio_for(n_way_ratio: float, profile: str) -> float:
+    """The paper's ratio for a task size, mapped to a profile: at width 0.5 (``cpu``) keeping twice
+    the fraction keeps the same channel counts, so r_cpu = 1 - 2 (1 - r)."""
+    return n_way_ratio if profile == "paper" else round(1 - 2 * (1 - n_way_ratio), 4)

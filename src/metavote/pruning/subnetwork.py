@@ -1,0 +1,146 @@
+"""Sub-networks (Omega per unit group), the tensor indices they select, and the dense view.
+
+A :class:`SubNetwork` is, per group, the sorted kept *unit* indices in the backbone's numbering:
+channels, heads or MLP nodes alike. :class:`TensorIndex` turns units into tensor indices through
+the groups' slots (a head is head_dim rows in each of q, k, v), so :func:`dense_view` (a compact
+model's weights written back into the backbone's at Omega, what MVP averages) is one code path
+for every family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..models.units import OUT, UnitGroup
+
+
+@dataclass
+class SubNetwork:
+    """Per group, the sorted kept unit indices (Omega) in the backbone's numbering."""
+
+    kept: dict[str, np.ndarray]
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, idx in self.kept.items():
+            idx = np.unique(np.asarray(idx, dtype=np.int64))
+            if name in self.sizes and idx.size and (idx[0] < 0 or idx[-1] >= self.sizes[name]):
+                raise ConfigError(f"group {name}: kept indices outside 0..{self.sizes[name] - 1}")
+            self.kept[name] = idx
+
+    @classmethod
+    def full(cls, groups: Sequence[UnitGroup]) -> SubNetwork:
+        return cls({g.name: np.arange(g.size) for g in groups}, {g.name: g.size for g in groups})
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.kept)
+
+    def widths(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.kept.items()}
+
+    def kept_fraction(self) -> float:
+        """Kept units over all units, across groups."""
+        return sum(len(v) for v in self.kept.values()) / sum(self.sizes[k] for k in self.kept)
+
+    def compose(self, local: Mapping[str, np.ndarray]) -> SubNetwork:
+        """A sub-network of this one: ``local`` indexes this sub-network's kept units."""
+        return SubNetwork({k: v[np.asarray(local[k], dtype=np.int64)] for k, v in self.kept.items()}, dict(self.sizes))
+
+    def iou(self, other: SubNetwork) -> dict[str, float]:
+        """Per-group intersection over union of the kept sets (1 for two empty sets)."""
+        out = {}
+        for k, v in self.kept.items():
+            union = len(np.union1d(v, other.kept[k]))
+            out[k] = len(np.intersect1d(v, other.kept[k])) / union if union else 1.0
+        return out
+
+    def check(self, groups: Sequence[UnitGroup]) -> None:
+        """A clear error unless this sub-network fits ``groups`` (names, sizes, ranges, emptiness)."""
+        names = [g.name for g in groups]
+        if set(names) != set(self.kept):
+            raise ConfigError(f"the sub-network's groups ({', '.join(self.kept)}) are not the model's ({', '.join(names)})")
+        for g in groups:
+            if self.sizes.get(g.name, g.size) != g.size:
+                raise ConfigError(f"group {g.name}: the sub-network numbers {self.sizes[g.name]} units, the model has {g.size}")
+            g.check(self.kept[g.name])
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"omega.{k}": torch.as_tensor(v) for k, v in self.kept.items()}
+        out |= {f"size.{k}": torch.tensor([n]) for k, n in self.sizes.items()}
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor]) -> SubNetwork:
+        kept = {k[len("omega."):]: v.numpy() for k, v in tensors.items() if k.startswith("omega.")}
+        sizes = {k[len("size."):]: int(v[0]) for k, v in tensors.items() if k.startswith("size.")}
+        return cls(kept, sizes)
+
+
+def target_widths(groups: Sequence[UnitGroup], ratio: float) -> dict[str, int]:
+    """Units kept per group at pruning ratio ``ratio``: round((1 - r) * n); zero only where a group may be empty."""
+    if not 0 < ratio < 1:
+        raise ConfigError(f"pruning ratio must be in (0, 1), got {ratio}")
+    widths = {}
+    for g in groups:
+        keep = round((1 - ratio) * g.size)
+        if keep < 1 and not g.can_be_empty:
+            raise ConfigError(f"ratio {ratio} would prune group {g.name} ({g.size} units) to zero; use a smaller ratio")
+        widths[g.name] = keep
+    return widths
+
+
+class TensorIndex:
+    """For every state-dict tensor a model's groups touch: which dims their units index, through which slot.
+
+    Built once per backbone; ``indices(subnet)`` gives, per tensor key, ``{dim: tensor indices}``.
+    An ``out`` slot indexes dim 0 of every tensor of its module (weight, bias, norm statistics);
+    an ``in`` slot indexes dim 1 of its weight.
+    """
+
+    def __init__(self, model: nn.Module, groups: Sequence[UnitGroup]) -> None:
+        self.groups = {g.name: g for g in groups}
+        self.entries: dict[str, list[tuple[int, str, object]]] = {}
+        for g in groups:
+            for slot in g.slots:
+                if slot.role == OUT:
+                    keys = [k for k in model.get_submodule(slot.module).state_dict() if k != "num_batches_tracked"]
+                    for key in keys:
+                        self.entries.setdefault(f"{slot.module}.{key}", []).append((0, g.name, slot))
+                else:
+                    self.entries.setdefault(f"{slot.module}.weight", []).append((1, g.name, slot))
+
+    def indices(self, subnet: SubNetwork) -> dict[str, dict[int, torch.Tensor]]:
+        return {key: {dim: slot.indices(subnet.kept[name], self.groups[name].size) for dim, name, slot in entries}
+                for key, entries in self.entries.items()}
+
+
+def scatter(full: torch.Tensor, compact: torch.Tensor, index: Mapping[int, torch.Tensor]) -> torch.Tensor:
+    """A copy of ``full`` with ``compact`` written at ``index`` (per dim: the positions it fills)."""
+    out = full.clone()
+    compact = compact.to(out.device, out.dtype)
+    if len(index) == 2:
+        out[index[0][:, None], index[1][None, :]] = compact
+    elif index:
+        (dim, idx), = index.items()
+        out[(slice(None),) * dim + (idx,)] = compact
+    else:
+        out.copy_(compact)
+    return out
+
+
+def dense_view(backbone_state: Mapping[str, torch.Tensor], subnet: SubNetwork, compact_state: Mapping[str, torch.Tensor],
+               index: TensorIndex, skip: set[str] | frozenset = frozenset()) -> dict[str, torch.Tensor]:
+    """The backbone's state dict with the sub-network's weights written in at Omega.
+
+    Keys in ``skip`` (the task head: task-specific rows) and keys the compact model lacks are left out.
+    """
+    positions = index.indices(subnet)
+    return {key: scatter(full, compact_state[key], positions.get(key, {}))
+            for key, full in backbone_state.items() if key not in skip and key in compact_state}

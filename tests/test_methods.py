@@ -1,0 +1,112 @@
+"""The method registry, the one profile system, and the model interface shared code relies on."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from metavote.cli import build_parser
+from metavote.errors import ConfigError
+from metavote.methods import IFP, METHODS, MVP, Method, RandomPruning, create_method, method_settings, register
+from metavote.models import cifar_resnet18, create_model, replace_head, vision_transformer
+from metavote.profiles import PROFILES, get_profile
+
+
+def test_registry_holds_every_method_with_its_traits():
+    assert {"ifp", "mvp", "random"} <= set(METHODS)
+    assert METHODS["ifp"] is IFP and METHODS["mvp"] is MVP and METHODS["random"] is RandomPruning
+    assert MVP.needs_zoo and not IFP.needs_zoo and not RandomPruning.needs_zoo
+    assert IFP.families == ("resnet",) and set(RandomPruning.families) == {"resnet", "vit"}
+
+
+def test_settings_are_keyword_only_validated_and_named():
+    with pytest.raises(TypeError):
+        IFP(0.8, 200)  # positional settings are refused: every setting says what it is
+    ifp = create_method("ifp", ratio=0.8, iterations=200, batch_size=64, lr=None)  # None means the default
+    assert ifp == IFP(ratio=0.8, iterations=200, batch_size=64) and ifp.lr == 0.005 and ifp.label == "IFP (J=200)"
+    assert IFP().iterations == 1000 and MVP().iterations == 100 and MVP().neighbours == 3  # the paper's defaults, once
+    with pytest.raises(ConfigError, match="ifp has no setting.s. neighbours; it takes ratio"):
+        create_method("ifp", neighbours=3)
+    with pytest.raises(ConfigError, match="unknown method 'ahnp'; choose from ifp, mvp, random"):
+        create_method("ahnp")
+    for bad, match in (({"ratio": 1.0}, "ratio"), ({"iterations": -1}, "iterations"), ({"lr": 0}, "learning rate"),
+                       ({"importance": "magic"}, "unknown importance")):
+        with pytest.raises(ConfigError, match=match):
+            create_method("ifp", **bad)
+    assert "temperature" in method_settings("mvp") and "importance" not in method_settings("mvp")
+    assert ifp.settings() == {"ratio": 0.8, "iterations": 200, "lr": 0.005, "batch_size": 64, "seed": None, "importance": "activation",
+                              "step_fraction": 0.2, "prune_until": 0.6, "importance_batches": 2}
+
+
+def test_a_new_method_is_one_registered_class(monkeypatch):
+    monkeypatch.setattr("metavote.methods.base.METHODS", dict(METHODS))
+    from metavote.methods import base
+
+    @register
+    @dataclasses.dataclass(kw_only=True)
+    class Keep(Method):
+        key = "keep-first"
+        strength: float = 1.0
+
+        def prune(self, backbone, data, zoo, head_rows, costs, seed, prepared, progress):
+            raise NotImplementedError
+
+    assert base.METHODS["keep-first"] is Keep and create_method("keep-first", strength=2.0).strength == 2.0
+    assert "keep-first" not in METHODS  # the real registry is untouched by this test
+
+
+def test_one_profile_system_feeds_zoo_and_bench():
+    cpu, paper = get_profile("cpu"), get_profile("paper")
+    assert set(PROFILES) == {"paper", "cpu"}
+    # the zoo's recipe and the bench's upper bound are one: IFP at 10 J
+    assert cpu.settings("ifp") == {"ratio": 0.8, "iterations": 200, "batch_size": 64, "lr": 0.01}
+    assert paper.settings("ifp") == {"ratio": 0.9, "iterations": 1000, "batch_size": 128, "lr": 0.005}
+    assert paper.settings("mvp") == {"ratio": 0.9, "iterations": 100, "batch_size": 128, "lr": 0.01}
+    assert get_profile("paper", lr=0.02).settings("ifp")["lr"] == 0.02  # a new lr applies to every method
+    assert get_profile("cpu", iterations=50).settings("ifp")["iterations"] == 500
+    with pytest.raises(ConfigError, match="unknown profile"):
+        get_profile("gpu")
+    with pytest.raises(ConfigError, match="unknown budget setting"):
+        get_profile("cpu", ifp_lr=0.1)
+
+
+def test_cli_choices_come_from_the_registries():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    prune = next(a for a in sub["prune"]._actions if a.dest == "method")
+    assert prune.choices == sorted(METHODS) and prune.default == "mvp"
+    build = next(a for a in next(a for a in sub["zoo"]._actions if a.dest == "zoo_command").choices["build"]._actions if a.dest == "method")
+    assert build.choices == sorted(METHODS) and build.default == "ifp"
+    profile = next(a for a in sub["bench"]._actions if a.dest == "profile")
+    assert profile.choices == list(PROFILES)
+
+
+def test_methods_refuse_a_family_they_do_not_prune():
+    vit = vision_transformer(img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=2, mlp_ratio=1.0, num_classes=3)
+    with pytest.raises(ConfigError, match="ifp prunes resnet models, not a vit"):
+        IFP(iterations=1).run(vit, data=None)
+
+
+@pytest.mark.parametrize("family", ["resnet", "vit"])
+def test_the_model_interface(family):
+    torch.manual_seed(0)
+    model = cifar_resnet18(width=0.125, num_classes=7) if family == "resnet" else \
+        vision_transformer(img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=7)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(x)
+        assert torch.equal(logits, model.forward_head(model.forward_features(x)))
+        assert torch.equal(model.get_classifier()(model.features(x)), logits)
+    assert model.features(x).shape == (2, model.num_features) and model.num_classes == 7
+    rebuilt = create_model(model.config, 7)  # the config rebuilds the same architecture
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert model.pretrained_cfg["input_size"] == (3, 32, 32) and model.pretrained_cfg["classifier"] == model.classifier_name
+    old = model.get_classifier().weight.detach().clone()
+    replace_head(model, 2, [4, 1])
+    assert torch.equal(model.get_classifier().weight, old[[4, 1]]) and model.num_classes == 2
+    assert model.classifier_keys() == {f"{model.classifier_name}.weight", f"{model.classifier_name}.bias"}
+    model.reset_classifier(0)
+    assert model.num_classes == 0 and model(x).shape == (2, model.num_features)
+

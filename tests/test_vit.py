@@ -1,0 +1,196 @@
+"""The ViT family: timm's key layout, standard weights, bad input, and MVP over heads and nodes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_ifp
+from helpers import SHARED, synthetic_dataset
+from metavote.cli import main
+from metavote.data import load_dataset, sample_tasks, write_npz_dataset
+from metavote.errors import CheckpointError, ConfigError
+from metavote.methods import create_method
+from metavote.models import cifar_vit, create_model, load_backbone, load_state_checked, save_weights, vision_transformer, vit_small_patch16_224
+from metavote.pruning import SubNetwork, target_widths
+from metavote.zoo import Zoo, build_zoo
+
+SHARED_VIT = SHARED / "pretrained" / "cifar100_vit_d192_l6_h6.safetensors"
+
+
+def timm_keys(depth: int) -> set[str]:
+    """The parameter names of timm's ``VisionTransformer`` with class-token pooling."""
+    keys = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias", "head.weight", "head.bias"}
+    for i in range(depth):
+        for layer in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"):
+            keys |= {f"blocks.{i}.{layer}.weight", f"blocks.{i}.{layer}.bias"}
+    return keys
+
+
+def test_vit_small_has_timms_keys_and_shapes():
+    model = vit_small_patch16_224()
+    state = model.state_dict()
+    assert set(state) == timm_keys(12)
+    assert state["blocks.0.attn.qkv.weight"].shape == (1152, 384) and state["blocks.11.mlp.fc1.weight"].shape == (1536, 384)
+    assert state["pos_embed"].shape == (1, 197, 384) and state["patch_embed.proj.weight"].shape == (384, 3, 16, 16)
+    assert sum(p.numel() for p in model.parameters()) == 22_050_664  # timm's vit_small_patch16_224
+    assert model.input_size == (3, 224, 224) and model.num_features == 384 and model.get_classifier() is model.head
+
+
+def test_a_deit_small_state_dict_loads_from_a_local_file(tmp_path):
+    """A randomly initialised state_dict of DeiT-S's exact shapes, saved as a plain .pth (no metadata)."""
+    torch.manual_seed(0)
+    source = vit_small_patch16_224().eval()
+    torch.save({"model": source.state_dict()}, tmp_path / "deit_small_patch16_224.pth")  # DeiT's checkpoints nest under "model"
+    model, meta = load_backbone(tmp_path / "deit_small_patch16_224.pth")
+    assert meta["config"] | {"mean": None, "std": None} == {"arch": "vit", "img_size": 224, "patch_size": 16, "embed_dim": 384, "depth": 12,
+                                                            "num_heads": 6, "mlp_ratio": 4.0, "mean": None, "std": None}
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), source(x))
+    assert len(model.unit_groups()) == 24 and model.unit_groups()[0].size == 6
+
+
+def test_the_forward_pass_is_timms(tmp_path):
+    """Pre-norm blocks with softmax(q k^T / sqrt(head_dim)) v, written out by hand."""
+    torch.manual_seed(1)
+    m = vision_transformer(img_size=16, patch_size=8, embed_dim=12, depth=1, num_heads=3, mlp_ratio=2.0, num_classes=4).eval()
+    x = torch.rand(2, 3, 16, 16)
+    t = m.patch_embed.proj((x - m.mean) / m.std).flatten(2).transpose(1, 2)
+    t = torch.cat([m.cls_token.expand(2, -1, -1), t], 1) + m.pos_embed
+    b = m.blocks[0]
+    qkv = b.attn.qkv(b.norm1(t)).reshape(2, 5, 3, 3, 4).permute(2, 0, 3, 1, 4)
+    att = (qkv[0] @ qkv[1].transpose(-1, -2) / 2.0).softmax(-1) @ qkv[2]
+    t = t + b.attn.proj(att.transpose(1, 2).reshape(2, 5, 12))
+    t = t + b.mlp.fc2(torch.nn.functional.gelu(b.mlp.fc1(b.norm2(t))))
+    with torch.no_grad():
+        assert torch.allclose(m(x), m.head(m.norm(t)[:, 0]), atol=1e-5)
+        assert m.norm.eps == 1e-6 and b.norm1.eps == 1e-6
+
+
+def test_bad_vit_input_is_one_clear_error(tmp_path, capsys):
+    folder = write_npz_dataset(synthetic_dataset(num_classes=4, train_per_class=2, test_per_class=2), tmp_path / "data")
+    with pytest.raises(ConfigError, match="num_heads 5 does not divide the embedding width 192"):
+        cifar_vit(num_heads=5)
+    with pytest.raises(CheckpointError, match="shape mismatches"):  # a ViT state_dict of another size
+        load_state_checked(vit_small_patch16_224(), cifar_vit().state_dict(), "small.pth")
+    # a file whose metadata names a head count that does not divide its width: exit 2, one line
+    save_weights(tmp_path / "vit.safetensors", cifar_vit(), {"arch": "vit", "num_heads": 5})
+    assert main(["evaluate", "--weights", str(tmp_path / "vit.safetensors"), "--dataset", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "num_heads 5 does not divide" in err
+    # metadata that says one depth while the tensors hold another
+    save_weights(tmp_path / "deep.safetensors", cifar_vit(), {"arch": "vit", "depth": 8})
+    with pytest.raises(CheckpointError, match="missing keys"):
+        load_backbone(tmp_path / "deep.safetensors")
+
+
+def test_out_of_range_kept_units_are_refused(tmp_path, capsys):
+    groups = cifar_vit().unit_groups()
+    with pytest.raises(ConfigError, match="blocks.0.attn: kept indices outside 0..5"):
+        SubNetwork({"blocks.0.attn": np.array([0, 6])}, {"blocks.0.attn": 6})
+    unsized = SubNetwork({g.name: np.arange(2) for g in groups} | {"blocks.3.mlp": np.array([1, 384])})
+    with pytest.raises(ConfigError, match="blocks.3.mlp: kept indices outside 0..383"):
+        unsized.check(groups)
+    with pytest.raises(ConfigError, match="would prune group"):
+        target_widths(create_model("cifar_resnet18", 5, width=0.125).unit_groups(), 0.99)
+    assert target_widths(groups, 0.95)["blocks.0.attn"] == 0  # heads may all go: the residual path remains
+
+
+def test_a_zoo_record_with_out_of_range_units_is_one_clear_error(tmp_path, capsys):
+    from metavote.data import Task
+    from metavote.methods import PruneResult
+    from metavote.training import Costs
+
+    vit = cifar_vit(num_classes=3)
+    meta = {"fingerprint": "f" * 64, "arch": "vit", "config": vit.config, "dataset": "synthetic"}
+    subnet = SubNetwork({g.name: np.arange(2) for g in vit.unit_groups()} | {"blocks.2.attn": np.array([1, 7])})  # 6 heads: 7 is out
+    with Zoo(tmp_path / "zoo", meta) as zoo:
+        record = zoo.add(Task("synthetic", ("a", "b", "c")), PruneResult(vit, subnet, Costs(), 0.5, "random", {}))
+    assert main(["zoo", "show", "--zoo", str(tmp_path / "zoo"), record.record_id]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "blocks.2.attn: kept indices outside 0..5" in err and record.record_id in err
+
+
+@pytest.fixture()
+def vit_setup(tmp_path):
+    """A synthetic 6-class dataset folder and a tiny ViT backbone file for it (random weights)."""
+    dataset = synthetic_dataset(num_classes=6, train_per_class=12, test_per_class=4)
+    folder = write_npz_dataset(dataset, tmp_path / "data")
+    loaded = load_dataset(str(folder))
+    torch.manual_seed(0)
+    model = vision_transformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=4, mlp_ratio=2.0, num_classes=6)
+    weights = save_weights(tmp_path / "vit.safetensors", model, {"arch": "vit", "num_heads": 4, "dataset": loaded.name,
+                                                                 "classes": loaded.classes})
+    return loaded, folder, weights
+
+
+def test_a_vit_zoo_and_mvp_over_heads_and_nodes(tmp_path, vit_setup, capsys):
+    """A zoo of random ViT sub-networks, built by the zoo builder, and MVP voting over its heads and nodes."""
+    dataset, folder, weights = vit_setup
+    tasks = sample_tasks(dataset, 3, 4, seed=5)
+    method = create_method("random", ratio=0.5, iterations=2, batch_size=8)
+    report = build_zoo(tmp_path / "zoo", tasks[:3], weights, method, str(folder), workers=1, progress=False)
+    assert len(report.done) == 3 and not report.failed
+    backbone, meta = load_backbone(weights, dataset=dataset)
+    with Zoo(tmp_path / "zoo") as zoo:
+        assert zoo.describe() == "vit d48 x2" and zoo.model_config["num_heads"] == 4
+        records = zoo.records(method="random")
+        small, subnet = zoo.load(records[0])
+        assert small.blocks[0].attn.num_heads == len(subnet.kept["blocks.0.attn"]) == 2
+        mvp = create_method("mvp", ratio=0.5, iterations=3, batch_size=8, neighbours=2, zoo_method="random")
+        data = dataset.load_task(tasks[3])
+        result = mvp.run(backbone, data, zoo, None)
+    assert result.subnet.widths() == target_widths(backbone.unit_groups(), 0.5)
+    assert len(result.params["neighbours"]) == 2 and result.params["head"] in ("neighbour rows", "imprinted")
+    assert result.model.blocks[1].mlp.fc1.out_features == 48 and result.model.get_classifier().out_features == 3
+    assert result.costs.iterations == 3 and 0 <= result.accuracy <= 1
+    # the IFP method is for CNNs: a ViT zoo by IFP is refused before any work
+    with pytest.raises(ConfigError, match="ifp prunes resnet models"):
+        build_zoo(tmp_path / "zoo2", tasks, weights, tiny_ifp(), str(folder), workers=1, progress=False)
+    assert main(["zoo", "ls", "--zoo", str(tmp_path / "zoo")]) == 0
+    assert "backbone vit d48 x2" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_vit_methods_run_on_cuda(tmp_path, vit_setup):
+    """Random pruning and MVP over heads and nodes on CUDA (bf16 autocast in training)."""
+    dataset, folder, weights = vit_setup
+    tasks = sample_tasks(dataset, 3, 3, seed=5)
+    build_zoo(tmp_path / "zoo", tasks[:2], weights, create_method("random", ratio=0.5, iterations=2, batch_size=8), str(folder),
+              workers=1, progress=False, device="cuda")
+    backbone = load_backbone(weights, dataset=dataset)[0].cuda()
+    with Zoo(tmp_path / "zoo", device="cuda") as zoo:
+        result = create_method("mvp", ratio=0.5, iterations=3, batch_size=8, neighbours=2, zoo_method="random").run(
+            backbone, dataset.load_task(tasks[2]), zoo, None)
+    assert next(result.model.parameters()).is_cuda and result.costs.iterations == 3 and 0 <= result.accuracy <= 1
+
+
+def test_vit_flops_follow_the_input_size():
+    """FLOPs are counted on the model's own input: a ViT at 224 costs about (197/65)^2 of one at 32 in attention."""
+    from metavote.training import Costs
+
+    small = vision_transformer(img_size=32, patch_size=4, embed_dim=48, depth=1, num_heads=4, mlp_ratio=2.0, num_classes=5)
+    large = vision_transformer(img_size=64, patch_size=4, embed_dim=48, depth=1, num_heads=4, mlp_ratio=2.0, num_classes=5)
+    a, b = Costs(), Costs()
+    a.add_steps(small, 1, 2)
+    b.add_steps(large, 1, 2)
+    assert b.flops > 3.5 * a.flops  # 257 tokens against 65: linear layers 4x, attention 16x
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_VIT.exists() or not (SHARED / "data" / "cifar100").exists(), reason="needs ../shared's ViT and CIFAR-100")
+def test_shared_vit_scores_its_metadata_accuracy(capsys):
+    """The small CIFAR ViT loads exactly into timm's layout, and `metavote evaluate` prints its CIFAR-100
+    top-1 on the whole test split, equal to its metadata (50.04%; about 30 s on 2 cores)."""
+    dataset = load_dataset("cifar100", SHARED / "data")
+    model, meta = load_backbone(SHARED_VIT, dataset=dataset)
+    assert meta["config"]["num_heads"] == 6 and meta["classes"] == dataset.classes and model.input_size == (3, 32, 32)
+    threads = torch.get_num_threads()
+    try:
+        assert main(["evaluate", "--weights", str(SHARED_VIT), "--data", str(SHARED / "data"), "--threads", "2"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert f"top-1 {float(meta['test_acc']):.2%} on 10000 test images of cifar100" in out, out
