@@ -218,3 +218,31 @@ def test_finetune_counts_its_steps():
     assert 0 <= accuracy <= 1 and costs.iterations == 3 and costs.flops == 3 * step_flops(model, 8)
     with pytest.raises(ConfigError, match="iterations"):
         finetune(model, data, -1, 0.01, 8)
+
+
+def test_costs_are_counted_once_per_distinct_cost():
+    """A model whose cost depends on more than its shapes (here: how many input features it reads,
+    as a token-pruning method's would) says so in ``flops_key``, and each distinct cost is measured."""
+    from torch import nn
+
+    from metavote.training import Costs
+
+    class Reads(nn.Module):
+        input_size = (3, 4, 4)
+
+        def __init__(self):
+            super().__init__()
+            self.linear, self.keep = nn.Linear(48, 10), 48
+
+        def forward(self, x):
+            return x.flatten(1)[:, : self.keep] @ self.linear.weight[:, : self.keep].T
+
+        def flops_key(self):
+            return (tuple(self.linear.weight.shape), self.keep)
+
+    model, costs = Reads(), Costs()
+    costs.add_steps(model, 1, 4, backward=False)
+    full = costs.flops
+    model.keep = 12
+    costs.add_steps(model, 2, 4, backward=False)
+    assert full == 2 * 4 * 48 * 10 and costs.flops == full + 2 * (2 * 4 * 12 * 10)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
+from metavote.errors import ConfigError
 
 from metavote.methods import average_neighbours, random_subnetwork, sample_by_votes, vote_counts
 from metavote.models import Slot, cifar_resnet18, vision_transformer
@@ -32,6 +35,21 @@ def test_slot_indices_expand_a_head_to_its_q_k_v_rows():
     assert qkv.indices(np.array([1]), 3).tolist() == [4, 5, 6, 7, 16, 17, 18, 19, 28, 29, 30, 31]
     assert proj.indices(np.array([0, 2]), 3).tolist() == [0, 1, 2, 3, 8, 9, 10, 11]
     assert Slot("conv").indices(np.array([3, 5]), 8).tolist() == [3, 5]
+
+
+def test_layers_are_cut_by_type():
+    from metavote.pruning import cut
+
+    norm = nn.LayerNorm(6, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.arange(6.0))
+    small = cut(norm, torch.tensor([1, 4]), None)
+    assert small.normalized_shape == (2,) and small.weight.tolist() == [1.0, 4.0] and small.eps == 1e-6
+    linear = nn.Linear(5, 4)
+    small = cut(linear, torch.tensor([0, 3]), torch.tensor([2]))
+    assert torch.equal(small.weight, linear.weight[[0, 3]][:, [2]]) and torch.equal(small.bias, linear.bias[[0, 3]])
+    with pytest.raises(ConfigError, match="cannot cut a GRU"):
+        cut(nn.GRU(3, 3), None, None)
 
 
 def test_vit_groups_are_heads_and_nodes_per_block():

@@ -12,11 +12,11 @@ from ..errors import ConfigError
 from ..methods import create_method
 from ..profiles import Profile, get_profile, ratio_for
 from ..similarity import make_similarity, nearest
-from ..zoo import Zoo, ZooRecord
+from ..zoo import DEFAULT_ZOO_METHOD, Zoo, ZooRecord
 from .harness import BenchContext, bench, bench_tasks, main_methods, run_variants
 
 
-def ranked_pool(ctx: BenchContext, data, similarity: str, zoo_method: str = "ifp") -> list[ZooRecord]:
+def ranked_pool(ctx: BenchContext, data, similarity: str, zoo_method: str = DEFAULT_ZOO_METHOD) -> list[ZooRecord]:
     """The whole pool of zoo records ranked by a similarity to the target, best first."""
     pool = ctx.zoo.records(method=zoo_method)
     measure = make_similarity(similarity, backbone=ctx.backbone, dataset=ctx.dataset)
@@ -42,7 +42,7 @@ def ablate_iterations(ctx: BenchContext, tasks: Sequence[Task], profile: Profile
 def ablate_neighbours(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, counts=range(1, 9), out=None, progress=True) -> list[dict]:
     """MVP at J with the 1 … 8 nearest neighbours by LEEP."""
     mvp = profile.settings("mvp")
-    available = len(ctx.zoo.records(method="ifp"))
+    available = len(ctx.zoo.records(method=DEFAULT_ZOO_METHOD))
     if max(counts) > available:
         raise ConfigError(f"the zoo has {available} IFP records; the neighbours ablation needs at least {max(counts)}")
 
@@ -99,19 +99,19 @@ def ablate_importance(ctx: BenchContext, other: Zoo, tasks: Sequence[Task], prof
     criteria (e.g. activation and Taylor), each restricted to the tasks both zoos hold."""
     if other.fingerprint != ctx.zoo.fingerprint:
         raise ConfigError(f"zoo {other.root} was built from another backbone than zoo {ctx.zoo.root}")
-    common = {r.task.id for r in ctx.zoo.records(method="ifp")} & {r.task.id for r in other.records(method="ifp")}
+    common = {r.task.id for r in ctx.zoo.records(method=DEFAULT_ZOO_METHOD)} & {r.task.id for r in other.records(method=DEFAULT_ZOO_METHOD)}
     if len(common) < neighbours:
         raise ConfigError(f"the two zoos share {len(common)} tasks; the importance ablation needs at least {neighbours}")
     zoos = {}
     for zoo in (ctx.zoo, other):
-        name = str(zoo.records(method="ifp")[0].params.get("importance", zoo.root.name))
+        name = str(zoo.records(method=DEFAULT_ZOO_METHOD)[0].params.get("importance", zoo.root.name))
         zoos[name if name not in zoos else f"{name} ({zoo.root.name})"] = zoo
     mvp = profile.settings("mvp")
     leep = make_similarity("leep")
 
     def variants(data, task, log):
         for name, zoo in zoos.items():
-            pool = [r for r in zoo.records(method="ifp") if r.task.id in common]
+            pool = [r for r in zoo.records(method=DEFAULT_ZOO_METHOD) if r.task.id in common]
             yield (f"{name} zoo", {"family": "MVP", "x": name},
                    lambda zoo=zoo, pool=pool: create_method("mvp", **mvp, neighbours=[r for r, _ in nearest(zoo, data, neighbours, leep, records=pool)])
                    .run(ctx.backbone, data, zoo, ctx.head_rows(task)))

@@ -32,7 +32,7 @@ from ..models.base import Backbone, replace_head
 from ..pruning import SubNetwork, TensorIndex, dense_view, extract, target_widths
 from ..similarity import Similarity, make_similarity, nearest
 from ..training import Timer, imprint_head
-from ..zoo import ZooRecord
+from ..zoo import DEFAULT_ZOO_METHOD, ZooRecord
 from .base import Method, register
 
 DEFAULT_TEMPERATURE = 0.5
@@ -129,7 +129,7 @@ class MVP(Method):
     similarity: str = "leep"
     temperature: float = DEFAULT_TEMPERATURE
     preselect: bool = False
-    zoo_method: str | None = "ifp"
+    zoo_method: str | None = DEFAULT_ZOO_METHOD
     bn_batches: int = 5
     dataset: ImageDataset | None = field(default=None, repr=False, compare=False)
 

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from ..methods.base import PruneResult
 
 INDEX = "index.sqlite"
+DEFAULT_ZOO_METHOD = "ifp"
+"""The method whose records make up a zoo's voting pool unless told otherwise (conventional pruning)."""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS records (
