@@ -11,6 +11,9 @@ universe (disjoint from the zoo's tasks) until the budget is spent, writing rows
 
     python benchmarks/gpu_paper.py prepare --out .gpu --classes 24              # here
     python benchmarks/gpu_paper.py run --data .gpu --out $OUT --zoo-tasks 40 --tasks 20 --zoo-seconds 210 --budget 440  # there
+
+`--profile` picks another budget: with `prepare --backbone <a ViT file>` and `run --profile vit-cpu`
+(or `vit-paper`) the zoo is built by AHNP and the table is the ViT one (MVP, AHNP at 10·J, random).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))  # the GPU machine runs from the tree, wit
 from metavote.bench import BenchContext, bench, main_methods, markdown_table, summarize  # noqa: E402
 from metavote.data import ImageDataset, load_dataset, sample_tasks, write_npz_dataset  # noqa: E402
 from metavote.models import count_parameters, head_rows_for, load_backbone, locate_backbone, replace_head  # noqa: E402
-from metavote.training import evaluate, latency, select_device, sgd, train_steps  # noqa: E402
+from metavote.training import evaluate, latency, make_optimizer, select_device, train_steps  # noqa: E402
 from metavote.methods import create_method  # noqa: E402
 from metavote.profiles import get_profile  # noqa: E402
 from metavote.zoo import Zoo, build_zoo  # noqa: E402
@@ -77,8 +80,10 @@ def run(args) -> None:
     print(json.dumps(env), flush=True)
     pool = dataset.subset(names)
     zoo_tasks = sample_tasks(pool, 5, args.zoo_tasks, seed=0)
-    ifp = create_method("ifp", **get_profile("paper").settings("ifp", iterations=1000 // args.shrink), importance="activation")
-    params = ifp.settings()
+    profile = get_profile(args.profile)
+    key = profile.upper_bound  # IFP for a ResNet profile, AHNP for a ViT one
+    conventional = create_method(key, **profile.settings(key, iterations=profile.conventional_factor * profile.iterations // args.shrink))
+    params = conventional.settings()
 
     # 1. the zoo, in chunks so its time share is respected
     zoo_root = Path(args.zoo)
@@ -86,11 +91,11 @@ def run(args) -> None:
     for i in range(0, len(zoo_tasks), args.chunk):
         if time.perf_counter() - start > args.zoo_seconds:
             break
-        report = build_zoo(zoo_root, zoo_tasks[i:i + args.chunk], backbone_path, ifp, "cifar100", data_root, progress=False, device=device)
+        report = build_zoo(zoo_root, zoo_tasks[i:i + args.chunk], backbone_path, conventional, "cifar100", data_root, progress=False, device=device)
         built += report.done + report.skipped
         print(f"zoo: {len(built)} tasks after {time.perf_counter() - start:.0f} s; failed {report.failed}", flush=True)
     zoo = Zoo(zoo_root, device=device)
-    records = zoo.records(method="ifp")
+    records = zoo.records(method=key)
     zoo_rows = [{"task": r.task.id, "accuracy": r.accuracy, "seconds": r.seconds, "tflops": r.flops / 1e12} for r in records]
     (out / "zoo.json").write_text(json.dumps({"params": params, "records": zoo_rows}, indent=1))
     print(f"zoo of {len(records)}: accuracy {np.mean([r['accuracy'] for r in zoo_rows]):.4f}, "
@@ -101,7 +106,7 @@ def run(args) -> None:
 
     # 2. the main table at the paper's budget, one task at a time until the budget is spent
     ctx = BenchContext(backbone.to(device), meta["classes"], dataset, zoo)
-    p = get_profile("paper", iterations=100 // args.shrink)
+    p = get_profile(args.profile, iterations=profile.iterations // args.shrink)
     methods = main_methods(p, dataset)
     tests = sample_tasks(pool, 5, args.tasks, seed=1000, exclude=zoo_tasks)
     per_task, done = 0.0, 0
@@ -123,14 +128,14 @@ def run(args) -> None:
     dense = replace_head(copy.deepcopy(ctx.backbone), task.n_way, head_rows_for(meta["classes"], task.classes))
     dense_accuracy = evaluate(dense, data.test_images, data.test_labels)
     mvp = methods[0].run(ctx.backbone, data, zoo, ctx.head_rows(task))
-    steps = iter(data.loader(p["batch_size"], device=device))
+    steps = iter(data.loader(p.batch_size, device=device))
     step_ms = {}
     for name, model in (("dense", dense), ("mvp", mvp.model)):
-        train_steps(model, steps, sgd(model, 1e-4), 10)  # warm-up
+        train_steps(model, steps, make_optimizer(model, p.settings("mvp").get("optimizer", "sgd"), 1e-4), 10)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        train_steps(model, steps, sgd(model, 1e-4), 50)  # its loss.item() waits for each step
+        train_steps(model, steps, make_optimizer(model, p.settings("mvp").get("optimizer", "sgd"), 1e-4), 50)  # loss.item() waits
         step_ms[name] = 1e3 * (time.perf_counter() - t0) / 50
     speed = {"dense_step_ms": step_ms["dense"], "mvp_step_ms": step_ms["mvp"],
              "dense_params": count_parameters(dense), "mvp_params": count_parameters(mvp.model),
@@ -166,6 +171,7 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=20)
     p.add_argument("--zoo-seconds", type=float, default=240)
     p.add_argument("--budget", type=float, default=480)
+    p.add_argument("--profile", default="paper", help="the budget: paper (ResNet), vit-paper, vit-cpu, cpu")
     p.add_argument("--shrink", type=int, default=1, help="divide every iteration count by this (a smoke test of the script)")
     p.set_defaults(func=run)
     args = ap.parse_args()

@@ -15,10 +15,10 @@ from metavote.profiles import PROFILES, get_profile
 
 
 def test_registry_holds_every_method_with_its_traits():
-    assert {"ifp", "mvp", "random"} <= set(METHODS)
+    assert {"ifp", "mvp", "random", "random-paper", "ahnp"} <= set(METHODS)
     assert METHODS["ifp"] is IFP and METHODS["mvp"] is MVP and METHODS["random"] is RandomPruning
     assert MVP.needs_zoo and not IFP.needs_zoo and not RandomPruning.needs_zoo
-    assert IFP.families == ("resnet",) and set(RandomPruning.families) == {"resnet", "vit"}
+    assert IFP.families == ("resnet",) and set(RandomPruning.families) == {"resnet", "vit"} and METHODS["ahnp"].families == ("vit",)
 
 
 def test_settings_are_keyword_only_validated_and_named():
@@ -29,14 +29,15 @@ def test_settings_are_keyword_only_validated_and_named():
     assert IFP().iterations == 1000 and MVP().iterations == 100 and MVP().neighbours == 3  # the paper's defaults, once
     with pytest.raises(ConfigError, match="ifp has no setting.s. neighbours; it takes ratio"):
         create_method("ifp", neighbours=3)
-    with pytest.raises(ConfigError, match="unknown method 'ahnp'; choose from ifp, mvp, random"):
-        create_method("ahnp")
+    with pytest.raises(ConfigError, match="unknown method 'uvc'; choose from ahnp, ifp, mvp, random, random-paper"):
+        create_method("uvc")
     for bad, match in (({"ratio": 1.0}, "ratio"), ({"iterations": -1}, "iterations"), ({"lr": 0}, "learning rate"),
                        ({"importance": "magic"}, "unknown importance")):
         with pytest.raises(ConfigError, match=match):
             create_method("ifp", **bad)
     assert "temperature" in method_settings("mvp") and "importance" not in method_settings("mvp")
-    assert ifp.settings() == {"ratio": 0.8, "iterations": 200, "lr": 0.005, "batch_size": 64, "seed": None, "importance": "activation",
+    assert ifp.settings() == {"ratio": 0.8, "iterations": 200, "lr": 0.005, "batch_size": 64, "seed": None, "optimizer": "sgd",
+                              "importance": "activation",
                               "step_fraction": 0.2, "prune_until": 0.6, "importance_batches": 2}
 
 
@@ -59,7 +60,7 @@ def test_a_new_method_is_one_registered_class(monkeypatch):
 
 def test_one_profile_system_feeds_zoo_and_bench():
     cpu, paper = get_profile("cpu"), get_profile("paper")
-    assert set(PROFILES) == {"paper", "cpu"}
+    assert set(PROFILES) == {"paper", "cpu", "vit-paper", "vit-cpu"}
     # the zoo's recipe and the bench's upper bound are one: IFP at 10 J
     assert cpu.settings("ifp") == {"ratio": 0.8, "iterations": 200, "batch_size": 64, "lr": 0.01}
     assert paper.settings("ifp") == {"ratio": 0.9, "iterations": 1000, "batch_size": 128, "lr": 0.005}

@@ -95,7 +95,9 @@ def test_out_of_range_kept_units_are_refused(tmp_path, capsys):
         unsized.check(groups)
     with pytest.raises(ConfigError, match="would prune group"):
         target_widths(create_model("cifar_resnet18", 5, width=0.125).unit_groups(), 0.99)
-    assert target_widths(groups, 0.95)["blocks.0.attn"] == 0  # heads may all go: the residual path remains
+    assert target_widths(groups, 0.9)["blocks.0.attn"] == 1
+    with pytest.raises(ConfigError, match="ratio 0.95 would leave the model without any head"):
+        target_widths(groups, 0.95)  # a block may lose every head (its residual path remains), the model may not
 
 
 def test_a_zoo_record_with_out_of_range_units_is_one_clear_error(tmp_path, capsys):
@@ -194,3 +196,90 @@ def test_shared_vit_scores_its_metadata_accuracy(capsys):
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert f"top-1 {float(meta['test_acc']):.2%} on 10000 test images of cifar100" in out, out
+
+
+def test_ahnp_reaches_the_ratio_and_shrinks_the_model(vit_setup):
+    """AHNP removes heads and nodes physically until the global targets, folds its scores, fine-tunes."""
+    dataset, _, weights = vit_setup
+    backbone, meta = load_backbone(weights, dataset=dataset)
+    data = dataset.load_task(sample_tasks(dataset, 3, 1, seed=2)[0])
+    ahnp = create_method("ahnp", ratio=0.75, iterations=30, batch_size=8, l1=1e-2)
+    result = ahnp.run(backbone, data, None, None)
+    groups = result.model.unit_groups()
+    assert sum(g.size for g in groups if g.kind == "head") == 2  # round(0.25 * 8 heads)
+    assert sum(g.size for g in groups if g.kind == "node") == 48  # round(0.25 * 192 nodes)
+    assert result.subnet.widths() == {g.name: g.size for g in groups}  # Omega numbers what the model keeps
+    assert sum(p.numel() for p in result.model.parameters()) < 0.6 * sum(p.numel() for p in backbone.parameters())
+    assert not any(m._forward_pre_hooks for m in result.model.modules())  # the score gates are folded away
+    assert result.costs.iterations == 30 and result.params["reached_at"] <= 18 and result.params["fine_tune_iterations"] == 12
+    with torch.no_grad():  # the compact model runs, and the extracted sub-network of the backbone has its shapes
+        assert result.model(torch.rand(2, 3, 32, 32)).shape == (2, 3)
+    from metavote.pruning import extract
+    skeleton = extract(backbone, result.subnet)
+    assert {k: v.shape for k, v in skeleton.state_dict().items() if not k.startswith("head.")} == \
+           {k: v.shape for k, v in result.model.state_dict().items() if not k.startswith("head.")}
+
+
+def test_ahnp_costs_shrink_as_units_go(vit_setup):
+    """FLOPs are counted on the model that ran at each step: less than J dense steps, more than J final ones."""
+    from metavote.training import Costs
+
+    dataset, _, weights = vit_setup
+    backbone, _ = load_backbone(weights, dataset=dataset)
+    data = dataset.load_task(sample_tasks(dataset, 3, 1, seed=2)[0])
+    result = create_method("ahnp", ratio=0.75, iterations=20, batch_size=8, l1=1e-2).run(backbone, data, None, None)
+    dense, final = Costs(), Costs()
+    dense.add_steps(create_model(backbone.config, 3), 20, 8)
+    final.add_steps(result.model, 20, 8)
+    assert final.flops < result.costs.flops < dense.flops
+
+
+def test_ahnp_that_cannot_reach_the_ratio_is_one_clear_error(tmp_path, vit_setup, capsys):
+    dataset, folder, weights = vit_setup
+    backbone, _ = load_backbone(weights, dataset=dataset)
+    data = dataset.load_task(sample_tasks(dataset, 3, 1, seed=2)[0])
+    stuck = create_method("ahnp", ratio=0.75, iterations=10, batch_size=8, l1=0.0, l1_range=1.0, score_lr=1e-6)
+    with pytest.raises(ConfigError, match="AHNP's scores did not reach ratio 0.75 within 6 iterations"):
+        stuck.run(backbone, data, None, None)
+    # through the CLI: exit 2, one line, and the zoo holds no record of the failed task
+    assert main(["zoo", "build", "--zoo", str(tmp_path / "zoo"), "--dataset", str(folder), "--backbone", str(weights), "--method", "ahnp",
+                 "--tasks", "1", "--n-way", "3", "--ratio", "0.75", "--iterations", "2", "--batch-size", "8", "--workers", "1", "--quiet"]) == 2
+    assert "1 task(s) failed" in capsys.readouterr().err
+    with Zoo(tmp_path / "zoo") as zoo:
+        assert zoo.records() == [] and zoo.source_method == "ahnp"
+
+
+def test_vit_profiles_and_the_vit_table():
+    from metavote.bench import main_methods
+    from metavote.profiles import get_profile
+
+    cpu = get_profile("vit-cpu")
+    assert cpu.upper_bound == "ahnp" and cpu.settings("ahnp") == {"ratio": 0.8, "iterations": 200, "batch_size": 64, "lr": 5e-4}
+    assert cpu.settings("mvp") == {"ratio": 0.8, "iterations": 20, "batch_size": 64, "lr": 2e-4, "optimizer": "adamw"}
+    labels = [m.label for m in main_methods(cpu)]
+    assert labels == ["MVP (J=20)", "AHNP (J=200)", "random (J=20)", "random (paper) (J=20)"]  # the paper's Table 2 rows we have
+    paper = get_profile("vit-paper").settings("ahnp")
+    assert paper["iterations"] == 1000 and paper["ratio"] == 0.9
+
+
+def test_paper_random_has_a_new_head_and_no_reestimation(vit_setup):
+    dataset, _, weights = vit_setup
+    backbone, _ = load_backbone(weights, dataset=dataset)
+    data = dataset.load_task(sample_tasks(dataset, 3, 1, seed=2)[0])
+    ours = create_method("random", ratio=0.5, iterations=0, batch_size=8).run(backbone, data, None, [0, 1, 2])
+    paper = create_method("random-paper", ratio=0.5, iterations=0, batch_size=8).run(backbone, data, None, [0, 1, 2])
+    assert torch.equal(ours.model.head.weight, backbone.head.weight[[0, 1, 2]])  # ours: the pre-trained rows
+    assert not torch.equal(paper.model.head.weight, backbone.head.weight[[0, 1, 2]])  # the paper's: a new random head
+    assert paper.params["bn_batches"] == 0 and paper.params["head"] == "new"
+    assert all(np.array_equal(ours.subnet.kept[k], paper.subnet.kept[k]) for k in ours.subnet.kept)  # the same random Omega
+
+
+def test_a_vit_zoo_refuses_a_cnn_backbone(tmp_path, vit_setup, tiny_setup, capsys):
+    dataset, folder, weights = vit_setup
+    build_zoo(tmp_path / "vit-zoo", sample_tasks(dataset, 3, 1, seed=1), weights, create_method("random", ratio=0.5, iterations=1,
+              batch_size=8), str(folder), workers=1, progress=False)
+    _, cnn_folder, cnn_weights = tiny_setup
+    code = main(["zoo", "build", "--zoo", str(tmp_path / "vit-zoo"), "--dataset", str(cnn_folder), "--backbone", str(cnn_weights), "--tasks", "1",
+                 "--n-way", "3", "--ratio", "0.5", "--iterations", "1", "--batch-size", "8", "--workers", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "was built from backbone" in err and "(vit d48 x2)" in err

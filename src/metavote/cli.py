@@ -179,13 +179,12 @@ def _zoo_context(args: argparse.Namespace, need_backbone: bool):
 def cmd_similarity(args: argparse.Namespace) -> None:
     from .similarity import make_similarity, nearest
     from .training import set_threads
-    from .zoo import DEFAULT_ZOO_METHOD
 
     set_threads(args.threads)
     zoo, dataset, backbone = _zoo_context(args, args.metric == "embedding" or args.preselect is not None)
     if bool(args.classes) == bool(args.task):
         raise ConfigError("give the target as --classes a,b,c or as --task ID (a zoo record's task)")
-    task = dataset.task(_csv(args.classes)) if args.classes else zoo.get(args.task, DEFAULT_ZOO_METHOD).task
+    task = dataset.task(_csv(args.classes)) if args.classes else zoo.get(args.task, zoo.source_method).task
     target = dataset.load_task(task)
     measure = make_similarity(args.metric, args.rule, backbone, dataset)
     pre = make_similarity("embedding", backbone=backbone, dataset=dataset) if args.preselect is not None else None
@@ -199,11 +198,10 @@ def cmd_study_overlap(args: argparse.Namespace) -> None:
     from .similarity import make_similarity
     from .study import overlap_study, similarity_matrix, write_overlap
     from .training import set_threads
-    from .zoo import DEFAULT_ZOO_METHOD
 
     set_threads(args.threads)
     zoo, dataset, backbone = _zoo_context(args, args.metric == "embedding")
-    records = zoo.records(method=DEFAULT_ZOO_METHOD)
+    records = zoo.records(method=zoo.source_method)
     measure = make_similarity(args.metric, args.rule, backbone, dataset)
     sim = similarity_matrix(zoo, records, dataset, measure, progress=not args.quiet)
     name = args.metric if args.metric != "wordnet" or args.rule == "best_match" else f"wordnet-{args.rule}"

@@ -21,7 +21,7 @@ from .methods import PruneResult, create_method, get_method_class, method_settin
 from .models import count_parameters, head_rows_for, load_backbone, locate_backbone, replace_head
 from .profiles import get_profile
 from .training import evaluate, latency, select_device, set_threads
-from .zoo import DEFAULT_ZOO_METHOD, Zoo, build_zoo
+from .zoo import Zoo, build_zoo
 
 
 def context(zoo_path: str | os.PathLike, data: str | os.PathLike | None = None, backbone: str | os.PathLike | None = None,
@@ -65,7 +65,7 @@ def run_bench(ctx: BenchContext, profile_name: str = "cpu", tasks: int = 20, see
     test = bench_tasks(ctx.dataset, ctx.zoo, tasks, seed=seed)
     rows = bench(ctx, main_methods(p, ctx.dataset), test, out, progress)
     summary = summarize(rows)
-    title = (f"{len(test)} test tasks (5-way, seed {seed}, disjoint from the zoo's {len(ctx.zoo.records(method=DEFAULT_ZOO_METHOD))}), "
+    title = (f"{len(test)} test tasks (5-way, seed {seed}, disjoint from the zoo's {len(ctx.zoo.records(method=ctx.zoo.source_method))}), "
              f"profile {profile_name}: r={p.ratio}, batch {p.batch_size}")
     write_table(summary, out, title)
     return rows, f"{title}\n\n{markdown_table(summary)}"

@@ -6,13 +6,17 @@ upper bound) runs ``conventional_factor`` · J iterations, with its own settings
 gives them (``method_settings``). So ``zoo build --profile cpu`` and the CPU bench's upper bound are
 the same recipe, and the bench's records compare with the zoo's.
 
-| profile | r | J | conventional (IFP) | batch | lr |
-|---|---:|---:|---:|---:|---:|
-| ``paper`` | 0.9 | 100 | 1000, lr 0.005 | 128 | 0.01 |
-| ``cpu`` | 0.8 | 20 | 200 | 64 | 0.01 |
+| profile | family | r | J | conventional (10 J) | batch | lr |
+|---|---|---:|---:|---:|---:|---:|
+| ``paper`` | ResNet | 0.9 | 100 | IFP 1000, lr 0.005 | 128 | 0.01 (SGD) |
+| ``cpu`` | ResNet | 0.8 | 20 | IFP 200 | 64 | 0.01 (SGD) |
+| ``vit-paper`` | ViT | 0.9 | 100 | AHNP 1000, lr 5e-4 | 128 | 2e-4 (AdamW) |
+| ``vit-cpu`` | ViT | 0.8 | 20 | AHNP 200, lr 5e-4 | 64 | 2e-4 (AdamW) |
 
 ``cpu`` is for 2 CPU cores and the width-0.5 backbone: r = 0.8 keeps 6–51 channels per layer, the
-widths the paper's r = 0.9 keeps at width 1.0.
+widths the paper's r = 0.9 keeps at width 1.0. ``vit-cpu`` is for the small CIFAR ViT (192 wide,
+half of ViT-S, with half its MLP ratio) on 2 CPU cores, by the same reasoning: r = 0.8. The ViT
+settings are the paper's: AHNP with AdamW at 5e-4 (scores 5e-2), MVP fine-tuned with AdamW at 2e-4.
 """
 
 from __future__ import annotations
@@ -33,6 +37,13 @@ class Profile:
     conventional_factor: int = 10
     conventional: tuple[str, ...] = ("ifp",)
     method_settings: dict[str, dict] = field(default_factory=dict)
+    extra: tuple[str, ...] = ()  # more methods at J in the bench's table (baselines)
+    conventional_at_j: bool = True  # the table also runs conventional pruning at J (the paper's Table 1 does, Table 2 does not)
+
+    @property
+    def upper_bound(self) -> str:
+        """The conventional method: how this profile's zoo is built and the bench's upper bound."""
+        return self.conventional[0]
 
     def settings(self, method: str, **overrides) -> dict:
         """Keyword settings of ``method`` (a registry key) under this profile, ``overrides`` on top
@@ -65,6 +76,14 @@ PROFILES: dict[str, Profile] = {
     # 2 CPU cores, width-0.5 backbone: r = 0.8, MVP J = 20 at batch 64, IFP at 10·J = 200 (8 gradual
     # pruning steps, one every 15 iterations)
     "cpu": Profile("cpu", ratio=0.8, iterations=20, batch_size=64, lr=0.01),
+    # ViTs: AHNP builds the zoo (AdamW, weights 5e-4, scores 5e-2); MVP and random fine-tune with AdamW at 2e-4
+    "vit-paper": Profile("vit-paper", ratio=0.9, iterations=100, batch_size=128, lr=2e-4, conventional=("ahnp",),
+                         method_settings={"ahnp": {"lr": 5e-4}, "mvp": {"optimizer": "adamw"}, "random": {"optimizer": "adamw"},
+                                          "random-paper": {"optimizer": "adamw"}}, extra=("random-paper",), conventional_at_j=False),
+    # 2 CPU cores, the small CIFAR ViT: r = 0.8, J = 20 at batch 64, AHNP at 10·J = 200 (about 65 s a task on 2 threads)
+    "vit-cpu": Profile("vit-cpu", ratio=0.8, iterations=20, batch_size=64, lr=2e-4, conventional=("ahnp",),
+                       method_settings={"ahnp": {"lr": 5e-4}, "mvp": {"optimizer": "adamw"}, "random": {"optimizer": "adamw"},
+                                        "random-paper": {"optimizer": "adamw"}}, extra=("random-paper",), conventional_at_j=False),
 }
 
 

@@ -27,8 +27,10 @@ from .zoo import Zoo, ZooRecord
 
 def chance_iou(n: int, k: int, k2: int | None = None) -> float:
     """Expected IoU of two independent uniformly random subsets of sizes k and k2 of n units
-    (the intersection is hypergeometric)."""
+    (the intersection is hypergeometric). Two empty sets (a ViT block that lost every head) count as identical."""
     k2 = k if k2 is None else k2
+    if k == k2 == 0:
+        return 1.0
     total = math.comb(n, k2)
     return sum(math.comb(k, x) * math.comb(n - k, k2 - x) / total * x / (k + k2 - x) for x in range(max(0, k + k2 - n), min(k, k2) + 1))
 
@@ -45,7 +47,8 @@ def iou_matrices(zoo: Zoo, records: list[ZooRecord]) -> tuple[list[str], np.ndar
             masks[t, s.kept[name]] = 1
         inter = masks @ masks.T
         count = masks.sum(1)
-        ious.append(inter / (count[:, None] + count[None, :] - inter))
+        union = count[:, None] + count[None, :] - inter
+        ious.append(np.divide(inter, union, out=np.ones_like(inter), where=union > 0))  # two empty sets: identical
         kept.append(count.mean())
     return names, np.stack(ious), sizes, np.array(kept)
 

@@ -55,6 +55,26 @@ def sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float 
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
 
 
+def adamw(model: nn.Module, lr: float, weight_decay: float = 0.05) -> torch.optim.AdamW:
+    """AdamW with weight decay on weight matrices only (timm's and DeiT's recipe for ViTs)."""
+    if lr <= 0:
+        raise ConfigError(f"learning rate must be > 0, got {lr}")
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+OPTIMIZERS = {"sgd": sgd, "adamw": adamw}
+
+
+def make_optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
+    """An optimizer by name: ``sgd`` (Nesterov momentum 0.9, weight decay 5e-4: the CNN recipe) or
+    ``adamw`` (weight decay 0.05 on matrices: the ViT recipe)."""
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name](model, lr)
+
+
 def cosine_lr(step: int, total: int, base_lr: float, final_fraction: float = 0.0) -> float:
     """Cosine annealing from ``base_lr`` at step 0 to ``base_lr * final_fraction`` at ``total``."""
     t = min(step, total) / max(total, 1)
@@ -177,17 +197,18 @@ def recalibrate_bn(model: nn.Module, data, batches: int, batch_size: int, seed: 
 
 
 def finetune(model: nn.Module, data, iterations: int, lr: float, batch_size: int, seed: int | None = None,
-             costs: Costs | None = None, desc: str = "fine-tune", progress: bool = False) -> float:
+             costs: Costs | None = None, desc: str = "fine-tune", progress: bool = False, optimizer: str = "sgd") -> float:
     """Fine-tune ``model`` on a task's training data (a :class:`~metavote.data.TaskData`) for
-    ``iterations`` SGD steps with a cosine-annealed ``lr``, count them in ``costs``; returns the mean
-    training loss (nan for no steps)."""
+    ``iterations`` steps of ``optimizer`` (:func:`make_optimizer`) with a cosine-annealed ``lr``, count
+    them in ``costs``; returns the mean training loss (nan for no steps)."""
     if iterations < 0:
         raise ConfigError(f"iterations must be >= 0, got {iterations}")
     batches = iter(data.loader(batch_size, seed=seed, device=next(model.parameters()).device))
     loss = float("nan")
     if iterations:
         with tqdm(total=iterations, desc=desc, unit="it", disable=not progress, leave=False) as bar:
-            loss = train_steps(model, batches, sgd(model, lr), iterations, lambda s: cosine_lr(s, iterations, lr), progress=bar)
+            loss = train_steps(model, batches, make_optimizer(model, optimizer, lr), iterations, lambda s: cosine_lr(s, iterations, lr),
+                               progress=bar)
     if costs is not None:
         costs.add_steps(model, iterations, batch_size)
     return loss

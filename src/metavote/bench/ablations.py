@@ -12,13 +12,13 @@ from ..errors import ConfigError
 from ..methods import create_method
 from ..profiles import Profile, get_profile, ratio_for
 from ..similarity import make_similarity, nearest
-from ..zoo import DEFAULT_ZOO_METHOD, Zoo, ZooRecord
+from ..zoo import Zoo, ZooRecord
 from .harness import BenchContext, bench, bench_tasks, main_methods, run_variants
 
 
-def ranked_pool(ctx: BenchContext, data, similarity: str, zoo_method: str = DEFAULT_ZOO_METHOD) -> list[ZooRecord]:
+def ranked_pool(ctx: BenchContext, data, similarity: str, zoo_method: str | None = None) -> list[ZooRecord]:
     """The whole pool of zoo records ranked by a similarity to the target, best first."""
-    pool = ctx.zoo.records(method=zoo_method)
+    pool = ctx.zoo.records(method=zoo_method or ctx.zoo.source_method)
     measure = make_similarity(similarity, backbone=ctx.backbone, dataset=ctx.dataset)
     return [r for r, _ in nearest(ctx.zoo, data, len(pool) - (data.task.id in {p.task.id for p in pool}), measure, records=pool)]
 
@@ -42,9 +42,9 @@ def ablate_iterations(ctx: BenchContext, tasks: Sequence[Task], profile: Profile
 def ablate_neighbours(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, counts=range(1, 9), out=None, progress=True) -> list[dict]:
     """MVP at J with the 1 … 8 nearest neighbours by LEEP."""
     mvp = profile.settings("mvp")
-    available = len(ctx.zoo.records(method=DEFAULT_ZOO_METHOD))
+    available = len(ctx.zoo.records(method=ctx.zoo.source_method))
     if max(counts) > available:
-        raise ConfigError(f"the zoo has {available} IFP records; the neighbours ablation needs at least {max(counts)}")
+        raise ConfigError(f"the zoo has {available} {ctx.zoo.source_method.upper()} records; the neighbours ablation needs at least {max(counts)}")
 
     def variants(data, task, log):
         ranked = None
@@ -99,19 +99,19 @@ def ablate_importance(ctx: BenchContext, other: Zoo, tasks: Sequence[Task], prof
     criteria (e.g. activation and Taylor), each restricted to the tasks both zoos hold."""
     if other.fingerprint != ctx.zoo.fingerprint:
         raise ConfigError(f"zoo {other.root} was built from another backbone than zoo {ctx.zoo.root}")
-    common = {r.task.id for r in ctx.zoo.records(method=DEFAULT_ZOO_METHOD)} & {r.task.id for r in other.records(method=DEFAULT_ZOO_METHOD)}
+    common = {r.task.id for r in ctx.zoo.records(method=ctx.zoo.source_method)} & {r.task.id for r in other.records(method=other.source_method)}
     if len(common) < neighbours:
         raise ConfigError(f"the two zoos share {len(common)} tasks; the importance ablation needs at least {neighbours}")
     zoos = {}
     for zoo in (ctx.zoo, other):
-        name = str(zoo.records(method=DEFAULT_ZOO_METHOD)[0].params.get("importance", zoo.root.name))
+        name = str(zoo.records(method=zoo.source_method)[0].params.get("importance", zoo.root.name))
         zoos[name if name not in zoos else f"{name} ({zoo.root.name})"] = zoo
     mvp = profile.settings("mvp")
     leep = make_similarity("leep")
 
     def variants(data, task, log):
         for name, zoo in zoos.items():
-            pool = [r for r in zoo.records(method=DEFAULT_ZOO_METHOD) if r.task.id in common]
+            pool = [r for r in zoo.records(method=zoo.source_method) if r.task.id in common]
             yield (f"{name} zoo", {"family": "MVP", "x": name},
                    lambda zoo=zoo, pool=pool: create_method("mvp", **mvp, neighbours=[r for r, _ in nearest(zoo, data, neighbours, leep, records=pool)])
                    .run(ctx.backbone, data, zoo, ctx.head_rows(task)))

@@ -28,12 +28,16 @@ from ..zoo import Zoo
 
 
 def main_methods(profile: Profile, dataset: ImageDataset | None = None) -> list[Method]:
-    """The main table: MVP at J, IFP at 10·J and at J, random pruning at J."""
+    """The main table: MVP at J, conventional pruning (IFP, or AHNP for a ViT) at 10·J and (where
+    the profile says so) at J, random pruning at J, then the profile's extra baselines at J."""
+    conventional = profile.upper_bound
+    at_j = [create_method(conventional, **profile.settings(conventional, iterations=profile.iterations))] if profile.conventional_at_j else []
     return [
         create_method("mvp", **profile.settings("mvp"), dataset=dataset),
-        create_method("ifp", **profile.settings("ifp")),
-        create_method("ifp", **profile.settings("ifp", iterations=profile.iterations)),
+        create_method(conventional, **profile.settings(conventional)),
+        *at_j,
         create_method("random", **profile.settings("random")),
+        *(create_method(key, **profile.settings(key)) for key in profile.extra),
     ]
 
 

@@ -25,7 +25,7 @@ from ..data import TaskData
 from ..errors import ConfigError
 from ..models.base import Backbone, replace_head
 from ..pruning import SubNetwork
-from ..training import Costs, Timer, evaluate, finetune, imprint_head, recalibrate_bn
+from ..training import OPTIMIZERS, Costs, Timer, evaluate, finetune, imprint_head, recalibrate_bn
 
 if TYPE_CHECKING:
     from ..zoo import Zoo
@@ -57,7 +57,8 @@ class Method:
     """Base class: the budget every method shares.
 
     ``ratio`` r (fraction of each group's units removed), ``iterations`` J (optimiser steps),
-    ``lr`` (peak, cosine-annealed), ``batch_size``, ``seed`` (default: the task's own seed).
+    ``lr`` (peak, cosine-annealed), ``batch_size``, ``seed`` (default: the task's own seed),
+    ``optimizer`` (``sgd``: the CNN recipe; ``adamw``: the ViT recipe).
     """
 
     key: ClassVar[str] = "method"
@@ -70,6 +71,7 @@ class Method:
     lr: float = 0.01
     batch_size: int = 128
     seed: int | None = None
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
         if not 0 < self.ratio < 1:
@@ -80,6 +82,8 @@ class Method:
             raise ConfigError(f"learning rate must be > 0, got {self.lr}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
 
     @property
     def label(self) -> str:
@@ -117,9 +121,10 @@ class Method:
         raise NotImplementedError
 
     def fine_tune(self, model: Backbone, data: TaskData, costs: Costs, seed: int, progress: bool, bn_batches: int = 0) -> None:
-        """Re-estimate BatchNorm statistics on ``bn_batches`` batches, then ``iterations`` SGD steps."""
+        """Re-estimate BatchNorm statistics on ``bn_batches`` batches, then ``iterations`` optimizer steps."""
         recalibrate_bn(model, data, bn_batches, self.batch_size, seed, costs)
-        finetune(model, data, self.iterations, self.lr, self.batch_size, seed, costs, f"{self.name} {data.task.id}", progress)
+        finetune(model, data, self.iterations, self.lr, self.batch_size, seed, costs, f"{self.name} {data.task.id}", progress,
+                 self.optimizer)
 
 
 # ----------------------------------------------------------------------------- registry

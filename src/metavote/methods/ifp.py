@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from ..data import Augment, BatchLoader
 from ..errors import ConfigError
 from ..pruning import SubNetwork, get_importance, keep_top, pruning_schedule, shrink, target_widths
-from ..training import cosine_lr, sgd, train_steps
+from ..training import cosine_lr, make_optimizer, train_steps
 from .base import Method, register, task_head
 
 
@@ -71,7 +71,7 @@ class IFP(Method):
             small = shrink(model, keep, groups)
             return small, subnet.compose(keep), small.unit_groups()
 
-        optimizer = sgd(model, self.lr)
+        optimizer = make_optimizer(model, self.optimizer, self.lr)
         done = 0
         with tqdm(total=j, desc=f"IFP {data.task.id}", unit="it", disable=not progress, leave=False) as bar:
             for t in sorted(t for t in prune_at if t < j) + [j]:
@@ -80,7 +80,7 @@ class IFP(Method):
                 done = t
                 if t in prune_at:
                     model, subnet, groups = prune_step(model, subnet, groups, prune_at[t])
-                    optimizer = sgd(model, self.lr)
+                    optimizer = make_optimizer(model, self.optimizer, self.lr)
         for widths in (prune_at[t] for t in sorted(prune_at) if t >= j):  # budget too short: finish pruning
             model, subnet, groups = prune_step(model, subnet, groups, widths)
         return model, subnet, {"prune_every": every, "pruning_steps": len(steps)}

@@ -32,7 +32,7 @@ from ..models.base import Backbone, replace_head
 from ..pruning import SubNetwork, TensorIndex, dense_view, extract, target_widths
 from ..similarity import Similarity, make_similarity, nearest
 from ..training import Timer, imprint_head
-from ..zoo import DEFAULT_ZOO_METHOD, ZooRecord
+from ..zoo import ZooRecord
 from .base import Method, register
 
 DEFAULT_TEMPERATURE = 0.5
@@ -108,8 +108,9 @@ class MVP(Method):
     """Meta-Vote Pruning of the backbone for a new task from its nearest zoo tasks.
 
     ``neighbours``: how many to find (N) by ``similarity`` (``leep``, ``wordnet`` or ``embedding``),
-    among the zoo's records of ``zoo_method`` (default ``ifp``: MVP's own results are not voted on;
-    the target's own record never counts), or the records to use. ``preselect``: LEEP ranks only
+    among the zoo's records of ``zoo_method`` (default: the method the zoo was built with, IFP or
+    AHNP; MVP's own results are not voted on; the target's own record never counts), or the records
+    to use. ``preselect``: LEEP ranks only
     the embedding's top 20. ``temperature``: tau of softmax(votes / tau). ``bn_batches``: before
     fine-tuning, BatchNorm statistics are re-estimated on this many training batches (beyond the
     paper; 0 turns it off): averaged neighbour statistics do not match a sub-network whose units
@@ -129,7 +130,7 @@ class MVP(Method):
     similarity: str = "leep"
     temperature: float = DEFAULT_TEMPERATURE
     preselect: bool = False
-    zoo_method: str | None = DEFAULT_ZOO_METHOD
+    zoo_method: str | None = None
     bn_batches: int = 5
     dataset: ImageDataset | None = field(default=None, repr=False, compare=False)
 
@@ -160,10 +161,10 @@ class MVP(Method):
         target_widths(backbone.unit_groups(), self.ratio)  # rejects a bad ratio before the search
         with Timer() as search:
             if isinstance(self.neighbours, int):
-                pool = zoo.records(method=self.zoo_method)
+                source = self.zoo_method or zoo.source_method
+                pool = zoo.records(method=source)
                 if not pool:
-                    raise ConfigError(f"zoo {zoo.root} has no records{f' of method {self.zoo_method}' if self.zoo_method else ''}; "
-                                      "build it with `metavote zoo build`")
+                    raise ConfigError(f"zoo {zoo.root} has no records of method {source}; build it with `metavote zoo build`")
                 pre = self._measure("embedding", backbone) if self.preselect else None
                 ranked = nearest(zoo, data, self.neighbours, self._measure(self.similarity, backbone), preselect=pre, records=pool)
                 records, scores, how = [r for r, _ in ranked], [s for _, s in ranked], self.similarity

@@ -57,9 +57,11 @@ class Slot:
 class UnitGroup:
     """Units kept or dropped together: ``size`` units appearing in every ``slot``.
 
-    ``probes``: modules whose output carries one channel per unit (the BatchNorms of a CNN
-    group), where activation and Taylor importance measure. ``can_be_empty``: whether pruning may
-    remove every unit (a ViT block without heads keeps its residual path; a CNN stream cannot).
+    ``kind``: what a unit is (``channel``, ``head``, ``node``). ``probes``: modules whose output
+    carries one channel per unit (the BatchNorms of a CNN group), where activation and Taylor
+    importance measure. ``can_be_empty``: whether pruning may remove every unit of the group (a ViT
+    block without heads keeps its residual path; a CNN stream cannot); a model never loses every
+    unit of a kind.
     """
 
     name: str
@@ -67,6 +69,7 @@ class UnitGroup:
     slots: tuple[Slot, ...]
     probes: tuple[str, ...] = ()
     can_be_empty: bool = False
+    kind: str = "channel"
 
     @property
     def producers(self) -> tuple[str, ...]:

@@ -151,9 +151,9 @@ class VisionTransformer(Backbone):
             p, hd = f"blocks.{i}", block.attn.head_dim
             groups.append(UnitGroup(f"{p}.attn", block.attn.num_heads,
                                     (Slot(f"{p}.attn.qkv", width=hd, copies=3), Slot(f"{p}.attn.proj", IN, width=hd)),
-                                    can_be_empty=True))
+                                    can_be_empty=True, kind="head"))
             groups.append(UnitGroup(f"{p}.mlp", block.mlp.fc1.out_features,
-                                    (Slot(f"{p}.mlp.fc1"), Slot(f"{p}.mlp.fc2", IN)), can_be_empty=True))
+                                    (Slot(f"{p}.mlp.fc1"), Slot(f"{p}.mlp.fc2", IN)), can_be_empty=True, kind="node"))
         return groups
 
 

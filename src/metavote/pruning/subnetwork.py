@@ -93,7 +93,15 @@ def target_widths(groups: Sequence[UnitGroup], ratio: float) -> dict[str, int]:
         if keep < 1 and not g.can_be_empty:
             raise ConfigError(f"ratio {ratio} would prune group {g.name} ({g.size} units) to zero; use a smaller ratio")
         widths[g.name] = keep
+    check_kinds(groups, widths, f"ratio {ratio}")
     return widths
+
+
+def check_kinds(groups: Sequence[UnitGroup], widths: Mapping[str, int], what: str) -> None:
+    """A clear error when ``widths`` would leave the model without any unit of some kind (every head, say)."""
+    for kind in dict.fromkeys(g.kind for g in groups):
+        if sum(widths[g.name] for g in groups if g.kind == kind) == 0:
+            raise ConfigError(f"{what} would leave the model without any {kind}; use a smaller pruning ratio")
 
 
 class TensorIndex:

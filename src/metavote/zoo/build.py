@@ -113,6 +113,7 @@ def build_zoo(
         raise ConfigError(f"{method.key} prunes {', '.join(method.families)} models; {backbone} is a {model.family}")
     report = BuildReport()
     with Zoo(zoo_root, meta) as zoo:
+        zoo.set_source_method(method.key)
         finished = {r.record_id: r for r in zoo.records(method=method.key)}
         todo = []
         for task in tasks:

@@ -146,6 +146,18 @@ class Zoo:
         """The backbone's model config (zoos written before configs were stored hold a ResNet's arch and width)."""
         return self.meta.get("config") or {"arch": self.meta["arch"], "width": self.meta["width"]}
 
+    @property
+    def source_method(self) -> str:
+        """The method whose records make the zoo's voting pool: the one ``build_zoo`` built it with
+        (IFP for a CNN zoo, AHNP for a ViT zoo), or :data:`DEFAULT_ZOO_METHOD` for zoos built before it was recorded."""
+        return self.meta.get("method") or DEFAULT_ZOO_METHOD
+
+    def set_source_method(self, key: str) -> None:
+        """Record the zoo's building method, the first time only."""
+        if "method" not in self.meta:
+            self._write_meta({"method": key})
+            self.meta = self._read_meta()
+
     def describe(self) -> str:
         """The backbone in a few words: its architecture and size."""
         c = self.model_config
