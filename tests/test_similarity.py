@@ -22,7 +22,7 @@ from metavote.similarity import (
     task_wup,
     wordnet,
 )
-from metavote.study import chance_iou, overlap_study, write_overlap
+from metavote.study import chance_iou, overlap_study, pairwise_chance, write_overlap
 from metavote.training import predict
 
 from helpers import SHARED_DATA
@@ -173,6 +173,11 @@ def test_chance_iou():
         a, b = rng.choice(32, 6, replace=False), rng.choice(32, 6, replace=False)
         sims.append(len(np.intersect1d(a, b)) / len(np.union1d(a, b)))
     assert chance_iou(32, 6) == pytest.approx(np.mean(sims), abs=0.003)
+    # records keeping different counts (AHNP's): the mean over ordered pairs of distinct records
+    assert pairwise_chance(32, np.array([6, 6, 6])) == pytest.approx(chance_iou(32, 6))
+    pairs = [chance_iou(32, a, b) for a, b in ((6, 2), (6, 0), (2, 6), (2, 0), (0, 6), (0, 2))]
+    assert pairwise_chance(32, np.array([6, 2, 0])) == pytest.approx(np.mean(pairs))
+    assert chance_iou(6, 0) == 1.0 and chance_iou(6, 0, 3) == 0.0  # two empty blocks are identical; one empty one is not
 
 
 def test_overlap_study_groups_by_similarity(tmp_path, small_zoo):

@@ -13,7 +13,7 @@ from metavote.data import load_dataset, sample_tasks, write_npz_dataset
 from metavote.errors import CheckpointError, ConfigError
 from metavote.methods import create_method
 from metavote.models import cifar_vit, create_model, load_backbone, load_state_checked, save_weights, vision_transformer, vit_small_patch16_224
-from metavote.pruning import SubNetwork, target_widths
+from metavote.pruning import SubNetwork, extract, target_widths
 from metavote.zoo import Zoo, build_zoo
 
 SHARED_VIT = SHARED / "pretrained" / "cifar100_vit_d192_l6_h6.safetensors"
@@ -144,7 +144,14 @@ def test_a_vit_zoo_and_mvp_over_heads_and_nodes(tmp_path, vit_setup, capsys):
         mvp = create_method("mvp", ratio=0.5, iterations=3, batch_size=8, neighbours=2, zoo_method="random")
         data = dataset.load_task(tasks[3])
         result = mvp.run(backbone, data, zoo, None)
+        # init="backbone": the voted units with the pre-trained weights, no averaging (an ablation)
+        plain = create_method("mvp", ratio=0.5, iterations=0, batch_size=8, neighbours=2, zoo_method="random", init="backbone",
+                              bn_batches=0).run(backbone, data, zoo, [0, 1, 2])
+    expected = extract(backbone, plain.subnet).state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in plain.model.state_dict().items() if not k.startswith("head."))
     assert result.subnet.widths() == target_widths(backbone.unit_groups(), 0.5)
+    assert [b.attn.num_heads for b in result.model.blocks] == [len(result.subnet.kept[f"blocks.{i}.attn"]) for i in range(2)]
+    assert [b.mlp.fc1.out_features for b in result.model.blocks] == [len(result.subnet.kept[f"blocks.{i}.mlp"]) for i in range(2)]
     assert len(result.params["neighbours"]) == 2 and result.params["head"] in ("neighbour rows", "imprinted")
     assert result.model.blocks[1].mlp.fc1.out_features == 48 and result.model.get_classifier().out_features == 3
     assert result.costs.iterations == 3 and 0 <= result.accuracy <= 1
@@ -214,7 +221,6 @@ def test_ahnp_reaches_the_ratio_and_shrinks_the_model(vit_setup):
     assert result.costs.iterations == 30 and result.params["reached_at"] <= 18 and result.params["fine_tune_iterations"] == 12
     with torch.no_grad():  # the compact model runs, and the extracted sub-network of the backbone has its shapes
         assert result.model(torch.rand(2, 3, 32, 32)).shape == (2, 3)
-    from metavote.pruning import extract
     skeleton = extract(backbone, result.subnet)
     assert {k: v.shape for k, v in skeleton.state_dict().items() if not k.startswith("head.")} == \
            {k: v.shape for k, v in result.model.state_dict().items() if not k.startswith("head.")}
@@ -241,6 +247,8 @@ def test_ahnp_that_cannot_reach_the_ratio_is_one_clear_error(tmp_path, vit_setup
     stuck = create_method("ahnp", ratio=0.75, iterations=10, batch_size=8, l1=0.0, l1_range=1.0, score_lr=1e-6)
     with pytest.raises(ConfigError, match="AHNP's scores did not reach ratio 0.75 within 6 iterations"):
         stuck.run(backbone, data, None, None)
+    with pytest.raises(ConfigError, match="ratio 0.95 would leave the model without any head"):  # 8 heads in all
+        create_method("ahnp", ratio=0.95, iterations=2, batch_size=8).run(backbone, data, None, None)
     # through the CLI: exit 2, one line, and the zoo holds no record of the failed task
     assert main(["zoo", "build", "--zoo", str(tmp_path / "zoo"), "--dataset", str(folder), "--backbone", str(weights), "--method", "ahnp",
                  "--tasks", "1", "--n-way", "3", "--ratio", "0.75", "--iterations", "2", "--batch-size", "8", "--workers", "1", "--quiet"]) == 2

@@ -31,12 +31,14 @@ def chance_iou(n: int, k: int, k2: int | None = None) -> float:
     k2 = k if k2 is None else k2
     if k == k2 == 0:
         return 1.0
+    if min(k, k2) == 0:
+        return 0.0
     total = math.comb(n, k2)
     return sum(math.comb(k, x) * math.comb(n - k, k2 - x) / total * x / (k + k2 - x) for x in range(max(0, k + k2 - n), min(k, k2) + 1))
 
 
 def iou_matrices(zoo: Zoo, records: list[ZooRecord]) -> tuple[list[str], np.ndarray, dict[str, int], np.ndarray]:
-    """Per layer, the IoU of every pair of records: (layer names, array (L, T, T), sizes, mean kept)."""
+    """Per layer, the IoU of every pair of records: (layer names, array (L, T, T), sizes, kept counts (L, T))."""
     subnets = [zoo.subnetwork(r) for r in records]
     names = subnets[0].names
     sizes = subnets[0].sizes
@@ -49,7 +51,7 @@ def iou_matrices(zoo: Zoo, records: list[ZooRecord]) -> tuple[list[str], np.ndar
         count = masks.sum(1)
         union = count[:, None] + count[None, :] - inter
         ious.append(np.divide(inter, union, out=np.ones_like(inter), where=union > 0))  # two empty sets: identical
-        kept.append(count.mean())
+        kept.append(count)
     return names, np.stack(ious), sizes, np.array(kept)
 
 
@@ -110,8 +112,24 @@ def overlap_study(zoo: Zoo, dataset: ImageDataset, similarity: np.ndarray, metri
         ranked = others[np.argsort(-similarity[i, others], kind="stable")]
         for g, members in enumerate(np.array_split(ranked, groups)):
             per_target[i, g] = ious[:, i, members].mean(1)
-    chance = np.array([chance_iou(sizes[n], int(round(k))) for n, k in zip(names, kept)])
-    return OverlapResult(metric, names, [sizes[n] for n in names], kept.tolist(), per_target.mean(0), per_target.std(0), chance, t)
+    chance = np.array([pairwise_chance(sizes[n], counts) for n, counts in zip(names, kept)])
+    return OverlapResult(metric, names, [sizes[n] for n in names], kept.mean(1).tolist(), per_target.mean(0), per_target.std(0), chance, t)
+
+
+def pairwise_chance(n: int, counts: np.ndarray) -> float:
+    """The chance level of a layer whose records keep different numbers of units (AHNP's do): the mean
+    over record pairs of the expected IoU of random subsets of their two sizes. Equal sizes give
+    :func:`chance_iou` itself."""
+    counts = np.asarray(counts, dtype=np.int64)
+    sizes, freq = np.unique(counts, return_counts=True)
+    total = weight = 0.0
+    for a, fa in zip(sizes, freq):
+        for b, fb in zip(sizes, freq):
+            pairs = fa * fb - (fa if a == b else 0)  # ordered pairs of distinct records
+            if pairs:
+                total += pairs * chance_iou(n, int(a), int(b))
+                weight += pairs
+    return total / weight if weight else chance_iou(n, int(sizes[0]))
 
 
 def write_overlap(result: OverlapResult, out: str | os.PathLike) -> list[Path]:

@@ -24,9 +24,8 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..models.units import IN, UnitGroup
 from ..pruning import SubNetwork, shrink
-from ..pruning.subnetwork import check_kinds
 from ..training import cosine_lr, make_optimizer
-from .base import Method, register, task_head
+from .base import Method, check_fraction, register, task_head
 
 
 class ScoreGates:
@@ -133,8 +132,7 @@ class AHNP(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 < self.prune_until <= 1:
-            raise ConfigError(f"prune_until must be in (0, 1], got {self.prune_until}")
+        check_fraction("prune_until", self.prune_until)
         if self.score_lr <= 0 or self.l1 < 0 or self.l1_range < 1:
             raise ConfigError(f"score_lr must be > 0, l1 >= 0 and l1_range >= 1, got {self.score_lr}, {self.l1} and {self.l1_range}")
 
@@ -142,7 +140,9 @@ class AHNP(Method):
         """Units kept per kind in the whole model."""
         totals = {kind: sum(g.size for g in groups if g.kind == kind) for kind in dict.fromkeys(g.kind for g in groups)}
         targets = {kind: round((1 - self.ratio) * n) for kind, n in totals.items()}
-        check_kinds([UnitGroup(kind, 1, (), kind=kind) for kind in targets], dict(targets), f"ratio {self.ratio}")
+        empty = [kind for kind, n in targets.items() if n == 0]
+        if empty:
+            raise ConfigError(f"ratio {self.ratio} would leave the model without any {empty[0]}; use a smaller pruning ratio")
         return targets
 
     def _optimizer(self, model: nn.Module, gates: ScoreGates, score_lr: float) -> torch.optim.Optimizer:

@@ -43,6 +43,12 @@ class PruneResult:
     params: dict
 
 
+def check_fraction(name: str, value: float) -> None:
+    """A clear error unless a setting that is a share of the budget lies in (0, 1]."""
+    if not 0 < value <= 1:
+        raise ConfigError(f"{name} must be in (0, 1], got {value}")
+
+
 def task_head(model: Backbone, data: TaskData, head_rows: list[int] | None) -> None:
     """Give ``model`` the task's head: rows of the pre-trained head when it knows every class,
     otherwise class-mean feature imprinting from the task's training images."""

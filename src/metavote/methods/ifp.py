@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from ..data import Augment, BatchLoader
-from ..errors import ConfigError
 from ..pruning import SubNetwork, get_importance, keep_top, pruning_schedule, shrink, target_widths
 from ..training import cosine_lr, make_optimizer, train_steps
-from .base import Method, register, task_head
+from .base import Method, check_fraction, register, task_head
 
 
 @register
@@ -42,8 +41,7 @@ class IFP(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 < self.prune_until <= 1:
-            raise ConfigError(f"prune_until must be in (0, 1], got {self.prune_until}")
+        check_fraction("prune_until", self.prune_until)
         get_importance(self.importance)  # a clear error for an unknown criterion, before any work
 
     def prune(self, backbone, data, zoo, head_rows, costs, seed, prepared, progress):
