@@ -4,11 +4,12 @@
    by similarity group, against chance; CSV and figures in docs/figures/ (`overlap_vit-leep*`).
 2. On --tasks test tasks disjoint from the zoo: MVP at J (neighbours averaged, the paper's rule),
    MVP at J with the pre-trained weights at the voted units (`init="backbone"`: is it the vote or
-   the averaging?), random pruning at J, all with the `vit-cpu` budget.
+   the averaging?), AHNP at 10·J, random pruning at J (ours and the paper's variant), all with the
+   `vit-cpu` budget.
 
     metavote zoo build --zoo runs/zoo-vit-cpu --method ahnp --profile vit-cpu \
         --backbone ../shared/pretrained/cifar100_vit_d192_l6_h6.safetensors --tasks 30 --workers 2
-    python benchmarks/vit_zoo_study.py --zoo runs/zoo-vit-cpu --tasks 4      # from the project root
+    python benchmarks/vit_zoo_study.py --zoo runs/zoo-vit-cpu --tasks 10     # from the project root
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ def main() -> None:
     p = get_profile("vit-cpu")
     methods = [create_method("mvp", **p.settings("mvp"), dataset=ctx.dataset),
                create_method("mvp", **p.settings("mvp"), init="backbone"),
-               create_method("random", **p.settings("random"))]
-    labels = ["MVP (J=20)", "MVP, pre-trained weights at the voted units (J=20)", "random (J=20)"]
+               create_method("ahnp", **p.settings("ahnp")),
+               create_method("random", **p.settings("random")),
+               create_method("random-paper", **p.settings("random-paper"))]
+    labels = ["MVP (J=20)", "MVP, pre-trained weights at the voted units (J=20)", "AHNP (J=200)", "random (J=20)", "random (paper) (J=20)"]
     rows = []  # each method benches into its own folder (the two MVP variants share a label), then gets its own name
     tasks = bench_tasks(ctx.dataset, ctx.zoo, args.tasks, seed=1000)
     for method, label in zip(methods, labels):
