@@ -47,21 +47,21 @@ def seed_everything(seed: int) -> None:
 
 def sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4, nesterov: bool = True) -> torch.optim.SGD:
     """SGD with (Nesterov) momentum; no weight decay on BatchNorm and bias parameters."""
-    if lr <= 0:
-        raise ConfigError(f"learning rate must be > 0, got {lr}")
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+    return torch.optim.SGD(_decay_groups(model, lr, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
 
 
 def adamw(model: nn.Module, lr: float, weight_decay: float = 0.05) -> torch.optim.AdamW:
     """AdamW with weight decay on weight matrices only (timm's and DeiT's recipe for ViTs)."""
+    return torch.optim.AdamW(_decay_groups(model, lr, weight_decay), lr=lr)
+
+
+def _decay_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """Parameter groups with weight decay on weight matrices and none on norms and biases."""
     if lr <= 0:
         raise ConfigError(f"learning rate must be > 0, got {lr}")
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 OPTIMIZERS = {"sgd": sgd, "adamw": adamw}

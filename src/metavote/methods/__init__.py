@@ -7,12 +7,12 @@ zoo is made; the upper bound). ``mvp.py``: Meta-Vote Pruning. ``random.py``: ran
 """
 
 from .ahnp import AHNP, ScoreGates
-from .base import METHODS, Method, PruneResult, create_method, get_method_class, method_settings, pick, register, task_head
+from .base import METHODS, Method, PruneResult, create_method, get_method_class, method_settings, register, task_head
 from .ifp import IFP
 from .mvp import DEFAULT_TEMPERATURE, MVP, average_neighbours, sample_by_votes, vote_counts
 from .random import PaperRandomPruning, RandomPruning, random_subnetwork
 
 __all__ = [
     "AHNP", "PaperRandomPruning", "ScoreGates", "DEFAULT_TEMPERATURE", "IFP", "METHODS", "MVP", "Method", "PruneResult", "RandomPruning", "average_neighbours", "create_method",
-    "get_method_class", "method_settings", "pick", "random_subnetwork", "register", "sample_by_votes", "task_head", "vote_counts",
+    "get_method_class", "method_settings", "random_subnetwork", "register", "sample_by_votes", "task_head", "vote_counts",
 ]

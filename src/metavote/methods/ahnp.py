@@ -73,6 +73,11 @@ class ScoreGates:
                     layer.weight.mul_(self.scores[g.name].repeat_interleave(slot.width).to(layer.weight.dtype))
 
 
+def units_per_kind(groups: list[UnitGroup]) -> dict[str, int]:
+    """How many units of each kind (heads, nodes) the groups hold in all."""
+    return {kind: sum(g.size for g in groups if g.kind == kind) for kind in dict.fromkeys(g.kind for g in groups)}
+
+
 def global_removal(scores: dict[str, torch.Tensor], groups: list[UnitGroup], targets: dict[str, int], threshold: float) -> dict[str, np.ndarray]:
     """Per group, the local indices to keep after removing units scored below ``threshold``, the
     lowest first, without taking any kind of unit below its target count (``targets[kind]``)."""
@@ -82,8 +87,8 @@ def global_removal(scores: dict[str, torch.Tensor], groups: list[UnitGroup], tar
         values = torch.cat([scores[g.name].detach().abs().float().cpu() for g in members])
         owner = np.concatenate([[i] * g.size for i, g in enumerate(members)]).astype(int)
         local = np.concatenate([np.arange(g.size) for g in members]).astype(int)
-        removable = max(0, len(values) - target)
-        low = [int(i) for i in torch.argsort(values, stable=True) if values[i] < threshold][:removable]
+        order = torch.argsort(values, stable=True)
+        low = order[values[order] < threshold][: max(0, len(values) - target)].numpy()
         for i in low:
             keep[members[owner[i]].name][local[i]] = False
     return {name: np.flatnonzero(mask) for name, mask in keep.items()}
@@ -100,7 +105,7 @@ class AHNP(Method):
     the scores, which start at 1; a unit whose score falls below ``threshold`` is removed after the
     step. The targets are global per kind, round((1 - r) n) of all heads and of all MLP nodes. If
     the scores have not reached them when the pruning phase ends, the run stops with an error (no
-    record is written): raise ``l1``, ``l1_growth`` or ``score_lr``, or give more iterations.
+    record is written): raise ``l1``, ``l1_range`` or ``score_lr``, or give more iterations.
 
     Ours, not the paper's (which does not give them): the threshold (0.1); the 60/40 split of J;
     the AdamW state restarted whenever units are removed (the tensors change shape); the L1 weight
@@ -110,8 +115,8 @@ class AHNP(Method):
     on the budget); the removal threshold rising linearly from ``threshold`` to 1 (the scores'
     starting value) over the last quarter of the pruning phase, so that a unit whose score went
     down at all can go when its kind is still short of the target (with a fixed threshold, 5 of 41
-    tasks of a GPU zoo stopped one head short: 8 heads left for a target of 7); and, at small budgets, the score learning rate raised to 2 / P when that is more
-    than ``score_lr``, since Adam moves a score by about its learning rate per step and a score must
+    tasks of a GPU zoo stopped one head short: 8 heads left for a target of 7); and, at small
+    budgets, the score learning rate raised to 2 / P when that is more than ``score_lr``, since Adam moves a score by about its learning rate per step and a score must
     travel from 1 to the threshold. A fixed L1 weight did not reach the target: on the shared CIFAR
     ViT at r = 0.8 with 120 pruning steps, l1 = 1e-3 left 35 of 36 heads and l1 = 1e-2 left 22, for
     a target of 7 (the MLP nodes reached theirs).
@@ -138,7 +143,7 @@ class AHNP(Method):
 
     def targets(self, groups: list[UnitGroup]) -> dict[str, int]:
         """Units kept per kind in the whole model."""
-        totals = {kind: sum(g.size for g in groups if g.kind == kind) for kind in dict.fromkeys(g.kind for g in groups)}
+        totals = units_per_kind(groups)
         targets = {kind: round((1 - self.ratio) * n) for kind, n in totals.items()}
         empty = [kind for kind, n in targets.items() if n == 0]
         if empty:
@@ -163,7 +168,7 @@ class AHNP(Method):
         opt = self._optimizer(model, gates, score_lr)
         device = next(model.parameters()).device
         batches = iter(data.loader(self.batch_size, seed=seed, device=device))
-        start = {kind: sum(g.size for g in groups if g.kind == kind) for kind in targets}
+        start = units_per_kind(groups)
         weights = dict.fromkeys(targets, self.l1)  # the L1 weight of each kind, raised while it lags its schedule
         amp = device.type == "cuda"
         reached_at = None
@@ -200,7 +205,7 @@ class AHNP(Method):
                         gates = ScoreGates(model, groups, kept_scores)
                         opt = self._optimizer(model, gates, score_lr)
                         model.train()
-                    have = {kind: sum(g.size for g in groups if g.kind == kind) for kind in targets}
+                    have = units_per_kind(groups)
                     due = min(1.0, (step + 1) / (0.9 * prune_steps))
                     for kind, n in targets.items():
                         if have[kind] > start[kind] - due * (start[kind] - n):
@@ -214,7 +219,7 @@ class AHNP(Method):
         return model, subnet, {"reached_at": reached_at, "fine_tune_iterations": max(0, j - prune_steps), "score_lr_used": score_lr}
 
     def _short_of(self, groups, targets, step) -> str:
-        have = {kind: sum(g.size for g in groups if g.kind == kind) for kind in targets}
+        have = units_per_kind(groups)
         return (f"AHNP's scores did not reach ratio {self.ratio} within {step} iterations (kept "
                 f"{', '.join(f'{have[k]} {k}s of a target {n}' for k, n in targets.items())}); "
                 "raise --iterations, or the l1 / l1_range / score_lr settings")

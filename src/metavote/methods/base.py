@@ -8,8 +8,8 @@ model ``families`` it supports and whether it ``needs_zoo``. One call runs it::
     result = method.run(backbone, task_data, zoo, head_rows)      # -> PruneResult
 
 :meth:`Method.run` is the skeleton every method shares (checks, timer, result); a method fills in
-:meth:`Method.prune` and may use :meth:`Method.fine_tune` (BatchNorm re-estimation, then J SGD
-steps) and :func:`task_head`. ``create_method`` feeds the CLI's choices, ``prune``, the bench and
+:meth:`Method.prune` and may use :meth:`Method.fine_tune` (BatchNorm re-estimation, then J
+optimizer steps) and :func:`task_head`. ``create_method`` feeds the CLI's choices, ``prune``, the bench and
 ``zoo build --method``.
 """
 
@@ -164,9 +164,4 @@ def create_method(key: str, **settings) -> Method:
         raise ConfigError(f"{key} has no setting(s) {', '.join(unknown)}; it takes {', '.join(method_settings(key))}")
     return cls(**settings)
 
-
-def pick(settings: dict, key: str) -> dict:
-    """The part of ``settings`` that method ``key`` accepts."""
-    accepted = set(method_settings(key))
-    return {k: v for k, v in settings.items() if k in accepted}
 
