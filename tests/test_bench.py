@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from metavote.bench import (
-    BenchContext, ablate_groups, bench, main_methods, markdown_table, plot_ablation, ranked_pool, summarize, bench_tasks, write_table,
+    BenchContext, ablate_groups, bench, main_methods, markdown_table, one_off_costs, plot_ablation, ranked_pool, summarize, bench_tasks, write_table,
 )
 from metavote.cli import main
 from metavote.errors import ConfigError
@@ -69,7 +69,8 @@ def test_profiles_and_ratio_mapping():
 
 def test_main_methods_are_the_papers_comparison():
     methods = main_methods(get_profile("cpu"))
-    assert [m.label for m in methods] == ["MVP (J=20)", "IFP (J=200)", "IFP (J=20)", "random (J=20)"]
+    assert [m.label for m in methods] == ["MVP (J=20)", "IFP (J=200)", "IFP (J=20)", "random (J=20)", "random (paper) (J=20)",
+                                          "IHT-Reptile (J=20)", "MEST (J=20)", "DLTH (J=20)"]  # the rows of the paper's Table 1
     assert isinstance(methods[0], MVP) and isinstance(methods[3], RandomPruning)
     assert {m.ratio for m in methods} == {0.8} and {m.batch_size for m in methods} == {64}
 
@@ -81,15 +82,17 @@ def test_bench_tasks_are_disjoint_from_the_zoo(ctx):
 
 
 def test_bench_runs_every_method_and_resumes(ctx, tmp_path, monkeypatch):
-    methods = main_methods(TINY, ctx.dataset)
-    tasks = bench_tasks(ctx.dataset, ctx.zoo, 2)
+    """The whole Table 1 (IHT-Reptile meta-trained briefly, on the zoo's 3-way tasks) on 2 tasks, then resumed."""
+    methods = main_methods(TINY, ctx.dataset)  # IHT-Reptile meta-trains 40 J = 80 inner steps
+    tasks = bench_tasks(ctx.dataset, ctx.zoo, 2, n_way=3)
     rows = bench(ctx, methods, tasks, tmp_path / "bench", progress=False)
-    assert len(rows) == 8 and {r["method"] for r in rows} == {m.label for m in methods}
+    assert len(rows) == 16 and {r["method"] for r in rows} == {m.label for m in methods}
+    assert all(r["meta_tasks"] == 6 for r in rows if r["method"].startswith("IHT")) and len(one_off_costs(rows)) == 1
     mvp_rows = [r for r in rows if r["method"].startswith("MVP")]
     assert all(len(r["neighbours"]) == 3 and r["search_seconds"] > 0 for r in mvp_rows)
     ifp10 = next(r for r in rows if r["method"] == "IFP (J=20)" and r["task"] == tasks[0].id)
     assert ifp10["iterations"] == 20 and ifp10["tflops"] > next(r for r in mvp_rows if r["task"] == tasks[0].id)["tflops"]
-    assert len((tmp_path / "bench" / "rows.jsonl").read_text().splitlines()) == 8
+    assert len((tmp_path / "bench" / "rows.jsonl").read_text().splitlines()) == 16
     calls = []
     monkeypatch.setattr(IFP, "run", lambda *a, **k: calls.append(a))
     again = bench(ctx, methods, tasks, tmp_path / "bench", progress=False)  # everything is already there
@@ -164,9 +167,11 @@ def test_cli_bench_writes_the_table_and_ablate_checks_the_zoo(ctx, tmp_path, cap
               "--ratio", "0.5", "--iterations", "2", "--batch-size", "8", "--tasks", "1"]
     assert main(["bench", *common, "--out", str(tmp_path / "bench")]) == 0
     out = capsys.readouterr().out
-    for label in ("MVP (J=2)", "IFP (J=20)", "IFP (J=2)", "random (J=2)"):
+    for label in ("MVP (J=2)", "IFP (J=20)", "IFP (J=2)", "random (J=2)", "random (paper) (J=2)", "IHT-Reptile (J=2)", "MEST (J=2)",
+                  "DLTH (J=2)"):
         assert f"| {label} | 1 |" in out
-    assert (tmp_path / "bench" / "summary.csv").exists() and len((tmp_path / "bench" / "rows.jsonl").read_text().splitlines()) == 4
+    assert "IHT-Reptile (J=2): meta-training paid once (like the zoo)" in out and "on 6 zoo tasks" in out  # 3-way tasks, 5-way head
+    assert (tmp_path / "bench" / "summary.csv").exists() and len((tmp_path / "bench" / "rows.jsonl").read_text().splitlines()) == 8
     assert main(["ablate", "neighbours", *common, "--out", str(tmp_path / "ab")]) == 2
     assert "the zoo has 6 IFP records; the neighbours ablation needs at least 8" in capsys.readouterr().err
 
@@ -220,7 +225,7 @@ def test_ssl_rows_from_a_headless_encoder(tmp_path, tiny_setup):
     ctx = context(tmp_path / "zoo", folder, encoder, "cpu")
     assert ctx.classes is None and ctx.head_rows(zoo_tasks[0]) is None  # no pre-trained head: every head is made for the task
     rows, table = run_bench(ctx, "cpu", 2, out=tmp_path / "bench", progress=False, **TINY_BUDGET)
-    assert len(rows) == 8 and all(0 <= r["accuracy"] <= 1 for r in rows)
+    assert len(rows) == 16 and all(0 <= r["accuracy"] <= 1 for r in rows)  # the 8 rows of Table 1 on 2 tasks
     target = dataset.load_task(next(t for t in sample_tasks(dataset, 3, 10, seed=5) if t not in zoo_tasks))
     result = MVP(ratio=0.5, iterations=2, lr=0.01, batch_size=8).run(ctx.backbone, target, ctx.zoo, ctx.head_rows(target.task))
     assert result.params["head"] in ("neighbour rows", "imprinted") and result.model.fc.out_features == 3

@@ -29,8 +29,9 @@ def test_settings_are_keyword_only_validated_and_named():
     assert IFP().iterations == 1000 and MVP().iterations == 100 and MVP().neighbours == 3  # the paper's defaults, once
     with pytest.raises(ConfigError, match="ifp has no setting.s. neighbours; it takes ratio"):
         create_method("ifp", neighbours=3)
-    with pytest.raises(ConfigError, match="unknown method 'uvc'; choose from ahnp, ifp, mvp, random, random-paper"):
-        create_method("uvc")
+    with pytest.raises(ConfigError, match="unknown method 'obd'; choose from ahnp, dlth, ifp, iht-reptile, mest, mvp, power, random, "
+                                          "random-paper, uvc"):
+        create_method("obd")
     for bad, match in (({"ratio": 1.0}, "ratio"), ({"iterations": -1}, "iterations"), ({"lr": 0}, "learning rate"),
                        ({"importance": "magic"}, "unknown importance")):
         with pytest.raises(ConfigError, match=match):

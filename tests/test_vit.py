@@ -115,19 +115,6 @@ def test_a_zoo_record_with_out_of_range_units_is_one_clear_error(tmp_path, capsy
     assert err.count("\n") == 0 and "blocks.2.attn: kept indices outside 0..5" in err and record.record_id in err
 
 
-@pytest.fixture()
-def vit_setup(tmp_path):
-    """A synthetic 6-class dataset folder and a tiny ViT backbone file for it (random weights)."""
-    dataset = synthetic_dataset(num_classes=6, train_per_class=12, test_per_class=4)
-    folder = write_npz_dataset(dataset, tmp_path / "data")
-    loaded = load_dataset(str(folder))
-    torch.manual_seed(0)
-    model = vision_transformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=4, mlp_ratio=2.0, num_classes=6)
-    weights = save_weights(tmp_path / "vit.safetensors", model, {"arch": "vit", "num_heads": 4, "dataset": loaded.name,
-                                                                 "classes": loaded.classes})
-    return loaded, folder, weights
-
-
 def test_a_vit_zoo_and_mvp_over_heads_and_nodes(tmp_path, vit_setup, capsys):
     """A zoo of random ViT sub-networks, built by the zoo builder, and MVP voting over its heads and nodes."""
     dataset, folder, weights = vit_setup
@@ -265,7 +252,7 @@ def test_vit_profiles_and_the_vit_table():
     assert cpu.upper_bound == "ahnp" and cpu.settings("ahnp") == {"ratio": 0.8, "iterations": 200, "batch_size": 64, "lr": 5e-4}
     assert cpu.settings("mvp") == {"ratio": 0.8, "iterations": 20, "batch_size": 64, "lr": 2e-4, "optimizer": "adamw"}
     labels = [m.label for m in main_methods(cpu)]
-    assert labels == ["MVP (J=20)", "AHNP (J=200)", "random (J=20)", "random (paper) (J=20)"]  # the paper's Table 2 rows we have
+    assert labels == ["MVP (J=20)", "AHNP (J=200)", "random (J=20)", "UVC (J=20)", "PoWER (J=20)", "random (paper) (J=20)"]  # Table 2
     paper = get_profile("vit-paper").settings("ahnp")
     assert paper["iterations"] == 1000 and paper["ratio"] == 0.9
 
@@ -291,3 +278,20 @@ def test_a_vit_zoo_refuses_a_cnn_backbone(tmp_path, vit_setup, tiny_setup, capsy
                  "--n-way", "3", "--ratio", "0.5", "--iterations", "1", "--batch-size", "8", "--workers", "1", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "was built from backbone" in err and "(vit d48 x2)" in err
+
+
+def test_the_vit_iterations_ablation_runs_mvp_against_ahnp(tmp_path, vit_setup):
+    """Figure 4a for a ViT: MVP and AHNP (the ViT profile's conventional method) at the same J."""
+    from metavote.bench import BenchContext, ablate_iterations
+    from metavote.profiles import get_profile
+
+    dataset, folder, weights = vit_setup
+    tasks = sample_tasks(dataset, 3, 4, seed=5)
+    build_zoo(tmp_path / "zoo", tasks[:3], weights, create_method("random", ratio=0.5, iterations=1, batch_size=8), str(folder),
+              workers=1, progress=False)
+    backbone, meta = load_backbone(weights, dataset=dataset)
+    ctx = BenchContext(backbone, meta["classes"], dataset, Zoo(tmp_path / "zoo"))
+    profile = get_profile("vit-cpu", ratio=0.5, batch_size=8)
+    rows = ablate_iterations(ctx, tasks[3:], profile, iterations=(4, 8), out=tmp_path / "it", progress=False)
+    assert [(r["method"], r["iterations"]) for r in rows] == [("AHNP J=4", 4), ("MVP J=4", 4), ("AHNP J=8", 8), ("MVP J=8", 8)]
+    assert {r["family"] for r in rows} == {"AHNP", "MVP"} and all(0 <= r["accuracy"] <= 1 for r in rows)

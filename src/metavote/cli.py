@@ -224,6 +224,7 @@ def cmd_data_fashion_mnist(args: argparse.Namespace) -> None:
 
 def cmd_prune(args: argparse.Namespace) -> None:
     from .experiments import context, prune
+    from .methods import get_method_class
     from .models import count_parameters
     from .training import set_threads
 
@@ -243,8 +244,14 @@ def cmd_prune(args: argparse.Namespace) -> None:
         print(f"  neighbours ({result.params['similarity']}, {result.params['search_seconds']:.1f} s): " + ", ".join(
             f"{t} ({s:.3f})" for t, s in zip(result.params["neighbours"], result.params["neighbour_scores"])) + f"; head: {result.params['head']}")
     print(f"  {count_parameters(result.model):,} parameters, {result.subnet.kept_fraction():.1%} of units kept")
-    if not args.no_save:
+    if "tokens_kept" in result.params:
+        print(f"  tokens kept after each block's attention: {result.params['tokens_kept']}")
+    if args.no_save:
+        return
+    if get_method_class(result.method).builds_zoo:
         print(f"  saved to zoo {args.zoo} as {task.id}.{result.method}")
+    else:
+        print(f"  not saved: {result.method} keeps every unit, so the zoo has nothing to record")
 
 
 def _budget(args: argparse.Namespace) -> dict:
@@ -355,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, help="the method's iterations (overrides the profile)")
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--importance", choices=["activation", "taylor", "random"], help="IFP's criterion (default activation)")
+    p.add_argument("--importance", choices=["activation", "taylor", "random", "magnitude"], help="IFP's criterion (default activation)")
     p.add_argument("--workers", type=int, help="parallel worker processes (default 2 on the CPU, 1 on a GPU)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--executor", choices=["local", "ray"], default="local")

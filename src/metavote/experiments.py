@@ -5,6 +5,7 @@ main job)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 
 from .bench import (
     BenchContext, ablate_groups, ablate_importance, ablate_iterations, ablate_neighbours, ablate_task_size, ablate_unseen, bench,
-    bench_tasks, main_methods, markdown_table, plot_ablation, summarize, write_table,
+    bench_tasks, main_methods, markdown_table, one_off_costs, plot_ablation, summarize, write_table,
 )
 from .data import Task, load_dataset, sample_tasks
 from .errors import ConfigError
@@ -42,7 +43,7 @@ def prune(ctx: BenchContext, classes: Sequence[str], method: str = "mvp", profil
     """Prune the backbone for the task of ``classes`` with a registered method (``mvp``, ``ifp``,
     ``random``, ...) at a profile's budget; ``settings`` (ratio, iterations, lr, batch_size and the
     method's own, e.g. neighbours, similarity, temperature) override it. With ``save`` the result
-    joins the zoo as a record of its method."""
+    joins the zoo as a record of its method (if the method prunes units: PoWER's tokens are not a record)."""
     budget = {k: settings.pop(k) for k in ("ratio", "iterations", "lr", "batch_size") if k in settings}
     p = get_profile(profile_name)
     cls = get_method_class(method)
@@ -51,7 +52,7 @@ def prune(ctx: BenchContext, classes: Sequence[str], method: str = "mvp", profil
     task = ctx.dataset.task(list(classes))
     result = m.run(ctx.backbone, ctx.dataset.load_task(task), ctx.zoo if cls.needs_zoo else None, head_rows_for(ctx.classes, task.classes),
                    progress=progress)
-    if save:
+    if save and cls.builds_zoo:
         ctx.zoo.add(task, result)
     return result, task
 
@@ -67,8 +68,9 @@ def run_bench(ctx: BenchContext, profile_name: str = "cpu", tasks: int = 20, see
     summary = summarize(rows)
     title = (f"{len(test)} test tasks (5-way, seed {seed}, disjoint from the zoo's {len(ctx.zoo.records(method=ctx.zoo.source_method))}), "
              f"profile {profile_name}: r={p.ratio}, batch {p.batch_size}")
-    write_table(summary, out, title)
-    return rows, f"{title}\n\n{markdown_table(summary)}"
+    notes = "".join(f"\n\n{line}" for line in one_off_costs(rows))
+    write_table(summary, out, title, notes=notes)
+    return rows, f"{title}\n\n{markdown_table(summary)}{notes}"
 
 
 ABLATIONS = ("iterations", "neighbours", "groups", "task-size", "unseen", "importance")
@@ -157,7 +159,7 @@ def demo(
     dense = replace_head(copy.deepcopy(model), target.n_way, rows)
     dense_acc = evaluate(dense, task_data.test_images, task_data.test_labels)
     print(f"  dense backbone with the task's head rows: {dense_acc:.2%} ({count_parameters(dense):,} parameters)")
-    methods = main_methods(p, dataset)  # MVP at J, IFP at 10 J, IFP at J, random at J
+    methods = main_methods(dataclasses.replace(p, extra=()), dataset)  # MVP at J, IFP at 10 J, IFP at J, random at J (the bench adds the baselines)
     results = {}
     for method in methods:
         result = method.run(model, task_data, zoo, rows, progress=True)

@@ -70,20 +70,26 @@ class Profile:
         return dataclasses.replace(self, method_settings=per_method, **overrides)
 
 
+# the paper's Table 1 rows beside MVP, IFP and random: random pruning as the paper ran it, IHT-based Reptile, MEST, DLTH
+CNN_BASELINES = ("random-paper", "iht-reptile", "mest", "dlth")
+# the paper's Table 2 rows beside MVP, AHNP and random: UVC, PoWER, and random pruning as the paper ran it
+VIT_BASELINES = ("uvc", "power", "random-paper")
+
 PROFILES: dict[str, Profile] = {
     # the paper: r = 0.9, MVP J = 100 at batch 128, IFP at 10·J = 1000 with lr 0.005 (GPU scale)
-    "paper": Profile("paper", ratio=0.9, iterations=100, batch_size=128, lr=0.01, method_settings={"ifp": {"lr": 0.005}}),
+    "paper": Profile("paper", ratio=0.9, iterations=100, batch_size=128, lr=0.01, method_settings={"ifp": {"lr": 0.005}},
+                     extra=CNN_BASELINES),
     # 2 CPU cores, width-0.5 backbone: r = 0.8, MVP J = 20 at batch 64, IFP at 10·J = 200 (8 gradual
     # pruning steps, one every 15 iterations)
-    "cpu": Profile("cpu", ratio=0.8, iterations=20, batch_size=64, lr=0.01),
+    "cpu": Profile("cpu", ratio=0.8, iterations=20, batch_size=64, lr=0.01, extra=CNN_BASELINES),
     # ViTs: AHNP builds the zoo (AdamW, weights 5e-4, scores 5e-2); MVP and random fine-tune with AdamW at 2e-4
     "vit-paper": Profile("vit-paper", ratio=0.9, iterations=100, batch_size=128, lr=2e-4, conventional=("ahnp",),
                          method_settings={"ahnp": {"lr": 5e-4}, "mvp": {"optimizer": "adamw"}, "random": {"optimizer": "adamw"},
-                                          "random-paper": {"optimizer": "adamw"}}, extra=("random-paper",), conventional_at_j=False),
+                                          "random-paper": {"optimizer": "adamw"}}, extra=VIT_BASELINES, conventional_at_j=False),
     # 2 CPU cores, the small CIFAR ViT: r = 0.8, J = 20 at batch 64, AHNP at 10·J = 200 (about 65 s a task on 2 threads)
     "vit-cpu": Profile("vit-cpu", ratio=0.8, iterations=20, batch_size=64, lr=2e-4, conventional=("ahnp",),
                        method_settings={"ahnp": {"lr": 5e-4}, "mvp": {"optimizer": "adamw"}, "random": {"optimizer": "adamw"},
-                                        "random-paper": {"optimizer": "adamw"}}, extra=("random-paper",), conventional_at_j=False),
+                                        "random-paper": {"optimizer": "adamw"}}, extra=VIT_BASELINES, conventional_at_j=False),
 }
 
 

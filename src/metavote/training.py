@@ -140,6 +140,25 @@ class Costs:
 # ----------------------------------------------------------------------------- loops
 
 
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                   penalty: Callable[[], torch.Tensor] | None = None, before_step: Callable[[], None] | None = None) -> torch.Tensor:
+    """One training step: the forward pass (bf16 autocast on CUDA), ``loss_fn(logits, y)``
+    (default cross-entropy) plus ``penalty()``, backward, ``before_step()`` (gradient surgery: masks,
+    penalties, clipping), the optimizer step. Returns the loss, detached (no device sync)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+        logits = model(x)
+        loss = loss_fn(logits, y) if loss_fn is not None else F.cross_entropy(logits, y)
+    if penalty is not None:
+        loss = loss + penalty()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if before_step is not None:
+        before_step()
+    optimizer.step()
+    return loss.detach()
+
+
 def train_steps(
     model: nn.Module,
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
@@ -157,17 +176,13 @@ def train_steps(
     """
     device = device or next(model.parameters()).device
     model.train()
-    total, amp = 0.0, device.type == "cuda"
+    total = 0.0
     for i in range(steps):
         x, y = next(batches)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if lr_at is not None:
             set_lr(optimizer, lr_at(start + i))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = optimizer_step(model, optimizer, x, y)
         total += loss.item()
         if progress is not None:
             progress.update(1)

@@ -4,11 +4,11 @@ and their figures (``plots.py``)."""
 from .ablations import (
     ablate_groups, ablate_importance, ablate_iterations, ablate_neighbours, ablate_task_size, ablate_unseen, ranked_pool,
 )
-from .harness import BenchContext, RowLog, bench, bench_tasks, main_methods, markdown_table, run_variants, summarize, write_table
+from .harness import BenchContext, RowLog, bench, bench_tasks, main_methods, markdown_table, one_off_costs, run_variants, summarize, write_table
 from .plots import plot_ablation
 
 __all__ = [
     "BenchContext", "RowLog", "ablate_groups", "ablate_importance", "ablate_iterations", "ablate_neighbours", "ablate_task_size",
-    "ablate_unseen", "bench", "bench_tasks", "main_methods", "markdown_table", "plot_ablation", "ranked_pool", "run_variants",
+    "ablate_unseen", "bench", "bench_tasks", "main_methods", "markdown_table", "one_off_costs", "plot_ablation", "ranked_pool", "run_variants",
     "summarize", "write_table",
 ]

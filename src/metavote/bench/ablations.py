@@ -24,13 +24,15 @@ def ranked_pool(ctx: BenchContext, data, similarity: str, zoo_method: str | None
 
 
 def ablate_iterations(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, iterations=(10, 20, 50, 100, 200), out=None, progress=True) -> list[dict]:
-    """MVP and IFP at each iteration budget (the neighbour search runs once per task)."""
+    """MVP and the profile's conventional method (IFP; AHNP for a ViT) at each iteration budget (the
+    neighbour search runs once per task): the paper's Figure 4."""
+    key = profile.upper_bound
 
     def variants(data, task, log):
         neighbours = None
         for j in iterations:
-            ifp_m = create_method("ifp", **profile.settings("ifp", iterations=j))
-            yield f"IFP J={j}", {"family": "IFP", "x": j}, lambda m=ifp_m: ctx.run(m, data)
+            conventional = create_method(key, **profile.settings(key, iterations=j))
+            yield f"{conventional.name} J={j}", {"family": conventional.name, "x": j}, lambda m=conventional: ctx.run(m, data)
             if neighbours is None and not log.has(task, f"MVP J={j}"):
                 neighbours = ranked_pool(ctx, data, "leep")[:3]
             yield f"MVP J={j}", {"family": "MVP", "x": j}, \

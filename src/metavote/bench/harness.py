@@ -21,24 +21,24 @@ from tqdm.auto import tqdm
 
 from ..data import ImageDataset, Task, sample_tasks
 from ..errors import ConfigError
-from ..methods import Method, PruneResult, create_method
+from ..methods import Method, PruneResult, create_method, method_settings
 from ..models import Backbone, count_parameters, head_rows_for
 from ..profiles import Profile
+from ..training import step_flops
 from ..zoo import Zoo
 
 
 def main_methods(profile: Profile, dataset: ImageDataset | None = None) -> list[Method]:
     """The main table: MVP at J, conventional pruning (IFP, or AHNP for a ViT) at 10·J and (where
-    the profile says so) at J, random pruning at J, then the profile's extra baselines at J."""
+    the profile says so) at J, random pruning at J, then the profile's baselines at J (the paper's
+    other rows: IHT-Reptile, MEST, DLTH for a ResNet; UVC, PoWER for a ViT; its random pruning)."""
     conventional = profile.upper_bound
     at_j = [create_method(conventional, **profile.settings(conventional, iterations=profile.iterations))] if profile.conventional_at_j else []
-    return [
-        create_method("mvp", **profile.settings("mvp"), dataset=dataset),
-        create_method(conventional, **profile.settings(conventional)),
-        *at_j,
-        create_method("random", **profile.settings("random")),
-        *(create_method(key, **profile.settings(key)) for key in profile.extra),
-    ]
+
+    def make(key: str, **settings) -> Method:  # methods that read other tasks (MVP's embedding, Reptile's meta-training) get the dataset
+        return create_method(key, **profile.settings(key, **settings), **({"dataset": dataset} if "dataset" in method_settings(key) else {}))
+
+    return [make("mvp"), make(conventional), *at_j, make("random"), *(make(key) for key in profile.extra)]
 
 
 def bench_tasks(dataset: ImageDataset, zoo: Zoo, count: int, n_way: int = 5, seed: int = 1000) -> list[Task]:
@@ -67,7 +67,18 @@ def _row(task: Task, label: str, result: PruneResult, extra: dict | None = None)
     return {"task": task.id, "classes": list(task.classes), "method": label, "accuracy": result.accuracy,
             "tflops": result.costs.tflops, "seconds": result.costs.seconds, "iterations": result.costs.iterations,
             "search_seconds": result.params.get("search_seconds", 0.0), "parameters": count_parameters(result.model),
-            "neighbours": result.params.get("neighbours"), **(extra or {})}
+            "neighbours": result.params.get("neighbours"), "inference_gflops": step_flops(result.model, 1, backward=False) / 1e9,
+            **{k: result.params[k] for k in ("meta_tflops", "meta_seconds", "meta_tasks") if k in result.params}, **(extra or {})}
+
+
+def one_off_costs(rows: Sequence[dict]) -> list[str]:
+    """A line per method that paid a one-off cost outside its rows (IHT-Reptile's meta-training)."""
+    lines = []
+    for method in dict.fromkeys(r["method"] for r in rows if r.get("meta_tflops") is not None):
+        r = next(r for r in rows if r["method"] == method and r.get("meta_tflops") is not None)
+        lines.append(f"{method}: meta-training paid once (like the zoo), {r['meta_tflops']:.3f} TFLOPs and {r['meta_seconds']:.0f} s "
+                     f"on {r['meta_tasks']} zoo tasks; not in the per-task columns")
+    return lines
 
 
 class RowLog:
@@ -115,26 +126,28 @@ def summarize(rows: Sequence[dict], key: str = "method") -> list[dict]:
         out.append({key: value, "tasks": len(sel), "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
                     "tflops": float(np.mean([r["tflops"] for r in sel])), "seconds": float(np.mean([r["seconds"] for r in sel])),
                     "search_seconds": float(np.mean([r.get("search_seconds", 0.0) for r in sel])),
-                    "parameters": float(np.mean([r["parameters"] for r in sel]))})
+                    "parameters": float(np.mean([r["parameters"] for r in sel])),
+                    "inference_gflops": float(np.mean([r.get("inference_gflops", np.nan) for r in sel]))})
     return out
 
 
 def markdown_table(summary: Sequence[dict], key: str = "method") -> str:
-    lines = [f"| {key} | tasks | accuracy (%) | training TFLOPs | seconds per task | + neighbour search (s) | parameters |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| {key} | tasks | accuracy (%) | training TFLOPs | seconds per task | + neighbour search (s) | parameters | "
+             "inference GFLOPs per image |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
         search = f"{s['search_seconds']:.1f}" if s["search_seconds"] else "–"
+        inference = f"{s['inference_gflops']:.3f}" if np.isfinite(s.get("inference_gflops", np.nan)) else "–"
         lines.append(f"| {s[key]} | {s['tasks']} | {100 * s['accuracy_mean']:.2f} ± {100 * s['accuracy_std']:.2f} | "
-                     f"{s['tflops']:.3f} | {s['seconds']:.1f} | {search} | {s['parameters']:,.0f} |")
+                     f"{s['tflops']:.3f} | {s['seconds']:.1f} | {search} | {s['parameters']:,.0f} | {inference} |")
     return "\n".join(lines)
 
 
-def write_table(summary: Sequence[dict], out: str | os.PathLike, title: str, key: str = "method") -> list[Path]:
-    """``summary.md`` (a titled markdown table) and ``summary.csv`` in ``out``."""
+def write_table(summary: Sequence[dict], out: str | os.PathLike, title: str, key: str = "method", notes: str = "") -> list[Path]:
+    """``summary.md`` (a titled markdown table, ``notes`` after it) and ``summary.csv`` in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md = out / "summary.md"
-    md.write_text(f"{title}\n\n{markdown_table(summary, key)}\n")
+    md.write_text(f"{title}\n\n{markdown_table(summary, key)}{notes}\n")
     path = out / "summary.csv"
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(summary[0]))

@@ -17,14 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..models.units import IN, UnitGroup
-from ..pruning import SubNetwork, shrink
-from ..training import cosine_lr, make_optimizer
+from ..pruning import SubNetwork, kind_targets, shrink, units_per_kind
+from ..training import cosine_lr, make_optimizer, optimizer_step
 from .base import Method, check_fraction, register, task_head
 
 
@@ -71,11 +70,6 @@ class ScoreGates:
                 if slot.role == IN:
                     layer = model.get_submodule(slot.module)
                     layer.weight.mul_(self.scores[g.name].repeat_interleave(slot.width).to(layer.weight.dtype))
-
-
-def units_per_kind(groups: list[UnitGroup]) -> dict[str, int]:
-    """How many units of each kind (heads, nodes) the groups hold in all."""
-    return {kind: sum(g.size for g in groups if g.kind == kind) for kind in dict.fromkeys(g.kind for g in groups)}
 
 
 def global_removal(scores: dict[str, torch.Tensor], groups: list[UnitGroup], targets: dict[str, int], threshold: float) -> dict[str, np.ndarray]:
@@ -141,15 +135,6 @@ class AHNP(Method):
         if self.score_lr <= 0 or self.l1 < 0 or self.l1_range < 1:
             raise ConfigError(f"score_lr must be > 0, l1 >= 0 and l1_range >= 1, got {self.score_lr}, {self.l1} and {self.l1_range}")
 
-    def targets(self, groups: list[UnitGroup]) -> dict[str, int]:
-        """Units kept per kind in the whole model."""
-        totals = units_per_kind(groups)
-        targets = {kind: round((1 - self.ratio) * n) for kind, n in totals.items()}
-        empty = [kind for kind, n in targets.items() if n == 0]
-        if empty:
-            raise ConfigError(f"ratio {self.ratio} would leave the model without any {empty[0]}; use a smaller pruning ratio")
-        return targets
-
     def _optimizer(self, model: nn.Module, gates: ScoreGates, score_lr: float) -> torch.optim.Optimizer:
         opt = make_optimizer(model, self.optimizer, self.lr)
         opt.add_param_group({"params": gates.parameters(), "lr": score_lr, "weight_decay": 0.0, "scores": True})
@@ -160,7 +145,7 @@ class AHNP(Method):
         model = copy.deepcopy(backbone)
         task_head(model, data, head_rows)
         groups = model.unit_groups()
-        targets = self.targets(groups)
+        targets = kind_targets(groups, self.ratio)
         subnet = SubNetwork.full(groups)
         prune_steps = max(1, math.ceil(self.prune_until * j))
         score_lr, growth = max(self.score_lr, 2 / prune_steps), self.l1_range ** (1 / prune_steps)
@@ -170,7 +155,6 @@ class AHNP(Method):
         batches = iter(data.loader(self.batch_size, seed=seed, device=device))
         start = units_per_kind(groups)
         weights = dict.fromkeys(targets, self.l1)  # the L1 weight of each kind, raised while it lags its schedule
-        amp = device.type == "cuda"
         reached_at = None
         model.train()
         with tqdm(total=j, desc=f"AHNP {data.task.id}", unit="it", disable=not progress, leave=False) as bar:
@@ -185,13 +169,8 @@ class AHNP(Method):
                 scale = cosine_lr(step, j, 1.0)
                 for group in opt.param_groups:
                     group["lr"] = (score_lr if group.get("scores") else self.lr) * scale
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    loss = F.cross_entropy(model(x), y)
-                if gates is not None:
-                    loss = loss + gates.l1({g.name: weights[g.kind] for g in groups})
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                l1 = (lambda: gates.l1({g.name: weights[g.kind] for g in groups})) if gates is not None else None
+                optimizer_step(model, opt, x, y, penalty=l1)
                 costs.add_steps(model, 1, self.batch_size)
                 bar.update(1)
                 if gates is not None and reached_at is None:

@@ -71,6 +71,7 @@ class Method:
     name: ClassVar[str] = "method"  # how tables label it
     families: ClassVar[tuple[str, ...]] = ("resnet", "vit")
     needs_zoo: ClassVar[bool] = False
+    builds_zoo: ClassVar[bool] = True  # its result is a sub-network of units a zoo record can keep
 
     ratio: float = 0.9
     iterations: int = 100

@@ -60,6 +60,20 @@ class Attention(nn.Module):
         x = F.scaled_dot_product_attention(q, k, v)  # scale head_dim ** -0.5
         return self.proj(x.transpose(1, 2).reshape(b, n, heads * self.head_dim))
 
+    def forward_received(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output, and the attention each token receives from the others (b, n): the sum over
+        heads and queries of its attention probability, its own (the diagonal) left out (PoWER-BERT's
+        significance score). Attention is computed explicitly here, since fused attention hides it."""
+        b, n, _ = x.shape
+        heads = self.num_heads
+        if heads == 0:
+            return torch.zeros_like(x), x.new_zeros(b, n)
+        q, k, v = self.qkv(x).reshape(b, n, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        probs = ((q * self.head_dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+        received = probs.sum(dim=(1, 2)) - probs.diagonal(dim1=-2, dim2=-1).sum(dim=1)
+        out = self.proj((probs @ v).transpose(1, 2).reshape(b, n, heads * self.head_dim))
+        return out, received
+
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
@@ -74,16 +88,32 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def top_tokens(x: torch.Tensor, received: torch.Tensor, keep: int) -> torch.Tensor:
+    """The class token and the ``keep - 1`` patch tokens that receive the most attention, in their
+    original order (PoWER-BERT's hard extract, the class token always kept)."""
+    top = received[:, 1:].topk(keep - 1, dim=1).indices.sort(dim=1).values + 1
+    index = torch.cat([top.new_zeros(x.shape[0], 1), top], dim=1)
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
 class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, head_dim: int, hidden: int) -> None:
+    """A pre-norm transformer block. ``keep_tokens`` (None: all): after the attention sublayer, only
+    the class token and the patch tokens that received the most attention go on (token pruning)."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int, hidden: int, keep_tokens: int | None = None) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, head_dim)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, hidden)
+        self.keep_tokens = keep_tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+        if self.keep_tokens is None or self.keep_tokens >= x.shape[1]:
+            x = x + self.attn(self.norm1(x))
+        else:
+            out, received = self.attn.forward_received(self.norm1(x))
+            x = top_tokens(x + out, received, self.keep_tokens)
         return x + self.mlp(self.norm2(x))
 
 
@@ -91,7 +121,8 @@ class VisionTransformer(Backbone):
     """A ViT with class-token pooling whose parameter names are timm's.
 
     ``embed_dim`` must be a multiple of ``num_heads`` (head_dim = embed_dim / num_heads);
-    the MLP has ``round(mlp_ratio · embed_dim)`` hidden nodes.
+    the MLP has ``round(mlp_ratio · embed_dim)`` hidden nodes. ``tokens_kept`` (None: all, every
+    block): per block, the tokens (class token included) that go on after its attention sublayer.
     """
 
     family = "vit"
@@ -108,6 +139,7 @@ class VisionTransformer(Backbone):
         num_classes: int = 1000,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        tokens_kept: Sequence[int] | None = None,
     ) -> None:
         if num_heads < 1 or embed_dim % num_heads:
             raise ConfigError(f"num_heads {num_heads} does not divide the embedding width {embed_dim}")
@@ -124,6 +156,33 @@ class VisionTransformer(Backbone):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
         nn.init.trunc_normal_(self.cls_token, std=1e-6)
+        if tokens_kept is not None:
+            self.set_tokens_kept(tokens_kept)
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens entering the first block: the patches and the class token."""
+        return self.patch_embed.num_patches + 1
+
+    @property
+    def tokens_kept(self) -> list[int] | None:
+        kept = [getattr(b, "keep_tokens", None) for b in self.blocks]
+        return None if all(k is None for k in kept) else [self.num_tokens if k is None else k for k in kept]
+
+    def set_tokens_kept(self, tokens_kept: Sequence[int] | None) -> None:
+        """Keep, after each block's attention, this many tokens (None: all of them)."""
+        if tokens_kept is None:
+            for block in self.blocks:
+                block.keep_tokens = None
+            return
+        tokens_kept = [int(k) for k in tokens_kept]
+        if len(tokens_kept) != self.depth or not all(1 <= k <= self.num_tokens for k in tokens_kept):
+            raise ConfigError(f"tokens_kept needs {self.depth} counts in 1..{self.num_tokens}, got {tokens_kept}")
+        for block, k in zip(self.blocks, tokens_kept):
+            block.keep_tokens = k
+
+    def flops_key(self) -> tuple:
+        return super().flops_key() + (("tokens_kept", tuple(self.tokens_kept or ())),)
 
     @property
     def num_features(self) -> int:
@@ -133,7 +192,8 @@ class VisionTransformer(Backbone):
     def config(self) -> dict:
         return {"arch": "vit", "img_size": self.img_size, "patch_size": self.patch_size, "embed_dim": self.embed_dim,
                 "depth": self.depth, "num_heads": self.heads_per_block, "mlp_ratio": self.mlp_ratio,
-                "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
+                "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()} | (
+                    {"tokens_kept": self.tokens_kept} if self.tokens_kept else {})
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(self.normalize(x))
@@ -160,9 +220,9 @@ class VisionTransformer(Backbone):
 @register_model("vit")
 def vision_transformer(img_size: int = 224, patch_size: int = 16, embed_dim: int = 384, depth: int = 12, num_heads: int = 6,
                        mlp_ratio: float = 4.0, num_classes: int = 1000, mean: Sequence[float] = IMAGENET_MEAN,
-                       std: Sequence[float] = IMAGENET_STD) -> VisionTransformer:
+                       std: Sequence[float] = IMAGENET_STD, tokens_kept: Sequence[int] | None = None) -> VisionTransformer:
     """A ViT of any size (defaults: ViT-S/16 at 224, timm's ``vit_small_patch16_224``)."""
-    return VisionTransformer(img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, num_classes, mean, std)
+    return VisionTransformer(img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, num_classes, mean, std, tokens_kept)
 
 
 @register_model("vit_small_patch16_224")

@@ -6,13 +6,16 @@ the dense view. ``surgery.py``: cutting layers by type, :func:`extract` / :func:
 """
 
 from ..models.units import IN, OUT, Slot, UnitGroup
-from .importance import IMPORTANCES, ActivationImportance, Importance, RandomImportance, TaylorImportance, get_importance, keep_top
+from .importance import (
+    IMPORTANCES, ActivationImportance, Importance, MagnitudeImportance, RandomImportance, TaylorImportance, get_importance, keep_top,
+    unit_norms,
+)
 from .schedule import pruning_schedule
-from .subnetwork import SubNetwork, TensorIndex, dense_view, scatter, target_widths
-from .surgery import CUTTERS, cut, extract, mask, shrink
+from .subnetwork import SubNetwork, TensorIndex, dense_view, kind_targets, scatter, target_widths, units_per_kind
+from .surgery import CUTTERS, cut, extract, mask, shrink, zero_units
 
 __all__ = [
-    "CUTTERS", "IMPORTANCES", "IN", "OUT", "ActivationImportance", "Importance", "RandomImportance", "Slot", "SubNetwork",
-    "TaylorImportance", "TensorIndex", "UnitGroup", "cut", "dense_view", "extract", "get_importance", "keep_top", "mask",
-    "pruning_schedule", "scatter", "shrink", "target_widths",
+    "CUTTERS", "IMPORTANCES", "IN", "OUT", "ActivationImportance", "Importance", "MagnitudeImportance", "RandomImportance", "Slot", "SubNetwork",
+    "TaylorImportance", "TensorIndex", "UnitGroup", "cut", "dense_view", "extract", "get_importance", "keep_top", "kind_targets", "mask",
+    "pruning_schedule", "scatter", "shrink", "target_widths", "unit_norms", "units_per_kind", "zero_units",
 ]

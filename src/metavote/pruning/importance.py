@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.units import UnitGroup
+from ..models.units import OUT, UnitGroup
 
 
 def _probes(groups: Sequence[UnitGroup], criterion: str) -> None:
@@ -99,7 +99,36 @@ class RandomImportance(Importance):
         return {g.name: torch.rand(g.size, generator=self.generator) for g in groups}
 
 
-IMPORTANCES = {"activation": ActivationImportance, "taylor": TaylorImportance, "random": RandomImportance}
+def unit_norms(model: nn.Module, group: UnitGroup, role: str = OUT, grad: bool = False) -> torch.Tensor:
+    """Squared L2 norm of each unit's weights in the group's ``role`` slots: its rows of the layers
+    that produce it (``out``: conv filters, qkv rows, fc1 rows; norm layers' scales left out) or its
+    columns of the layers that read it (``in``: the next conv's input channels, proj or fc2 columns).
+    ``grad``: of the weights' gradients instead (zero where there is none)."""
+    total = torch.zeros(group.size)
+    for slot in group.slots:
+        weight = model.get_submodule(slot.module).weight
+        weight = (weight.grad if grad else weight) if weight.dim() >= 2 else None
+        if slot.role != role or weight is None:
+            continue
+        weight = weight.detach().float()
+        rows = (weight if role == OUT else weight.transpose(0, 1)).flatten(1).pow(2).sum(1)
+        total += rows.reshape(slot.copies, group.size, slot.width).sum((0, 2)).cpu()
+    return total
+
+
+class MagnitudeImportance(Importance):
+    """The L2 norm of each unit's producing weights (filters, qkv rows, fc1 rows); no data. The
+    criterion of the magnitude-based baselines (MEST, IHT)."""
+
+    name = "magnitude"
+    needs_data = False
+
+    def __call__(self, model, groups, batches):
+        return {g.name: unit_norms(model, g).sqrt() for g in groups}
+
+
+IMPORTANCES = {"activation": ActivationImportance, "taylor": TaylorImportance, "random": RandomImportance,
+               "magnitude": MagnitudeImportance}
 
 
 def get_importance(name: str) -> Importance:

@@ -97,6 +97,23 @@ def target_widths(groups: Sequence[UnitGroup], ratio: float) -> dict[str, int]:
     return widths
 
 
+def units_per_kind(groups: Sequence[UnitGroup]) -> dict[str, int]:
+    """How many units of each kind (heads, nodes, channels) the groups hold in all."""
+    return {kind: sum(g.size for g in groups if g.kind == kind) for kind in dict.fromkeys(g.kind for g in groups)}
+
+
+def kind_targets(groups: Sequence[UnitGroup], ratio: float) -> dict[str, int]:
+    """Units kept per kind in the whole model at ratio ``ratio``, round((1 - r) n) of each kind,
+    which blocks keep them left open (a global budget: AHNP, UVC)."""
+    if not 0 < ratio < 1:
+        raise ConfigError(f"pruning ratio must be in (0, 1), got {ratio}")
+    targets = {kind: round((1 - ratio) * n) for kind, n in units_per_kind(groups).items()}
+    empty = [kind for kind, n in targets.items() if n == 0]
+    if empty:
+        raise ConfigError(f"ratio {ratio} would leave the model without any {empty[0]}; use a smaller pruning ratio")
+    return targets
+
+
 def check_kinds(groups: Sequence[UnitGroup], widths: Mapping[str, int], what: str) -> None:
     """A clear error when ``widths`` would leave the model without any unit of some kind (every head, say)."""
     for kind in dict.fromkeys(g.kind for g in groups):

@@ -107,22 +107,27 @@ def extract(backbone: Backbone, subnet: SubNetwork) -> Backbone:
 
 
 @torch.no_grad()
-def mask(backbone: Backbone, subnet: SubNetwork) -> Backbone:
-    """A full-size copy of ``backbone`` whose dropped units output exactly zero: every parameter of
-    their ``out`` slots is zeroed (conv and linear rows, biases, norm scale and shift). A group with
-    no unit left also loses the biases of the layers that read it, as its extracted block adds nothing.
-    In eval mode the outputs equal those of :func:`extract`."""
-    masked = copy.deepcopy(backbone)
-    groups = backbone.unit_groups()
-    subnet.check(groups)
+def zero_units(model: nn.Module, groups: Sequence[UnitGroup], kept: Mapping[str, np.ndarray]) -> None:
+    """In place: the units not in ``kept[group]`` output exactly zero. Every parameter of their
+    ``out`` slots is zeroed (conv and linear rows, biases, norm scale and shift); a group with no
+    unit left also loses the biases of the layers that read it, as its extracted block adds nothing."""
     for g in groups:
-        dropped = np.setdiff1d(np.arange(g.size), subnet.kept[g.name])
+        dropped = np.setdiff1d(np.arange(g.size), kept[g.name])
         for slot in g.slots:
-            module = masked.get_submodule(slot.module)
+            module = model.get_submodule(slot.module)
             if slot.role == OUT:
-                idx = slot.indices(dropped, g.size)
+                idx = slot.indices(dropped, g.size).to(next(module.parameters()).device)
                 for p in module.parameters(recurse=False):
                     p[idx] = 0.0
             elif len(dropped) == g.size and getattr(module, "bias", None) is not None:
                 module.bias.zero_()
+
+
+def mask(backbone: Backbone, subnet: SubNetwork) -> Backbone:
+    """A full-size copy of ``backbone`` whose dropped units output exactly zero (:func:`zero_units`).
+    In eval mode the outputs equal those of :func:`extract`."""
+    masked = copy.deepcopy(backbone)
+    groups = backbone.unit_groups()
+    subnet.check(groups)
+    zero_units(masked, groups, subnet.kept)
     return masked

@@ -101,6 +101,8 @@ def build_zoo(
     train on ``device``. ``workers`` defaults to 2 on the CPU and to 1 (in this process) on a GPU,
     which one worker keeps busy.
     """
+    if not method.builds_zoo:
+        raise ConfigError(f"{method.key} does not prune units (heads, nodes, channels), so it cannot build a zoo")
     device = torch.device(device)
     workers = workers if workers is not None else (2 if device.type == "cpu" else 1)
     if workers < 1:
