@@ -109,7 +109,7 @@ class Method:
             raise ConfigError(f"{self.key} prunes {', '.join(self.families)} models, not a {backbone.family}")
         if self.needs_zoo and zoo is None:
             raise ConfigError(f"{self.key} needs a zoo of pruned models (--zoo)")
-        prepared = self.prepare(backbone, data, zoo)
+        prepared = self.prepare(backbone, data, zoo, progress)
         costs = Costs()
         seed = data.task.seed if self.seed is None else self.seed
         with Timer() as timer:
@@ -118,7 +118,7 @@ class Method:
         costs.seconds = timer.seconds
         return PruneResult(model, subnet, costs, accuracy, self.key, self.settings() | {"seed": seed} | params)
 
-    def prepare(self, backbone: Backbone, data: TaskData, zoo: Zoo | None) -> Any:
+    def prepare(self, backbone: Backbone, data: TaskData, zoo: Zoo | None, progress: bool = False) -> Any:
         """Untimed work before pruning (MVP's neighbour search, timed on its own)."""
         return None
 

@@ -66,14 +66,14 @@ class DLTH(Method):
         groups = model.unit_groups()
         subnet = (random_subnetwork(groups, self.ratio, seed) if self.pick == "random"
                   else magnitude_subnetwork(model, groups, target_widths(groups, self.ratio)))
-        doomed = UnitMask(model, groups, subnet)
+        ticket = UnitMask(model, groups, subnet)  # on: the units kept; off: the units to remove
         ramp = math.ceil(self.ramp * j)
         dense = min(j, ramp + math.floor(self.hold * j))
         top = self.penalty / self.lr
         opt = make_optimizer(model, self.optimizer, self.lr)
         device = next(model.parameters()).device
         batches = iter(data.loader(self.batch_size, seed=seed, device=device))
-        params = [(p, idx) for g in groups for p, idx in doomed.out_params(g, doomed.off(g))]
+        params = [(p, idx) for g in groups for p, idx in ticket.out_params(g, ticket.off(g))]
         model.train()
         for step in tqdm(range(dense), desc=f"DLTH {data.task.id}", unit="it", disable=not progress, leave=False):
             x, y = next(batches)

@@ -163,7 +163,7 @@ class MVP(Method):
             self._measures[name] = make_similarity(name, backbone=backbone, dataset=self.dataset)
         return self._measures[name]
 
-    def prepare(self, backbone, data, zoo):
+    def prepare(self, backbone, data, zoo, progress=False):
         target_widths(backbone.unit_groups(), self.ratio)  # rejects a bad ratio before the search
         with Timer() as search:
             if isinstance(self.neighbours, int):

@@ -107,7 +107,7 @@ class IHTReptile(Method):
         return {k: getattr(self, k) for k in keep} | {"meta_iterations": self.outer_steps}
 
     # -- meta-training, once per zoo and settings
-    def prepare(self, backbone, data, zoo) -> MetaModel:
+    def prepare(self, backbone, data, zoo, progress=False) -> MetaModel:
         if self.dataset is None or self.dataset.name != data.task.dataset:
             raise ConfigError(f"iht-reptile meta-trains on the zoo's tasks and needs their dataset ({data.task.dataset}) as its "
                               "dataset setting")
@@ -121,7 +121,7 @@ class IHTReptile(Method):
         path = zoo.root / "meta" / f"{self.key}-{digest}.safetensors"
         if path.exists():
             return self._load(path, backbone, n_way)
-        meta = self.meta_train(backbone, tasks, n_way)
+        meta = self.meta_train(backbone, tasks, n_way, progress)
         self._save(path, meta)
         return meta
 
