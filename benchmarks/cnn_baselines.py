@@ -1,6 +1,6 @@
 """A first look at the paper's CNN baselines that need no zoo (MEST, DLTH) on the CPU profile.
 
-On --tasks CIFAR-100 5-way test tasks (seed 1000) with the shared width-0.5 ResNet-18 and the `cpu`
+On --tasks CIFAR-100 5-way tasks drawn with seed 1000 (no zoo, so none is excluded) with the shared width-0.5 ResNet-18 and the `cpu`
 budget (r = 0.8, J = 20, batch 64, SGD 0.01): MEST, DLTH with the paper's random ticket and with the
 code's magnitude pick, and random pruning (ours and the paper's) as the reference. Not the Table-1
 bar (that is `metavote bench --profile cpu` on a 100-task zoo, which adds MVP, IFP and IHT-Reptile).

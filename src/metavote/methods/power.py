@@ -141,14 +141,10 @@ class PoWER(Method):
         model.set_tokens_kept(None)
         search = max(1, math.ceil(self.search * j)) if j else 0
         retention_lr = max(self.retention_lr, 2.5 / max(search, 1))
+        opt = make_optimizer(model, self.optimizer, self.lr)  # the weights, before the retentions exist
         blocks = list(model.blocks)
-        soft = nn.Sequential(*[SoftExtract(b, patches) for b in blocks])
-        model.blocks = soft
-        opt = make_optimizer(model, self.optimizer, self.lr)
-        retention = [b.retention for b in soft]
-        ids = {id(p) for p in retention}
-        for group in opt.param_groups:
-            group["params"] = [p for p in group["params"] if id(p) not in ids]
+        model.blocks = nn.Sequential(*[SoftExtract(b, patches) for b in blocks])
+        retention = [b.retention for b in model.blocks]
         opt.add_param_group({"params": retention, "lr": retention_lr, "weight_decay": 0.0, "retention": True})
         device = next(model.parameters()).device
         batches = iter(data.loader(self.batch_size, seed=seed, device=device))

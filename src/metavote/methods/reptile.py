@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..data import ImageDataset, Task
@@ -195,9 +195,8 @@ class IHTReptile(Method):
             save_file(tensors, str(tmp), metadata=info)
 
     def _load(self, path, backbone, n_way: int) -> MetaModel:
-        tensors = load_file(str(path))
         with safe_open(str(path), "pt") as f:
-            header = f.metadata()
+            header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
         model = copy.deepcopy(backbone)
         model.reset_classifier(n_way)
         model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
