@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from metavote.errors import ConfigError
 from metavote.methods import UnitMask, create_method, magnitude_subnetwork, random_subnetwork
 from metavote.models import cifar_resnet18, create_model, load_backbone
 from metavote.pruning import extract, target_widths, unit_norms
-from metavote.training import Costs
+from metavote.training import Costs, recalibrate_bn
 
 BUDGET = {"ratio": 0.5, "iterations": 10, "lr": 0.01, "batch_size": 8}
 
@@ -27,6 +29,13 @@ def cnn_task(small_zoo):
 def dense_costs(backbone, n_way: int, steps: int, batch: int) -> int:
     costs = Costs()
     costs.add_steps(create_model(backbone.config, n_way), steps, batch)
+    return costs.flops
+
+
+def refresh_costs(model, batches: int = 5, batch: int = 8) -> int:
+    """The FLOPs of ``Method.run``'s BatchNorm re-estimation after the last step (forward passes)."""
+    costs = Costs()
+    costs.add_steps(model, batches, batch, backward=False, training=False)
     return costs.flops
 
 
@@ -61,7 +70,7 @@ def test_mest_stays_at_the_ratio_mutates_and_pays_dense_flops(cnn_task):
     assert result.params["mutations"] == 1 and result.params["units_swapped"] >= len(groups)  # at step 5 of 10, >= 1 per group
     start = magnitude_subnetwork(backbone, groups, target_widths(groups, 0.5))
     assert any(not np.array_equal(start.kept[g.name], result.subnet.kept[g.name]) for g in groups)
-    assert result.costs.iterations == 10 and result.costs.flops == dense_costs(backbone, 3, 10, 8)
+    assert result.costs.iterations == 10 and result.costs.flops == dense_costs(backbone, 3, 10, 8) + refresh_costs(result.model)
     assert sum(p.numel() for p in result.model.parameters()) < 0.5 * sum(p.numel() for p in backbone.parameters())
 
 
@@ -78,7 +87,7 @@ def test_dlth_moves_the_removed_units_toward_zero_then_fine_tunes_small(cnn_task
     dense = result.params["penalised_iterations"]
     small = Costs()
     small.add_steps(result.model, 10 - dense, 8)
-    assert dense == 6 and result.costs.flops == dense_costs(backbone, 3, dense, 8) + small.flops and result.costs.iterations == 10
+    assert dense == 6 and result.costs.flops == dense_costs(backbone, 3, dense, 8) + small.flops + refresh_costs(result.model) and result.costs.iterations == 10
 
 
 def test_iht_reptile_meta_trains_once_on_zoo_tasks_only(cnn_task):
@@ -99,3 +108,24 @@ def test_iht_reptile_meta_trains_once_on_zoo_tasks_only(cnn_task):
     with pytest.raises(ConfigError, match="needs their dataset"):
         create_method("iht-reptile", **settings).run(backbone, data, zoo, None)
 
+
+
+def test_statistics_are_re_estimated_after_the_last_step_except_for_the_papers_random(tiny_setup):
+    """``refresh_bn`` batches replace the running averages of training; the paper's random keeps them."""
+    dataset, _, weights = tiny_setup
+    backbone, _ = load_backbone(weights, dataset=dataset)
+    data = dataset.load_task(dataset.task(dataset.classes[:3]))
+    budget = BUDGET | {"iterations": 3, "seed": 3}
+    stale = create_method("mest", **budget, refresh_bn=0).run(backbone, data, None, [0, 1, 2])
+    fresh = create_method("mest", **budget).run(backbone, data, None, [0, 1, 2])
+    weights = lambda m: {k: v for k, v in m.state_dict().items() if "running" not in k and "num_batches" not in k}  # noqa: E731
+    assert all(torch.equal(v, weights(fresh.model)[k]) for k, v in weights(stale.model).items())  # same training
+    expected = copy.deepcopy(stale.model)
+    recalibrate_bn(expected, data, 5, 8, 3)
+    for (name, a), b in zip(expected.named_buffers(), fresh.model.buffers()):
+        if "running" in name:
+            assert torch.allclose(a, b)
+    assert fresh.costs.flops == stale.costs.flops + refresh_costs(fresh.model) and fresh.costs.iterations == stale.costs.iterations
+    assert create_method("random-paper").refresh_bn == 0 and create_method("random").refresh_bn == 5
+    with pytest.raises(ConfigError, match="refresh_bn"):
+        create_method("dlth", refresh_bn=-1)

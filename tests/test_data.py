@@ -191,18 +191,31 @@ def _isolate_search_path(monkeypatch, tmp_path):
 
 def test_load_dataset_not_found_lists_places(tmp_path, monkeypatch):
     _isolate_search_path(monkeypatch, tmp_path)
-    empty = tmp_path / "empty"
-    empty.mkdir()
     env = tmp_path / "envdata"
     env.mkdir()
     monkeypatch.setenv("METAVOTE_DATA", str(env))
     with pytest.raises(DataNotFoundError) as info:
-        load_dataset("cifar100", data=empty)
+        load_dataset("cifar100")
     msg = str(info.value)
-    for place in (empty, env, tmp_path / "cwd" / "shared" / "data"):
+    for place in (env, tmp_path / "cwd" / "shared" / "data"):
         assert str(place) in msg
-    assert msg.index(str(empty)) < msg.index(str(env))
+    assert msg.index(str(env)) < msg.index(str(tmp_path / "cwd"))
     assert "METAVOTE_DATA" in msg
+
+
+def test_an_explicit_data_root_wins_or_fails(tmp_path, monkeypatch):
+    """--data is never silently replaced by $METAVOTE_DATA or ../shared/data."""
+    _isolate_search_path(monkeypatch, tmp_path)
+    ds = synthetic_dataset(num_classes=3, train_per_class=2, test_per_class=1)
+    write_npz_dataset(ds, tmp_path / "envdata" / "cifar100")
+    monkeypatch.setenv("METAVOTE_DATA", str(tmp_path / "envdata"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataNotFoundError) as info:
+        load_dataset("cifar100", data=empty)
+    assert str(empty) in str(info.value) and "envdata" not in str(info.value)
+    with pytest.raises(DataNotFoundError, match="does not exist"):
+        load_dataset("cifar100", data=tmp_path / "nonexistent-dir")
 
 
 def test_metavote_data_env_is_used(tmp_path, monkeypatch):
@@ -211,9 +224,6 @@ def test_metavote_data_env_is_used(tmp_path, monkeypatch):
     env = tmp_path / "envdata"
     write_npz_dataset(ds, env / "cifar100")
     monkeypatch.setenv("METAVOTE_DATA", str(env))
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    assert_same_dataset(ds, load_dataset("cifar100", data=empty))
     assert_same_dataset(ds, load_dataset("cifar100"))
 
 
@@ -279,20 +289,20 @@ def test_image_folder_cache_is_reused(tmp_path, monkeypatch):
     root = _image_folder(tmp_path / "pics")
     cache = tmp_path / "cache"
     calls = []
-    real = mvdata._decode
+    real = mvdata.decode_images
 
     def counting(files, size):
         calls.append(len(files))
         return real(files, size)
 
-    monkeypatch.setattr(mvdata, "_decode", counting)
+    monkeypatch.setattr(mvdata, "decode_images", counting)
     first = load_image_folder(root, cache_dir=cache)
     assert sum(calls) == 19 and len(list(cache.glob("*.npz"))) == 1
 
     def boom(files, size):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(mvdata, "_decode", boom)
+    monkeypatch.setattr(mvdata, "decode_images", boom)
     second = load_image_folder(root, cache_dir=cache)
     np.testing.assert_array_equal(first.train_images, second.train_images)
     np.testing.assert_array_equal(first.test_labels, second.test_labels)
@@ -318,8 +328,9 @@ def test_image_folder_train_val_layout(tmp_path):
 
 def test_image_folder_train_val_class_mismatch(tmp_path):
     root = tmp_path / "tv"
-    _write_images(root / "train" / "a", 2, (0, 0, 0), 0)
-    _write_images(root / "val" / "b", 2, (0, 0, 0), 0)
+    for split, classes in (("train", "ab"), ("val", "ac")):
+        for c in classes:
+            _write_images(root / split / c, 2, (0, 0, 0), 0)
     with pytest.raises(DataError, match="different classes"):
         load_image_folder(root, cache_dir=tmp_path / "cache")
 

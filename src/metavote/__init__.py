@@ -8,9 +8,12 @@ The public API, in the order data flows (each name lives in the module that says
     with metavote.Zoo("runs/zoo-cpu") as zoo:
         mvp = metavote.create_method("mvp", **metavote.get_profile("cpu").settings("mvp"))
         result = mvp.run(backbone, data, zoo, metavote.head_rows_for(meta["classes"], data.task.classes))
+    metavote.save_pruned("pruned.safetensors", result.model, result.subnet, data.task.classes)
+    model = metavote.load_pruned("pruned.safetensors")   # standalone: no zoo, no backbone
 """
 
 from .data import ImageDataset, Task, TaskData, load_dataset, sample_tasks
+from .deploy import export_onnx, load_pruned, predict, save_pruned
 from .errors import MetavoteError
 from .methods import METHODS, Method, PruneResult, create_method
 from .models import (
@@ -29,7 +32,7 @@ __all__ = [
     "METHODS", "MODELS", "PROFILES", "Backbone", "Costs", "EmbeddingSimilarity", "ImageDataset", "LEEPSimilarity", "Method",
     "MetavoteError", "Profile", "PruneResult", "ResNet", "Similarity", "Slot", "SubNetwork", "Task", "TaskData", "UnitGroup",
     "VisionTransformer", "WordNetSimilarity", "Zoo", "ZooRecord", "build_zoo", "count_parameters", "create_method", "create_model",
-    "dense_view", "evaluate", "extract", "get_profile", "head_rows_for", "load_backbone", "load_dataset", "locate_backbone",
-    "make_similarity", "mask", "nearest", "replace_head", "sample_tasks", "save_weights", "select_device", "set_threads", "shrink",
+    "dense_view", "evaluate", "export_onnx", "extract", "get_profile", "head_rows_for", "load_backbone", "load_dataset", "load_pruned", "locate_backbone",
+    "make_similarity", "mask", "nearest", "predict", "replace_head", "sample_tasks", "save_pruned", "save_weights", "select_device", "set_threads", "shrink",
     "target_widths",
 ]

@@ -170,10 +170,13 @@ def _zoo_context(args: argparse.Namespace, need_backbone: bool):
     from .zoo import Zoo
 
     if need_backbone:
-        ctx = context(args.zoo, args.data, args.backbone, args.device)
+        ctx = context(args.zoo, args.data, args.backbone, args.device, args.dataset)
         return ctx.zoo, ctx.dataset, ctx.backbone
     zoo = Zoo(args.zoo, device=select_device(args.device))
-    return zoo, load_dataset(zoo.meta.get("dataset") or "cifar100", args.data), None
+    if args.dataset is not None:
+        return zoo, load_dataset(args.dataset, args.data), None
+    source, root = zoo.dataset_source()
+    return zoo, load_dataset(source, args.data if args.data is not None else root), None
 
 
 def cmd_similarity(args: argparse.Namespace) -> None:
@@ -229,14 +232,18 @@ def cmd_prune(args: argparse.Namespace) -> None:
     from .training import set_threads
 
     set_threads(args.threads)
-    ctx = context(args.zoo, args.data, args.backbone, args.device)
-    classes = _csv(args.classes)
+    if not args.classes and args.dataset is None:
+        raise ConfigError("name the task: --classes a,b,c (of the zoo's dataset), or --dataset FOLDER for all classes of an image folder")
+    if args.out is not None and Path(args.out).suffix != ".safetensors":
+        raise ConfigError(f"--out must name a .safetensors file, got {args.out}")
+    ctx = context(args.zoo, args.data, args.backbone, args.device, args.dataset)
+    classes = _csv(args.classes) if args.classes else list(ctx.dataset.classes)
     task = ctx.dataset.task(classes)
     same = [r for r in ctx.zoo.records() if r.task.id == task.id]
     if same:
         print(f"note: the zoo already holds this task ({', '.join(r.record_id for r in same)}); it is left out of its own neighbours")
     own = {"neighbours": args.neighbours, "similarity": args.similarity, "temperature": args.temperature}  # MVP's settings
-    result, task = prune(ctx, classes, args.method, args.profile, save=not args.no_save, progress=not args.quiet,
+    result, task = prune(ctx, classes, args.method, args.profile, save=not args.no_save, progress=not args.quiet, out=args.out,
                          **{k: v for k, v in (_budget(args) | own).items() if v is not None})
     print(f"{result.method} on {task}: test accuracy {result.accuracy:.2%}")
     print(f"  {result.costs.iterations} iterations, {result.costs.tflops:.3f} training TFLOPs, {result.costs.seconds:.1f} s")
@@ -246,6 +253,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
     print(f"  {count_parameters(result.model):,} parameters, {result.subnet.kept_fraction():.1%} of units kept")
     if "tokens_kept" in result.params:
         print(f"  tokens kept after each block's attention: {result.params['tokens_kept']}")
+    if args.out:
+        print(f"  wrote the standalone model {args.out} (load it with metavote.load_pruned, or `metavote export --model {args.out} --onnx OUT`)")
     if args.no_save:
         return
     if get_method_class(result.method).builds_zoo:
@@ -263,7 +272,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .training import set_threads
 
     set_threads(args.threads)
-    _, table = run_bench(context(args.zoo, args.data, args.backbone, args.device), args.profile, args.tasks, args.seed, args.out, not args.quiet,
+    _, table = run_bench(context(args.zoo, args.data, args.backbone, args.device, args.dataset), args.profile, args.tasks, args.seed, args.out, not args.quiet,
                          **_budget(args))
     print(table)
     print(f"wrote {Path(args.out) / 'summary.md'}, summary.csv and rows.jsonl")
@@ -274,10 +283,38 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     from .training import set_threads
 
     set_threads(args.threads)
-    _, table, figure = run_ablation(context(args.zoo, args.data, args.backbone, args.device), args.name, args.profile, args.tasks, args.seed,
+    _, table, figure = run_ablation(context(args.zoo, args.data, args.backbone, args.device, args.dataset), args.name, args.profile, args.tasks, args.seed,
                                     args.out, not args.quiet, args.target_dataset, args.other_zoo, **_budget(args))
     print(table)
     print(f"wrote {figure} and {Path(args.out) / args.name}/summary.md")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .deploy import export_onnx, export_record
+    from .zoo import Zoo
+
+    if bool(args.zoo) == bool(args.model):
+        raise ConfigError("give --zoo Z RECORD --out FILE.safetensors (a standalone model), or --model FILE.safetensors --onnx OUT.onnx")
+    if args.zoo:
+        if not args.record or not args.out:
+            raise ConfigError("export from a zoo needs the record id (or task id) and --out FILE.safetensors")
+        if Path(args.out).suffix != ".safetensors":
+            raise ConfigError(f"--out must name a .safetensors file, got {args.out}")
+        with Zoo(args.zoo) as zoo:
+            path = export_record(zoo, args.record, args.out, args.method)
+        print(f"wrote the standalone model {path}")
+        return
+    if not args.onnx:
+        raise ConfigError("--model needs --onnx OUT.onnx")
+    diff = export_onnx(args.model, args.onnx)
+    print(f"wrote {args.onnx}; ONNX Runtime and PyTorch agree to {diff:.1e} (largest logit difference on 16 images)")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .deploy import predict
+
+    for image, top in zip(args.images, predict(args.model, args.images, args.top_k)):
+        print(f"{image}: " + ", ".join(f"{name} {p:.1%}" for name, p in top))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -383,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("similarity", help="the k nearest zoo tasks to a task, with their scores")
     p.add_argument("--zoo", required=True)
     p.add_argument("--data", help="data root (default: $METAVOTE_DATA, then ../shared/data)")
+    p.add_argument("--dataset", help="dataset name or image folder of the target (default: the zoo's dataset)")
     p.add_argument("--classes", help="the target task's classes, comma-separated")
     p.add_argument("--task", help="or the task id of a zoo record")
     p.add_argument("--k", type=int, default=3)
@@ -397,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = study.add_parser("overlap", help="IoU of kept units per layer by similarity group: CSV + figures")
     p.add_argument("--zoo", required=True)
     p.add_argument("--data", help="data root (default: $METAVOTE_DATA, then ../shared/data)")
+    p.add_argument("--dataset", help="dataset name or image folder of the zoo's tasks (default: the one the zoo recorded)")
     p.add_argument("--metric", choices=["leep", "wordnet", "embedding"], default="leep")
     p.add_argument("--rule", choices=["best_match", "mean_pairs"], default="best_match", help="WordNet aggregation rule")
     p.add_argument("--groups", type=int, default=5)
@@ -409,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     def zoo_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--zoo", required=True, help="a zoo built by `metavote zoo build`")
         p.add_argument("--data", help="data root (default: $METAVOTE_DATA, then ../shared/data)")
+        p.add_argument("--dataset", help="dataset name or image folder of the tasks (default: the dataset the zoo's tasks come from)")
         p.add_argument("--backbone", help="the backbone the zoo was built from (default: the shared one)")
         p.add_argument("--profile", choices=profiles, default="cpu",
                        help="budget: 'cpu' (r 0.8, J 20, batch 64; IFP 10x = 200) or 'paper' (r 0.9, J 100, batch 128)")
@@ -421,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="prune the backbone for a new task (MVP from the zoo, or IFP / random)")
     zoo_args(p)
-    p.add_argument("--classes", required=True, help="the task's classes, comma-separated")
+    p.add_argument("--classes", help="the task's classes, comma-separated (default with --dataset: all its classes)")
+    p.add_argument("--out", help="also write the pruned model as a standalone FILE.safetensors (no zoo or backbone needed to load it)")
     p.add_argument("--method", choices=methods, default="mvp")
     p.add_argument("--neighbours", type=int, help="MVP: nearest zoo tasks that vote (default 3)")
     p.add_argument("--similarity", choices=["leep", "wordnet", "embedding"], help="MVP: neighbour search (default leep)")
@@ -445,6 +486,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1000, help="test task seed")
     p.add_argument("--out", default="runs/ablations", help="folder for the figure and <name>/ tables (resumes from it)")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("export", help="a zoo record as a standalone model file, or a standalone model as ONNX (checked)")
+    p.add_argument("record", nargs="?", help="with --zoo: the record id or task id")
+    p.add_argument("--zoo", help="the zoo holding the record")
+    p.add_argument("--method", help="with --zoo: the record's method, when a task has several")
+    p.add_argument("--out", help="with --zoo: the standalone FILE.safetensors to write")
+    p.add_argument("--model", help="a standalone pruned model (.safetensors) to export")
+    p.add_argument("--onnx", help="with --model: the .onnx file to write (needs `pip install 'metavote[onnx]'`)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="top-k classes of image files by a pruned model (.safetensors or .onnx)")
+    p.add_argument("--model", required=True, help="a standalone pruned model (.safetensors) or its ONNX export (.onnx)")
+    p.add_argument("images", nargs="+", help="image files (any size: resized as in training)")
+    p.add_argument("--top-k", type=int, default=3)
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="the main job on its embedded default (see README)")
     p.add_argument("--data", help="data root (default: $METAVOTE_DATA, then ../shared/data)")

@@ -52,6 +52,7 @@ class ImageDataset:
     test_images: np.ndarray
     test_labels: np.ndarray
     wnids: list[str | None] = field(default_factory=list)
+    source: str | None = None  # the absolute path it was loaded from (set by load_dataset): load_dataset(source) loads it again
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -207,10 +208,13 @@ def load_cifar100(path: str | os.PathLike) -> ImageDataset:
 
 
 def data_search_path(data: str | os.PathLike | None = None) -> list[Path]:
-    """Where datasets are looked for, in order: ``data``, ``$METAVOTE_DATA``, ``../shared/data``."""
-    places: list[Path] = []
+    """Where datasets are looked for: ``data`` alone when given (it must exist: an explicit path
+    wins or fails), else ``$METAVOTE_DATA`` then ``../shared/data``."""
     if data is not None:
-        places.append(Path(data))
+        if not Path(data).is_dir():
+            raise DataNotFoundError(f"data root {data} does not exist or is not a folder")
+        return [Path(data)]
+    places: list[Path] = []
     if os.environ.get("METAVOTE_DATA"):
         places.append(Path(os.environ["METAVOTE_DATA"]))
     places.append(Path.cwd().parent / "shared" / "data")
@@ -249,15 +253,23 @@ def load_dataset(name: str = "cifar100", data: str | os.PathLike | None = None, 
     """
     if Path(name).is_dir():
         path = Path(name)
-        return load_cifar100(path) if _cifar_dir(path) == path else load_image_folder(path, **folder_options)
+        dataset = load_cifar100(path) if _cifar_dir(path) == path else load_image_folder(path, **folder_options)
+        dataset.source = str(path.resolve())
+        return dataset
+    if os.sep in str(name) or str(name).startswith("."):
+        raise DataNotFoundError(f"dataset {name!r} not found: no such folder")
     places = data_search_path(data)
     for root in places:
         if name == "cifar100":
             found = _cifar_dir(root)
             if found is not None:
-                return load_cifar100(found)
+                dataset = load_cifar100(found)
+                dataset.source = str(found.resolve())
+                return dataset
         elif _is_image_folder(root / name):
-            return load_image_folder(root / name, **folder_options)
+            dataset = load_image_folder(root / name, **folder_options)
+            dataset.source = str((root / name).resolve())
+            return dataset
     looked = ", ".join(str(p) for p in places)
     how = (
         "run `metavote data download cifar100 --data DIR` on a machine with internet, or copy the "
@@ -309,16 +321,22 @@ def _default_cache_dir() -> Path:
 
 def _list_folder(root: Path) -> dict[str, list[Path]]:
     classes = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if files:
-            classes[d.name] = files
+        classes[d.name] = files
     if not classes:
         raise DataNotFoundError(f"{root} has no <class>/<image> sub-folders")
+    empty = [c for c, files in classes.items() if not files]
+    if empty:
+        raise DataError(f"class folder(s) with no images in {root}: {', '.join(empty)} (images: {', '.join(sorted(IMAGE_SUFFIXES))})")
+    if len(classes) < 2:
+        raise DataError(f"{root} has one class folder ({next(iter(classes))}); a task needs at least 2 classes")
     return classes
 
 
-def _decode(files: Sequence[Path], size: int) -> np.ndarray:
+def decode_images(files: Sequence[Path], size: int) -> np.ndarray:
+    """uint8 (N, size, size, 3) RGB images: each file decoded, its shorter side resized to ``size``,
+    centre-cropped (as every image folder is loaded); a file that cannot be decoded is named in the error."""
     from PIL import Image, UnidentifiedImageError
     from tqdm.auto import tqdm
 
@@ -389,7 +407,7 @@ def load_image_folder(
     if not arrays:
         for split in ("train", "test"):
             files = [f for c in classes for f in listing[split][c]]
-            arrays[f"{split}_images"] = _decode(files, size)
+            arrays[f"{split}_images"] = decode_images(files, size)
             arrays[f"{split}_labels"] = np.repeat(np.arange(len(classes)), [len(listing[split][c]) for c in classes])
         with atomic_path(cache) as tmp:
             with open(tmp, "wb") as f:

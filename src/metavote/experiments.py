@@ -17,6 +17,7 @@ from .bench import (
     bench_tasks, main_methods, markdown_table, one_off_costs, plot_ablation, summarize, write_table,
 )
 from .data import Task, load_dataset, sample_tasks
+from .deploy import save_result
 from .errors import ConfigError
 from .methods import PruneResult, create_method, get_method_class, method_settings
 from .models import count_parameters, head_rows_for, load_backbone, locate_backbone, replace_head
@@ -26,34 +27,46 @@ from .zoo import Zoo, build_zoo
 
 
 def context(zoo_path: str | os.PathLike, data: str | os.PathLike | None = None, backbone: str | os.PathLike | None = None,
-            device: str | torch.device | None = None) -> BenchContext:
-    """Open a zoo with its dataset and the backbone it was built from (checked by fingerprint); the
-    backbone and every zoo model it loads go to ``device`` (default: CUDA when available)."""
+            device: str | torch.device | None = None, dataset: str | os.PathLike | None = None) -> BenchContext:
+    """Open a zoo with a dataset and the backbone it was built from (checked by fingerprint); the
+    backbone and every zoo model it loads go to ``device`` (default: CUDA when available).
+
+    ``dataset`` (a name or an image folder; ``data`` is its root) defaults to the dataset the zoo's
+    tasks come from, as ``zoo build`` recorded it."""
     device = select_device(device)
     zoo = Zoo(zoo_path, device=device)
-    dataset = load_dataset(zoo.meta.get("dataset") or "cifar100", data)
-    model, meta = load_backbone(locate_backbone(backbone), dataset=dataset)
+    if dataset is None:
+        source, root = zoo.dataset_source()
+        loaded = load_dataset(source, data if data is not None else root)
+    else:
+        loaded = load_dataset(str(dataset), data)
+    model, meta = load_backbone(locate_backbone(backbone), dataset=loaded)
     if meta["fingerprint"] != zoo.fingerprint:
         raise ConfigError(f"the backbone is not the one zoo {zoo_path} was built from; pass the right one with --backbone")
-    return BenchContext(model.to(device), meta.get("classes"), dataset, zoo)
+    return BenchContext(model.to(device), meta.get("classes"), loaded, zoo)
 
 
-def prune(ctx: BenchContext, classes: Sequence[str], method: str = "mvp", profile_name: str = "cpu", save: bool = True,
-          progress: bool = True, **settings) -> tuple[PruneResult, Task]:
-    """Prune the backbone for the task of ``classes`` with a registered method (``mvp``, ``ifp``,
+def prune(ctx: BenchContext, classes: Sequence[str] | None = None, method: str = "mvp", profile_name: str = "cpu", save: bool = True,
+          progress: bool = True, out: str | os.PathLike | None = None, **settings) -> tuple[PruneResult, Task]:
+    """Prune the backbone for the task of ``classes`` of ``ctx.dataset`` (default: all its classes;
+    new classes are welcome: their head is imprinted) with a registered method (``mvp``, ``ifp``,
     ``random``, ...) at a profile's budget; ``settings`` (ratio, iterations, lr, batch_size and the
     method's own, e.g. neighbours, similarity, temperature) override it. With ``save`` the result
-    joins the zoo as a record of its method (if the method prunes units: PoWER's tokens are not a record)."""
+    joins the zoo as a record of its method (if the method prunes units: PoWER's tokens are not a
+    record); with ``out`` it is also written as a standalone model file (:func:`~metavote.deploy.load_pruned`)."""
     budget = {k: settings.pop(k) for k in ("ratio", "iterations", "lr", "batch_size") if k in settings}
     p = get_profile(profile_name)
     cls = get_method_class(method)
     extra = {"dataset": ctx.dataset} if "dataset" in method_settings(method) else {}  # MVP's embedding similarity
     m = create_method(method, **p.settings(method, **({"iterations": p.iterations} | budget)), **settings, **extra)
-    task = ctx.dataset.task(list(classes))
+    task = ctx.dataset.task(list(classes) if classes else list(ctx.dataset.classes))
     result = m.run(ctx.backbone, ctx.dataset.load_task(task), ctx.zoo if cls.needs_zoo else None, head_rows_for(ctx.classes, task.classes),
                    progress=progress)
     if save and cls.builds_zoo:
+        ctx.zoo.note_dataset(ctx.dataset.name, ctx.dataset.source or ctx.dataset.name, ctx.dataset.source)
         ctx.zoo.add(task, result)
+    if out is not None:
+        save_result(out, result, task, ctx.zoo.fingerprint)
     return result, task
 
 

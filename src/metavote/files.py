@@ -15,7 +15,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds.
 
     A crash or an exception inside the block leaves whatever was at ``path`` untouched,
-    so checkpoints, caches and zoo records are never half-written.
+    so checkpoints, caches and zoo records are never half-written. The file gets the mode any
+    new file gets (0666 less the umask: 0644 by default), whatever wrote it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,9 +25,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would survive the rename: follow the umask like open() does
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it
+    os.umask(mask)
+    return mask
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:

@@ -54,10 +54,11 @@ class RandomPruning(Method):
 @dataclass(kw_only=True)
 class PaperRandomPruning(RandomPruning):
     """The paper's random baseline: a random sub-network with the pre-trained weights, a new randomly
-    initialised head and no re-estimation of normalisation statistics, fine-tuned ``iterations`` steps."""
+    initialised head and no re-estimation of normalisation statistics (before or after), fine-tuned ``iterations`` steps."""
 
     key = "random-paper"
     name = "random (paper)"
 
     bn_batches: int = 0
+    refresh_bn: int = 0
     head: str = "new"

@@ -116,6 +116,7 @@ def build_zoo(
     report = BuildReport()
     with Zoo(zoo_root, meta) as zoo:
         zoo.set_source_method(method.key)
+        zoo.note_dataset(ds.name, dataset, ds.source, data)
         finished = {r.record_id: r for r in zoo.records(method=method.key)}
         todo = []
         for task in tasks:

@@ -158,6 +158,52 @@ class Zoo:
             self._write_meta({"method": key})
             self.meta = self._read_meta()
 
+    @property
+    def datasets(self) -> dict[str, dict]:
+        """The datasets the zoo's tasks come from, in the order they joined: name -> ``{"source":
+        how it was given (a name or a folder path), "path": absolute folder path or None, "data":
+        the data root given or None}``. For zoos built before datasets were recorded: the datasets
+        their records name, to be found by name under the data roots."""
+        recorded = self.meta.get("datasets")
+        if recorded:
+            return dict(recorded)
+        names = [r[0] for r in self._conn.execute("SELECT dataset FROM records GROUP BY dataset ORDER BY MIN(created)")]
+        return {name: {"source": name, "path": None, "data": None} for name in names}  # found by name under the data roots
+
+    def note_dataset(self, name: str, source: str | os.PathLike, path: str | os.PathLike | None = None,
+                     data: str | os.PathLike | None = None) -> None:
+        """Record where the tasks of dataset ``name`` come from: ``source`` as the user gave it (a
+        name or a folder), its absolute ``path`` and the ``data`` root, the first time a dataset is
+        seen (a zoo may hold tasks of several datasets)."""
+        if name in (self.meta.get("datasets") or {}):
+            return
+        entry = {"source": str(source), "path": str(Path(path).resolve()) if path is not None else None,
+                 "data": str(Path(data).resolve()) if data is not None else None}
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")  # read and write in one transaction: builders may add datasets at once
+            row = self._conn.execute("SELECT value FROM meta WHERE key = 'datasets'").fetchone()
+            known = json.loads(row[0]) if row else self.datasets  # an older zoo keeps its first dataset first
+            known.setdefault(name, entry)
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('datasets', ?)", (json.dumps(known),))
+        self.meta = self._read_meta()
+
+    def dataset_source(self, name: str | None = None) -> tuple[str, str | None]:
+        """``(source, data root)`` to load dataset ``name`` with :func:`~metavote.data.load_dataset`
+        (default: the zoo's first dataset): its recorded folder while it exists, else its name
+        under the recorded data root (or the default roots), so a zoo copied elsewhere still opens."""
+        datasets = self.datasets
+        if not datasets:  # no task yet: the backbone's dataset
+            return self.meta.get("dataset") or "cifar100", None
+        if name is None:
+            name = next(iter(datasets))
+        if name not in datasets:
+            raise ZooError(f"zoo {self.root} holds no task of dataset {name!r} (it holds: {', '.join(datasets)})")
+        entry = datasets[name]
+        if entry.get("path") and Path(entry["path"]).exists():
+            return entry["path"], None
+        data = entry.get("data") if entry.get("data") and Path(entry["data"]).is_dir() else None
+        return name, data
+
     def describe(self) -> str:
         """The backbone in a few words: its architecture and size."""
         c = self.model_config

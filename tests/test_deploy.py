@@ -1,0 +1,166 @@
+"""From a user's image folder to a deployed model: prune --dataset, standalone files, ONNX, predict, bad input."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import synthetic_dataset
+from metavote.cli import main
+from metavote.data import load_dataset, to_float
+from metavote.deploy import OnnxModel, export_onnx, load_pruned, predict
+from metavote.experiments import context, prune
+from metavote.zoo import Zoo, build_zoo
+
+from conftest import tiny_ifp
+
+BUDGET = ["--ratio", "0.5", "--iterations", "2", "--batch-size", "8", "--threads", "1", "--quiet"]
+NEW_CLASSES = ("kite", "otter", "tram")
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    monkeypatch.setenv("METAVOTE_THREADS", "1")
+    yield
+    torch.set_num_threads(1)
+
+
+def write_image_folder(root: Path, classes=NEW_CLASSES, per_class: int = 15, size=(40, 48)) -> Path:
+    """``root/<class>/<i>.png``: the synthetic colour classes under new names, at a size the model does not take."""
+    data = synthetic_dataset(num_classes=len(classes), train_per_class=per_class, test_per_class=1, seed=5)
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i, image in enumerate(data.train_images[data.train_labels == k]):
+            Image.fromarray(image).resize(size).save(root / name / f"{i}.png")
+    return root
+
+
+def run(capsys, argv) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line_error(capsys, argv) -> str:
+    rc, _, err = run(capsys, argv)
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_a_zoo_remembers_its_image_folder_and_every_command_uses_it(tmp_path, tiny_setup, capsys):
+    dataset, _, weights = tiny_setup
+    folder = write_image_folder(tmp_path / "photos")
+    target = load_dataset(str(folder))
+    build_zoo(tmp_path / "zoo", [target.task(["kite", "otter"]), target.task(["otter", "tram"])], weights, tiny_ifp(), str(folder),
+              workers=1, progress=False)
+    with Zoo(tmp_path / "zoo") as zoo:
+        assert list(zoo.datasets) == ["photos"] and zoo.datasets["photos"]["path"] == str(folder.resolve())
+    ctx = context(tmp_path / "zoo", backbone=weights)
+    assert ctx.dataset.name == "photos" and ctx.dataset.classes == list(NEW_CLASSES)
+    rc, out, err = run(capsys, ["similarity", "--zoo", tmp_path / "zoo", "--classes", "kite,tram", "--k", "2", "--threads", "1"])
+    assert rc == 0 and "kite, otter" in out and "otter, tram" in out, err
+    # a task of another dataset joins; the zoo's first dataset stays its default
+    other = context(tmp_path / "zoo", backbone=weights, dataset=str(dataset.source))
+    prune(other, dataset.classes[:2], "random", save=True, progress=False, ratio=0.5, iterations=1, batch_size=8)
+    assert list(Zoo(tmp_path / "zoo").datasets) == ["photos", dataset.name]
+    assert context(tmp_path / "zoo", backbone=weights).dataset.name == "photos"
+
+
+def test_prune_an_image_folder_of_new_classes_then_export_and_predict(tmp_path, small_zoo, capsys):
+    zoo, _, _, _ = small_zoo
+    backbone = zoo.root.parent / "backbone.safetensors"
+    folder = write_image_folder(tmp_path / "photos")
+    out = tmp_path / "deploy" / "photos.safetensors"
+    rc, stdout, err = run(capsys, ["prune", "--zoo", zoo.root, "--backbone", backbone, "--dataset", folder, "--out", out, *BUDGET])
+    assert rc == 0, err
+    assert "kite, otter, tram" in stdout and "imprint" in stdout and out.exists()
+    assert Zoo(zoo.root).records(method="mvp")[0].task.dataset == "photos"  # the record names its own dataset
+
+    model = load_pruned(out)
+    meta = model.pruned_meta
+    assert meta["classes"] == list(NEW_CLASSES) and meta["method"] == "mvp" and len(meta["neighbours"]) == 3
+    assert meta["backbone"] == zoo.fingerprint and meta["input_size"] == [3, 32, 32] and not model.training
+    assert sum(p.numel() for p in model.parameters()) < 0.5 * sum(p.numel() for p in context(zoo.root, backbone=backbone).backbone.parameters())
+
+    # the standalone file reloads to the in-memory model: run the Python API with the same seed and compare
+    ctx = context(zoo.root, backbone=backbone, dataset=str(folder))
+    result, task = prune(ctx, None, "mvp", save=False, progress=False, out=tmp_path / "api.safetensors", ratio=0.5, iterations=2, batch_size=8)
+    data = ctx.dataset.load_task(task)
+    x = to_float(torch.from_numpy(data.test_images))
+    with torch.no_grad():
+        assert torch.equal(load_pruned(tmp_path / "api.safetensors")(x), result.model.eval()(x))
+
+    # ONNX: checked against PyTorch on the task's test split, then by predict
+    onnx_path = tmp_path / "deploy" / "photos.onnx"
+    assert export_onnx(out, onnx_path, check_images=x) <= 1e-4
+    with torch.no_grad():
+        assert torch.allclose(OnnxModel(onnx_path)(x), model(x), atol=1e-4)
+    images = sorted((folder / "tram").glob("*.png"))[:2]
+    by_torch, by_onnx = predict(out, images, top_k=2), predict(onnx_path, images, top_k=2)
+    assert [[c for c, _ in row] for row in by_torch] == [[c for c, _ in row] for row in by_onnx]
+    assert all(len(row) == 2 and row[0][1] >= row[1][1] for row in by_onnx)
+    rc, stdout, err = run(capsys, ["predict", "--model", onnx_path, *images])
+    assert rc == 0 and stdout.count("%") == 6 and str(images[0]) in stdout, err
+
+    # a zoo record as a standalone file
+    record = Zoo(zoo.root).records(method="ifp")[0]
+    rc, stdout, err = run(capsys, ["export", "--zoo", zoo.root, record.record_id, "--out", tmp_path / "record.safetensors"])
+    assert rc == 0, err
+    reference, _ = Zoo(zoo.root).load(record)
+    with torch.no_grad():
+        assert torch.equal(load_pruned(tmp_path / "record.safetensors")(x), reference(x))
+
+
+def test_written_files_follow_the_umask(tmp_path, small_zoo):
+    zoo, _, _, _ = small_zoo
+    old = os.umask(0o022)
+    try:
+        record = zoo.records()[0]
+        from metavote.deploy import export_record
+
+        path = export_record(zoo, record.record_id, tmp_path / "m.safetensors")
+        assert path.stat().st_mode & 0o777 == 0o644
+        assert (zoo.root / "records" / record.file).stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+
+
+def test_bad_input_is_one_line_exit_2_and_nothing_is_written(tmp_path, small_zoo, capsys):
+    zoo, _, _, _ = small_zoo
+    backbone = zoo.root.parent / "backbone.safetensors"
+    out = tmp_path / "out.safetensors"
+    prune_args = ["prune", "--zoo", zoo.root, "--backbone", backbone, "--out", out, *BUDGET]
+
+    assert "not found" in one_line_error(capsys, [*prune_args, "--dataset", tmp_path / "nowhere"])
+    assert "does not exist" in one_line_error(capsys, ["pretrain", "--data", tmp_path / "nonexistent-dir", "--quiet", "--out", out])
+    single = write_image_folder(tmp_path / "single", classes=("kite",))
+    assert "at least 2 classes" in one_line_error(capsys, [*prune_args, "--dataset", single])
+    empty = write_image_folder(tmp_path / "empty", classes=("kite", "otter"))
+    (empty / "tram").mkdir()
+    assert "tram" in one_line_error(capsys, [*prune_args, "--dataset", empty])
+    corrupt = write_image_folder(tmp_path / "corrupt")
+    (corrupt / "kite" / "0.png").write_bytes(b"not a png")
+    assert str(corrupt / "kite" / "0.png") in one_line_error(capsys, [*prune_args, "--dataset", corrupt])
+    photos = write_image_folder(tmp_path / "photos")
+    assert "zebra" in one_line_error(capsys, [*prune_args, "--dataset", photos, "--classes", "kite,zebra"])
+    assert not out.exists() and len(Zoo(zoo.root).records(method="mvp")) == 0
+
+    image = next((photos / "kite").glob("*.png"))
+    pickled = tmp_path / "model.pt"
+    pickled.write_bytes(pickle.dumps({"weights": np.zeros(3)}))
+    assert "not a pruned model" in one_line_error(capsys, ["predict", "--model", pickled, image])
+    assert "not a metavote pruned model" in one_line_error(capsys, ["predict", "--model", backbone, image])
+    assert "not a metavote pruned model" in one_line_error(capsys, ["export", "--model", backbone, "--onnx", tmp_path / "m.onnx"])
+    assert not (tmp_path / "m.onnx").exists()
+    run(capsys, ["export", "--zoo", zoo.root, zoo.records()[0].record_id, "--out", out])
+    garbage = tmp_path / "photo.jpg"
+    garbage.write_bytes(b"\xff\xd8 broken")
+    assert str(garbage) in one_line_error(capsys, ["predict", "--model", out, garbage])
+    assert "no such image" in one_line_error(capsys, ["predict", "--model", out, tmp_path / "missing.png"])
+    assert not list(tmp_path.glob(".*.tmp")) and not list((tmp_path / "photos").rglob("*.tmp"))
