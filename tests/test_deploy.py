@@ -164,3 +164,23 @@ def test_bad_input_is_one_line_exit_2_and_nothing_is_written(tmp_path, small_zoo
     assert str(garbage) in one_line_error(capsys, ["predict", "--model", out, garbage])
     assert "no such image" in one_line_error(capsys, ["predict", "--model", out, tmp_path / "missing.png"])
     assert not list(tmp_path.glob(".*.tmp")) and not list((tmp_path / "photos").rglob("*.tmp"))
+
+
+def test_a_token_pruned_vit_exports_to_onnx(tmp_path):
+    from metavote.methods import random_subnetwork
+    from metavote.models import vision_transformer
+    from metavote.pruning import extract
+    from metavote.deploy import save_pruned
+
+    torch.manual_seed(0)
+    vit = vision_transformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=4, mlp_ratio=2.0, num_classes=3)
+    subnet = random_subnetwork(vit.unit_groups(), 0.5, 0)
+    small = extract(vit, subnet).eval()
+    small.set_tokens_kept([9, 5])
+    save_pruned(tmp_path / "vit.safetensors", small, subnet, list(NEW_CLASSES), method="power")
+    model = load_pruned(tmp_path / "vit.safetensors")
+    assert model.tokens_kept == [9, 5]
+    x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert export_onnx(tmp_path / "vit.safetensors", tmp_path / "vit.onnx", check_images=x) <= 1e-4
+    with torch.no_grad():
+        assert torch.allclose(OnnxModel(tmp_path / "vit.onnx")(x), small(x), atol=1e-4)

@@ -66,22 +66,23 @@ def save_pruned(path: str | os.PathLike, model: Backbone, subnet: SubNetwork, cl
     return path
 
 
+def _provenance(method: str, params: dict, iterations: int | None, accuracy: float | None, backbone: str, task: Task) -> dict:
+    return {"method": method, "ratio": params.get("ratio"), "iterations": iterations, "accuracy": accuracy,
+            "neighbours": params.get("neighbours"), "backbone": backbone, "task": task.to_dict(), "params": params}
+
+
 def save_result(path: str | os.PathLike, result: PruneResult, task: Task, backbone_fingerprint: str) -> Path:
     """A pruning result (``Method.run``'s) as a standalone file, with how it was made."""
-    p = result.params
-    return save_pruned(path, result.model, result.subnet, task.classes, method=result.method, ratio=p.get("ratio"),
-                       iterations=result.costs.iterations, accuracy=result.accuracy, neighbours=p.get("neighbours"),
-                       backbone=backbone_fingerprint, task=task.to_dict(), params=p)
+    return save_pruned(path, result.model, result.subnet, task.classes,
+                       **_provenance(result.method, result.params, result.costs.iterations, result.accuracy, backbone_fingerprint, task))
 
 
 def export_record(zoo: Zoo, key: str, out: str | os.PathLike, method: str | None = None) -> Path:
     """A zoo record (by record id or task id) as a standalone file."""
     record = zoo.get(key, method)
     model, subnet = zoo.load(record)
-    p = record.params
-    return save_pruned(out, model, subnet, record.task.classes, method=record.method, ratio=p.get("ratio"), iterations=p.get("iterations"),
-                       accuracy=record.accuracy, neighbours=p.get("neighbours"), backbone=zoo.fingerprint, task=record.task.to_dict(),
-                       params=p)
+    return save_pruned(out, model, subnet, record.task.classes, **_provenance(
+        record.method, record.params, record.params.get("iterations"), record.accuracy, zoo.fingerprint, record.task))
 
 
 def read_pruned(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
