@@ -199,6 +199,70 @@ def test_build_with_ray(tmp_path, tiny_setup):
     assert len(report.done) == 2, report.failed
 
 
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is ``pid``, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_of_a_killed_build_exit(tmp_path, tiny_setup):
+    """SIGKILL the parent of a 2-worker build: its workers exit within 10 s instead of finishing the queue."""
+    dataset, folder, weights = tiny_setup
+    cmd = [sys.executable, "-m", "metavote.cli", "zoo", "build", "--zoo", str(tmp_path / "zoo"), "--dataset", str(folder),
+           "--backbone", str(weights), "--tasks", "6", "--n-way", "3", "--ratio", "0.5", "--iterations", "400",
+           "--batch-size", "8", "--workers", "2", "--threads", "1", "--device", "cpu", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline, workers = time.time() + 60, []
+        while time.time() < deadline and len(workers) < 2:
+            if proc.poll() is not None:
+                pytest.fail(f"build ended before it could be killed: {proc.stderr.read().decode()}")
+            workers = [p for p in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+            time.sleep(0.2)
+        assert len(workers) == 2
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.2)
+    left = [p for p in workers if _alive(p)]
+    for p in left:  # do not leak them into the rest of the suite
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"workers {left} outlived their parent"
+
+
+def test_threads_follow_the_cores_this_process_may_use(tmp_path, tiny_setup, monkeypatch):
+    import metavote.training as training
+    import metavote.zoo.build as build
+
+    dataset, folder, weights = tiny_setup
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert training.available_cores() == 3
+    seen = []
+    monkeypatch.setattr(build, "_run_local", lambda jobs, workers: (seen.extend(j.threads for j in jobs), iter(()))[1])
+    tasks = sample_tasks(dataset, 3, 2, seed=1)
+    build_zoo(tmp_path / "zoo", tasks, weights, tiny_ifp(), str(folder), workers=2, progress=False)
+    assert seen == [1, 1]  # 3 cores among 2 workers: 1 thread each, never 2 x 2
+    with pytest.raises(ConfigError, match="oversubscribe"):
+        build_zoo(tmp_path / "zoo", tasks, weights, tiny_ifp(), str(folder), workers=2, threads=2, progress=False)
+
+
 def test_killed_build_resumes(tmp_path, tiny_setup):
     """SIGKILL a CLI build after its first record lands; the re-run keeps it and does the rest."""
     dataset, folder, weights = tiny_setup

@@ -123,7 +123,7 @@ def cmd_zoo_build(args: argparse.Namespace) -> None:
     backbone = locate_backbone(args.backbone)
     print(f"zoo {args.zoo}: {len(tasks)} {args.n_way}-way tasks of {dataset.name}, {method.key} {method.settings()}, backbone {backbone}")
     report = build_zoo(args.zoo, tasks, backbone, method, args.dataset, args.data, args.workers, args.executor, args.address, not args.quiet,
-                       select_device(args.device))
+                       select_device(args.device), args.threads)
     print(f"built {len(report.done)}, skipped {len(report.skipped)} already done, failed {len(report.failed)} in {report.seconds / 60:.1f} min")
     if report.failed:
         raise ZooBuildFailed(f"{len(report.failed)} task(s) failed (see `metavote zoo ls --zoo {args.zoo} --status failed`); re-run to retry them")
@@ -401,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--importance", choices=["activation", "taylor", "random", "magnitude"], help="IFP's criterion (default activation)")
     p.add_argument("--workers", type=int, help="parallel worker processes (default 2 on the CPU, 1 on a GPU)")
+    p.add_argument("--threads", type=int,
+                   help="torch threads per worker (default: the cores this process may use, divided among the workers)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--executor", choices=["local", "ray"], default="local")
     p.add_argument("--address", help="Ray cluster address (with --executor ray)")

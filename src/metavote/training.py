@@ -26,9 +26,19 @@ from .errors import ConfigError
 from .models import Backbone
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as ``taskset`` or a container sets it),
+    not every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity API (macOS)
+        return os.cpu_count() or 1
+
+
 def set_threads(threads: int | None = None) -> int:
-    """Use ``threads`` intra-op threads (default: ``$METAVOTE_THREADS`` or every core); returns the count."""
-    n = threads or int(os.environ.get("METAVOTE_THREADS", 0)) or os.cpu_count() or 1
+    """Use ``threads`` intra-op threads (default: ``$METAVOTE_THREADS`` or every core available to
+    the process); returns the count."""
+    n = threads or int(os.environ.get("METAVOTE_THREADS", 0)) or available_cores()
     torch.set_num_threads(n)
     return n
 

@@ -9,6 +9,7 @@ resumes where it stopped; a task that fails is recorded with its error and retri
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from ..data import Task, load_dataset
 from ..errors import ConfigError, one_line
 from ..models import head_rows_for, load_backbone
+from ..training import available_cores
 from .store import Zoo, record_id
 
 if TYPE_CHECKING:
@@ -91,11 +93,15 @@ def build_zoo(
     address: str | None = None,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    threads: int | None = None,
 ) -> BuildReport:
     """Prune every task not yet in the zoo with ``method`` (IFP for a zoo that MVP votes from), in
     parallel; finished tasks are skipped.
 
-    ``executor="local"``: a pool of ``workers`` processes, each with cores/workers torch threads.
+    ``executor="local"``: a pool of ``workers`` processes, each with ``threads`` torch threads
+    (default: the cores available to this process, by its affinity, divided among the workers; never
+    more threads in all than those cores). Workers exit within a second or two when this process
+    dies, so a killed build leaves no orphans behind.
     ``executor="ray"``: Ray tasks of one CPU each on a running cluster (``address``) or on a local
     Ray instance with ``workers`` CPUs. A task that fails is recorded with its error. Workers
     train on ``device``. ``workers`` defaults to 2 on the CPU and to 1 (in this process) on a GPU,
@@ -125,7 +131,12 @@ def build_zoo(
                 report.skipped.append(rid)
             else:
                 todo.append(task)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    cores = available_cores()
+    if threads is None:
+        threads = max(1, cores // workers)
+    elif threads < 1 or (device.type == "cpu" and threads * workers > max(cores, workers)):
+        raise ConfigError(f"{workers} worker(s) x {threads} thread(s) oversubscribe the {cores} core(s) this process may use; "
+                          f"pass --threads {max(1, cores // workers)} or fewer workers")
     jobs = [Job(str(zoo_root), dataset, str(data) if data else None, str(backbone), t.to_dict(), method, threads, str(device))
             for t in todo]
     start = time.perf_counter()
@@ -151,12 +162,25 @@ def _run_local(jobs: list[Job], workers: int) -> Iterator[tuple[Job, tuple]]:
         for job in jobs:
             yield job, run_job(job)
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         pending = {pool.submit(run_job, job): job for job in jobs}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 yield pending.pop(fut), fut.result()
+
+
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """In a pool worker: a daemon thread that ends the process once ``parent`` is gone (a killed
+    parent's workers would otherwise finish their queue and then wait forever)."""
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(every)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _run_ray(jobs: list[Job], workers: int, address: str | None) -> Iterator[tuple[Job, tuple]]:
