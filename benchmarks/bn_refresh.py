@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 
 import numpy as np
 
@@ -43,9 +44,7 @@ def main() -> None:
     for task in bench_tasks(dataset, ctx.zoo, args.tasks, seed=7):
         data = dataset.load_task(task)
         for method in methods:
-            result = copy.copy(method)
-            result.refresh_bn = 0
-            r = result.run(backbone, data, ctx.zoo, ctx.head_rows(task))
+            r = dataclasses.replace(method, refresh_bn=0).run(backbone, data, ctx.zoo, ctx.head_rows(task))
             refreshed = copy.deepcopy(r.model)
             recalibrate_bn(refreshed, data, method.refresh_bn, method.batch_size, r.params["seed"])
             after = evaluate(refreshed, data.test_images, data.test_labels)

@@ -255,7 +255,12 @@ def test_threads_follow_the_cores_this_process_may_use(tmp_path, tiny_setup, mon
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     assert training.available_cores() == 3
     seen = []
-    monkeypatch.setattr(build, "_run_local", lambda jobs, workers: (seen.extend(j.threads for j in jobs), iter(()))[1])
+
+    def record_threads(jobs, workers):  # stands in for the pool: notes each job's threads, runs nothing
+        seen.extend(job.threads for job in jobs)
+        return iter(())
+
+    monkeypatch.setattr(build, "_run_local", record_threads)
     tasks = sample_tasks(dataset, 3, 2, seed=1)
     build_zoo(tmp_path / "zoo", tasks, weights, tiny_ifp(), str(folder), workers=2, progress=False)
     assert seen == [1, 1]  # 3 cores among 2 workers: 1 thread each, never 2 x 2

@@ -164,8 +164,7 @@ def cmd_zoo_show(args: argparse.Namespace) -> None:
 
 def _zoo_context(args: argparse.Namespace, need_backbone: bool):
     """The zoo, its dataset and (for the embedding) its backbone."""
-    from .data import load_dataset
-    from .experiments import context
+    from .experiments import context, zoo_dataset
     from .training import select_device
     from .zoo import Zoo
 
@@ -173,10 +172,7 @@ def _zoo_context(args: argparse.Namespace, need_backbone: bool):
         ctx = context(args.zoo, args.data, args.backbone, args.device, args.dataset)
         return ctx.zoo, ctx.dataset, ctx.backbone
     zoo = Zoo(args.zoo, device=select_device(args.device))
-    if args.dataset is not None:
-        return zoo, load_dataset(args.dataset, args.data), None
-    source, root = zoo.dataset_source()
-    return zoo, load_dataset(source, args.data if args.data is not None else root), None
+    return zoo, zoo_dataset(zoo, args.dataset, args.data), None
 
 
 def cmd_similarity(args: argparse.Namespace) -> None:
@@ -234,8 +230,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
     set_threads(args.threads)
     if not args.classes and args.dataset is None:
         raise ConfigError("name the task: --classes a,b,c (of the zoo's dataset), or --dataset FOLDER for all classes of an image folder")
-    if args.out is not None and Path(args.out).suffix != ".safetensors":
-        raise ConfigError(f"--out must name a .safetensors file, got {args.out}")
+    if args.out is not None:
+        _check_model_out(args.out)
     ctx = context(args.zoo, args.data, args.backbone, args.device, args.dataset)
     classes = _csv(args.classes) if args.classes else list(ctx.dataset.classes)
     task = ctx.dataset.task(classes)
@@ -261,6 +257,11 @@ def cmd_prune(args: argparse.Namespace) -> None:
         print(f"  saved to zoo {args.zoo} as {task.id}.{result.method}")
     else:
         print(f"  not saved: {result.method} keeps every unit, so the zoo has nothing to record")
+
+
+def _check_model_out(path: str) -> None:
+    if Path(path).suffix != ".safetensors":
+        raise ConfigError(f"--out must name a .safetensors file, got {path}")
 
 
 def _budget(args: argparse.Namespace) -> dict:
@@ -298,8 +299,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     if args.zoo:
         if not args.record or not args.out:
             raise ConfigError("export from a zoo needs the record id (or task id) and --out FILE.safetensors")
-        if Path(args.out).suffix != ".safetensors":
-            raise ConfigError(f"--out must name a .safetensors file, got {args.out}")
+        _check_model_out(args.out)
         with Zoo(args.zoo) as zoo:
             path = export_record(zoo, args.record, args.out, args.method)
         print(f"wrote the standalone model {path}")

@@ -251,11 +251,16 @@ def load_dataset(name: str = "cifar100", data: str | os.PathLike | None = None, 
 
     Raises :class:`DataNotFoundError` listing every place searched when nothing is found.
     """
+    path = _find_dataset(name, data)
+    dataset = load_cifar100(path) if _cifar_dir(path) == path else load_image_folder(path, **folder_options)
+    dataset.source = str(path.resolve())
+    return dataset
+
+
+def _find_dataset(name: str, data: str | os.PathLike | None) -> Path:
+    """The folder of dataset ``name`` (a path, ``cifar100`` or an image folder's name under a data root)."""
     if Path(name).is_dir():
-        path = Path(name)
-        dataset = load_cifar100(path) if _cifar_dir(path) == path else load_image_folder(path, **folder_options)
-        dataset.source = str(path.resolve())
-        return dataset
+        return Path(name)
     if os.sep in str(name) or str(name).startswith("."):
         raise DataNotFoundError(f"dataset {name!r} not found: no such folder")
     places = data_search_path(data)
@@ -263,13 +268,9 @@ def load_dataset(name: str = "cifar100", data: str | os.PathLike | None = None, 
         if name == "cifar100":
             found = _cifar_dir(root)
             if found is not None:
-                dataset = load_cifar100(found)
-                dataset.source = str(found.resolve())
-                return dataset
+                return found
         elif _is_image_folder(root / name):
-            dataset = load_image_folder(root / name, **folder_options)
-            dataset.source = str((root / name).resolve())
-            return dataset
+            return root / name
     looked = ", ".join(str(p) for p in places)
     how = (
         "run `metavote data download cifar100 --data DIR` on a machine with internet, or copy the "

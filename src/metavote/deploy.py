@@ -9,7 +9,7 @@ accuracy, neighbours, the backbone's fingerprint). No zoo and no backbone are ne
     model = metavote.load_pruned("bus-or-train.safetensors")     # nn.Module, eval mode
     model.pruned_meta["classes"]
     export_onnx("bus-or-train.safetensors", "bus-or-train.onnx")   # checked against PyTorch
-    predict("bus-or-train.onnx", ["photo.jpg"])                    # [[("bus", 0.93), ...]]
+    predict("bus-or-train.onnx", ["photo.jpg"])                    # [[(class, probability), ...]], best first
 
 Models take RGB in [0, 1] and normalise inside, so the ONNX graph does too.
 """
@@ -120,12 +120,14 @@ def load_pruned(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
 # ----------------------------------------------------------------------------- ONNX
 
 
-def _onnxruntime():
+def _onnx_packages():
+    """``(onnx, onnxruntime)``, or one line saying how to install them."""
     try:
+        import onnx
         import onnxruntime
     except ImportError as e:
         raise ConfigError("ONNX needs the optional packages: pip install 'metavote[onnx]' (onnx, onnxruntime, onnxscript)") from e
-    return onnxruntime
+    return onnx, onnxruntime
 
 
 def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, check_images: torch.Tensor | None = None,
@@ -134,9 +136,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, check_ima
     size; output ``logits``; class names and input size in the model's metadata), then run ONNX
     Runtime and PyTorch on ``check_images`` (default: 16 seeded random images) and return the
     largest absolute difference of the logits. Above ``tolerance`` nothing is written."""
-    ort = _onnxruntime()
-    import onnx
-
+    onnx, ort = _onnx_packages()
     model = load_pruned(model_path)
     meta = model.pruned_meta
     size = tuple(meta["input_size"])
@@ -185,7 +185,7 @@ class OnnxModel:
     """An exported model in ONNX Runtime, with the class names and input size it carries."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        ort = _onnxruntime()
+        _, ort = _onnx_packages()
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"model file {path} does not exist")

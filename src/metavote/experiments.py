@@ -26,6 +26,15 @@ from .training import evaluate, latency, select_device, set_threads
 from .zoo import Zoo, build_zoo
 
 
+def zoo_dataset(zoo: Zoo, dataset: str | os.PathLike | None = None, data: str | os.PathLike | None = None):
+    """``dataset`` (a name or an image folder, under ``data``), or by default the dataset the zoo's
+    tasks come from, as ``zoo build`` recorded it (its folder, else its name under the recorded root)."""
+    if dataset is not None:
+        return load_dataset(str(dataset), data)
+    source, root = zoo.dataset_source()
+    return load_dataset(source, data if data is not None else root)
+
+
 def context(zoo_path: str | os.PathLike, data: str | os.PathLike | None = None, backbone: str | os.PathLike | None = None,
             device: str | torch.device | None = None, dataset: str | os.PathLike | None = None) -> BenchContext:
     """Open a zoo with a dataset and the backbone it was built from (checked by fingerprint); the
@@ -35,11 +44,7 @@ def context(zoo_path: str | os.PathLike, data: str | os.PathLike | None = None, 
     tasks come from, as ``zoo build`` recorded it."""
     device = select_device(device)
     zoo = Zoo(zoo_path, device=device)
-    if dataset is None:
-        source, root = zoo.dataset_source()
-        loaded = load_dataset(source, data if data is not None else root)
-    else:
-        loaded = load_dataset(str(dataset), data)
+    loaded = zoo_dataset(zoo, dataset, data)
     model, meta = load_backbone(locate_backbone(backbone), dataset=loaded)
     if meta["fingerprint"] != zoo.fingerprint:
         raise ConfigError(f"the backbone is not the one zoo {zoo_path} was built from; pass the right one with --backbone")
