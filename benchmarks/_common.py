@@ -45,3 +45,9 @@ def zoo_context(zoo_path: str):
     backbone, _ = load_backbone(locate_backbone(), dataset=dataset)
     zoo = Zoo(zoo_path)
     return dataset, backbone, zoo, zoo.records(method="ifp")
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table: the first column left-aligned, the others right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])

@@ -228,4 +228,52 @@ def test_ssl_rows_from_a_headless_encoder(tmp_path, tiny_setup):
     assert len(rows) == 16 and all(0 <= r["accuracy"] <= 1 for r in rows)  # the 8 rows of Table 1 on 2 tasks
     target = dataset.load_task(next(t for t in sample_tasks(dataset, 3, 10, seed=5) if t not in zoo_tasks))
     result = MVP(ratio=0.5, iterations=2, lr=0.01, batch_size=8).run(ctx.backbone, target, ctx.zoo, ctx.head_rows(target.task))
-    assert result.params["head"] in ("neighbour rows", "imprinted") and result.model.fc.out_features == 3
+    assert result.params["head"] in ("neighbours", "imprint") and result.model.fc.out_features == 3
+
+
+def test_flops_ratio_interpolates_in_log_flops():
+    from metavote.bench import flops_ratio
+
+    def row(family, x, tflops, accuracy, search=0.0):
+        return {"task": "t", "family": family, "x": x, "tflops": tflops, "accuracy": accuracy, "search_tflops": search}
+
+    rows = [row("IFP", 10, 1.0, 0.5), row("IFP", 100, 10.0, 0.7), row("IFP", 50, 5.0, 0.4), row("IFP", 1000, 100.0, 0.9),
+            row("MVP", 1, 0.1, 0.8, search=0.1), row("MVP", 2, 0.2, 0.95), row("MVP", 3, 0.3, 0.3)]
+    mid, above, below = flops_ratio(rows)
+    assert mid["bound"] == "=" and mid["reference_tflops"] == pytest.approx(10 ** 1.5) and mid["ratio"] == pytest.approx(10 ** 2.5)
+    assert mid["reference_iterations"] == pytest.approx(10 ** 2.5)  # between 100 and 1000 iterations, halfway in log
+    assert above["bound"] == ">" and above["ratio"] == pytest.approx(500)  # never reached: at least the largest budget's ratio
+    assert below["bound"] == "<" and below["ratio"] == pytest.approx(1 / 0.3)
+    # the reference's dip at 5 TFLOPs (0.4) does not count against it: interpolated between 1 and 10 TFLOPs
+    assert flops_ratio([*rows[:4], row("MVP", 1, 0.1, 0.6)])[0]["reference_tflops"] == pytest.approx(10 ** 0.5)
+    assert flops_ratio(rows, search=True)[0]["ratio"] == pytest.approx(10 ** 2.5 / 2)  # the search's FLOPs added to MVP's
+
+
+def test_budget_and_diagnostic_ablations(ctx, tmp_path):
+    from metavote.bench import ablate_budget, ablate_decomposition, ablate_head, ablate_recipe, neighbour_overlap, plot_budget
+    from metavote.experiments import budget_notes
+
+    tasks = bench_tasks(ctx.dataset, ctx.zoo, 1)
+    rows = ablate_budget(ctx, tasks, TINY, mvp_iterations=(1, 2), conventional_iterations=(2, 4), searches=("preselect", "leep-10"),
+                         out=tmp_path / "b", progress=False)  # no WordNet: the synthetic classes have no synsets
+    assert [r["method"] for r in rows] == ["IFP J=2", "IFP J=4", "MVP J=1", "random J=1", "MVP J=2", "random J=2", "MVP (preselect) J=2",
+                                           "MVP (leep-10) J=2"]
+    by = {r["method"]: r for r in rows}
+    assert 0 < by["MVP (leep-10) J=2"]["search_tflops"] < by["MVP J=2"]["search_tflops"]  # 10 images per class, not 50
+    mvp = [r for r in rows if r["family"] == "MVP"]
+    assert mvp[0]["search_tflops"] > 0 and mvp[0]["search_tflops"] == mvp[1]["search_tflops"] and mvp[0]["neighbours"] == mvp[1]["neighbours"]
+    assert all(r["search_tflops"] == 0 for r in rows if r["family"] in ("IFP", "random"))
+    notes = budget_notes(rows)
+    assert "| MVP J=1 |" in notes and "| MVP (preselect) J=2 |" in notes and "ratio with search" in notes
+    assert plot_budget(rows, tmp_path / "budget.png", "budget").stat().st_size > 1000
+
+    rows = ablate_decomposition(ctx, tasks, TINY, iterations=(0, 2), out=tmp_path / "d", progress=False)
+    assert len(rows) == 10 and [r["iterations"] for r in rows] == [0] * 5 + [2] * 5
+    nearest = [r for r in rows if r["method"].startswith("nearest")]
+    assert all(len(r["neighbours"]) == 1 and r["neighbours"][0] == rows[0]["neighbours"][0] for r in nearest)
+    rows = ablate_head(ctx, tasks, TINY, head_steps=(0, 2), out=tmp_path / "h", progress=False)
+    assert [r["method"] for r in rows][-3:] == ["pre-trained rows, 2 head steps", "neighbours' rows, 2 head steps", "imprinted, 2 head steps"]
+    rows = ablate_recipe(ctx, tasks, TINY, lr_factors=(1, 2), batch_factors=(1, 2), out=tmp_path / "r", progress=False)
+    assert [r["method"] for r in rows] == ["J=2 batch 8 lr 0.01", "J=2 batch 8 lr 0.02", "J=4 batch 4 lr 0.01", "J=4 batch 4 lr 0.02"]
+    overlap = neighbour_overlap(rows, ctx.zoo)
+    assert len(overlap) == 4 and all(0 <= o["shared"] <= o["shared_max"] <= 3 for o in overlap)

@@ -61,6 +61,8 @@ def test_average_neighbours_averages_only_over_holders():
     assert torch.allclose(conv[20, 20], conv0[20, 20] + 2)  # both neighbours hold (20, 20)
     assert torch.allclose(conv[10, 40], conv0[10, 40])  # first holds row 10 but not column 40: nobody holds it
     assert "fc.weight" not in avg
+    first_wins = average_neighbours(backbone, neighbours, rule="first")["layer4.0.bn1.weight"]  # shared units: the first's value
+    assert torch.allclose(first_wins[:32], w0[:32] + 1) and torch.allclose(first_wins[32:48], w0[32:48] + 3) and torch.equal(first_wins[48:], w0[48:])
 
 
 def test_mvp_end_to_end(small_zoo):
@@ -71,12 +73,40 @@ def test_mvp_end_to_end(small_zoo):
     result = MVP(neighbours=2, ratio=0.5, iterations=6, batch_size=8).run(backbone, data, zoo, None)
     assert result.subnet.widths() == target_widths(backbone.unit_groups(), 0.5)
     assert len(result.params["neighbours"]) == 2 and target_task.id not in result.params["neighbours"]
-    assert result.params["similarity"] == "leep" and result.params["head"] in ("neighbour rows", "imprinted")
+    assert result.params["similarity"] == "leep" and result.params["head"] in ("neighbours", "imprint")
     skeleton = extract(backbone, result.subnet)
     assert {k: v.shape for k, v in skeleton.state_dict().items() if not k.startswith("fc.")} == \
            {k: v.shape for k, v in result.model.state_dict().items() if not k.startswith("fc.")}
     assert result.model.fc.out_features == 3 and result.costs.iterations == 6 and 0 <= result.accuracy <= 1
     given = MVP(neighbours=zoo.records()[:3], ratio=0.5, iterations=2, batch_size=8).run(backbone, data, zoo, [0, 1, 2])
-    assert given.params["similarity"] == "given" and given.params["head"] == "pretrained rows"
+    assert given.params["similarity"] == "given" and given.params["head"] == "pretrained"
     with pytest.raises(ConfigError, match="ratio"):
         MVP(neighbours=2, ratio=1.0, iterations=2, batch_size=8).run(backbone, data, zoo, None)
+
+
+def test_decomposition_and_head_options(small_zoo):
+    """The ablation switches: the nearest neighbour's model as it is, random units, each head, head-only steps."""
+    zoo, dataset, _, tasks = small_zoo
+    data = dataset.load_task(next(t for t in [dataset.task(dataset.classes[i:i + 3]) for i in range(4)] if t not in tasks))
+    backbone, _ = load_backbone(zoo.root.parent / "backbone.safetensors")
+    still = dict(ratio=0.5, iterations=0, batch_size=8, bn_batches=0, refresh_bn=0)
+    searched = MVP(neighbours=2, **still).run(backbone, data, zoo, None)
+    assert searched.params["search_tflops"] > 0  # LEEP's forward passes over the candidates, counted apart from training
+    nearest_record = zoo.get(searched.params["neighbours"][0])
+    near = MVP(neighbours=[nearest_record], omega="nearest", head="imprint", **still).run(backbone, data, zoo, None)
+    neighbour_model, neighbour_subnet = zoo.load(nearest_record)
+    assert all(np.array_equal(near.subnet.kept[g], neighbour_subnet.kept[g]) for g in near.subnet.kept)
+    body = {k: v for k, v in neighbour_model.state_dict().items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    assert all(torch.equal(near.model.state_dict()[k], v) for k, v in body.items())  # its weights and statistics, untouched
+    assert near.params["search_tflops"] == 0  # given records: no search
+    rand = MVP(neighbours=zoo.records()[:3], omega="random", **still).run(backbone, data, zoo, None)
+    assert rand.subnet.widths() == target_widths(backbone.unit_groups(), 0.5)
+    with pytest.raises(ConfigError, match="pretrained"):
+        MVP(neighbours=zoo.records()[:2], head="pretrained", **still).run(backbone, data, zoo, None)
+    with pytest.raises(ConfigError, match="omega"):
+        MVP(omega="best")
+    tuned = MVP(neighbours=zoo.records()[:2], head="imprint", head_steps=3, **still).run(backbone, data, zoo, None)
+    plain = MVP(neighbours=zoo.records()[:2], head="imprint", **still).run(backbone, data, zoo, None)
+    changed = [k for k, v in plain.model.state_dict().items() if not torch.equal(v, tuned.model.state_dict()[k])]
+    assert changed and all(k.startswith("fc.") for k in changed)  # only the head moved
+    assert tuned.costs.iterations == 0 and tuned.costs.flops > plain.costs.flops

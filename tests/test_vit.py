@@ -139,7 +139,7 @@ def test_a_vit_zoo_and_mvp_over_heads_and_nodes(tmp_path, vit_setup, capsys):
     assert result.subnet.widths() == target_widths(backbone.unit_groups(), 0.5)
     assert [b.attn.num_heads for b in result.model.blocks] == [len(result.subnet.kept[f"blocks.{i}.attn"]) for i in range(2)]
     assert [b.mlp.fc1.out_features for b in result.model.blocks] == [len(result.subnet.kept[f"blocks.{i}.mlp"]) for i in range(2)]
-    assert len(result.params["neighbours"]) == 2 and result.params["head"] in ("neighbour rows", "imprinted")
+    assert len(result.params["neighbours"]) == 2 and result.params["head"] in ("neighbours", "imprint")
     assert result.model.blocks[1].mlp.fc1.out_features == 48 and result.model.get_classifier().out_features == 3
     assert result.costs.iterations == 3 and 0 <= result.accuracy <= 1
     # the IFP method is for CNNs: a ViT zoo by IFP is refused before any work

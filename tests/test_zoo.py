@@ -164,6 +164,13 @@ def test_build_resumes_and_records_failures(tmp_path, tiny_setup):
         assert len(failed) == 1 and failed[0].task == bad[0] and "ratio" in failed[0].error
         _, meta = load_backbone(weights)
         assert zoo.fingerprint == meta["fingerprint"]
+    # a failed task is left alone by the next build, and retried when asked
+    report = build_zoo(tmp_path / "zoo", bad, weights, tiny_ifp(), str(folder), workers=1, progress=False)
+    assert report.failed_before == [f"{bad[0].id}.ifp"] and not report.done
+    report = build_zoo(tmp_path / "zoo", bad, weights, tiny_ifp(), str(folder), workers=1, progress=False, retry_failed=True)
+    assert report.done == [f"{bad[0].id}.ifp"] and not report.failed
+    with Zoo(tmp_path / "zoo") as zoo:
+        assert len(zoo) == 4 and not zoo.records(status="failed") and not zoo.claims(live=False)
 
 
 def test_cli_zoo_build_takes_any_registered_method(tmp_path, tiny_setup, capsys):
@@ -256,11 +263,16 @@ def test_threads_follow_the_cores_this_process_may_use(tmp_path, tiny_setup, mon
     assert training.available_cores() == 3
     seen = []
 
-    def record_threads(jobs, workers):  # stands in for the pool: notes each job's threads, runs nothing
-        seen.extend(job.threads for job in jobs)
-        return iter(())
+    class NotingPool(build._Serial):  # stands in for the pool: notes each job's threads, trains nothing
+        def __init__(self, workers):
+            super().__init__()
 
-    monkeypatch.setattr(build, "_run_local", record_threads)
+        def next(self, timeout=None):
+            job = self._jobs.pop(0)
+            seen.append(job.threads)
+            return job, build.JobResult(build.record_id(Task.from_dict(job.task), job.method.key), None, 0.0)
+
+    monkeypatch.setattr(build, "_Pool", NotingPool)
     tasks = sample_tasks(dataset, 3, 2, seed=1)
     build_zoo(tmp_path / "zoo", tasks, weights, tiny_ifp(), str(folder), workers=2, progress=False)
     assert seen == [1, 1]  # 3 cores among 2 workers: 1 thread each, never 2 x 2
@@ -298,3 +310,95 @@ def test_killed_build_resumes(tmp_path, tiny_setup):
     assert f"skipped {kept} already done" in result.stdout
     with Zoo(zoo_dir) as zoo:
         assert len(zoo) == 5
+
+
+def test_claims_are_exclusive_and_expire(tmp_path, backbone):
+    with Zoo(tmp_path / "zoo", backbone_meta()) as zoo, Zoo(tmp_path / "zoo") as other:
+        assert zoo.claim("a.ifp", "me", lease=60) == "claimed"
+        assert other.claim("a.ifp", "you", lease=60) == "busy"  # a live claim of another builder
+        assert zoo.claim("a.ifp", "me", lease=60) == "claimed" and zoo.holds("a.ifp", "me") and not zoo.holds("a.ifp", "you")
+        assert [c.record_id for c in other.claims()] == ["a.ifp"] and other.claims()[0].pid == os.getpid()
+        assert zoo.heartbeat("me", lease=0.05) == 1  # the lease now runs out at once: the owner stopped beating
+        time.sleep(0.1)
+        assert not zoo.holds("a.ifp", "me") and other.claims() == []
+        assert other.claim("a.ifp", "you", lease=60) == "claimed" and other.holds("a.ifp", "you")
+        # finished and failed records are not claimed; a failure is retried only when asked
+        zoo.add(task(0), fake_result(backbone))
+        assert zoo.claim(f"{task(0).id}.ifp", "me", lease=60) == "done"
+        zoo.add_failure(task(1), "ifp", {}, "boom")
+        assert zoo.claim(f"{task(1).id}.ifp", "me", lease=60) == "failed"
+        assert zoo.claim(f"{task(1).id}.ifp", "me", lease=60, retry_failed_before=time.time() + 1) == "claimed"
+        zoo.release("me")
+        assert [c.owner for c in zoo.claims(live=False)] == ["you"]
+
+
+def test_claim_of_a_dead_process_is_taken_over_at_once(tmp_path, monkeypatch):
+    """A claim's owner that ran on this host and is gone frees the task before its lease ends; one
+    on another host holds it until the lease runs out."""
+    Zoo(tmp_path / "zoo", backbone_meta()).close()
+    code = f"from metavote.zoo import Zoo; print(Zoo({str(tmp_path / 'zoo')!r}).claim('a.ifp', 'gone', lease=3600))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "claimed", done.stderr
+    with Zoo(tmp_path / "zoo") as zoo:
+        assert zoo.claims() == [] and len(zoo.claims(live=False)) == 1
+        assert zoo.claim("a.ifp", "me", lease=3600) == "claimed"
+        import metavote.zoo.store as store
+
+        monkeypatch.setattr(store.socket, "gethostname", lambda: "elsewhere")
+        assert zoo.claim("b.ifp", "remote", lease=3600) == "claimed"
+        monkeypatch.undo()
+        assert zoo.claim("b.ifp", "me", lease=3600) == "busy"  # its pid means nothing here: wait for the lease
+
+
+def _build_cmd(zoo_dir, folder, weights, tasks: int, iterations: int) -> list[str]:
+    return [sys.executable, "-m", "metavote.cli", "zoo", "build", "--zoo", str(zoo_dir), "--dataset", str(folder), "--backbone",
+            str(weights), "--tasks", str(tasks), "--n-way", "3", "--ratio", "0.5", "--iterations", str(iterations), "--batch-size", "8",
+            "--workers", "1", "--threads", "1", "--device", "cpu", "--quiet"]
+
+
+def test_two_builders_share_the_work(tmp_path, tiny_setup):
+    """Two builders started together on one zoo train every task exactly once between them."""
+    _, folder, weights = tiny_setup
+    cmd = _build_cmd(tmp_path / "zoo", folder, weights, tasks=6, iterations=60)
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    built = [int(out.split("built ")[1].split(",")[0]) for out, _ in outs]
+    assert sum(built) == 6, outs  # no task trained twice, none left out
+    with Zoo(tmp_path / "zoo") as zoo:
+        assert len(zoo) == 6 and all(zoo.verify(r) for r in zoo.records()) and zoo.claims(live=False) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_tasks_of_a_killed_builder_are_taken_over(tmp_path, tiny_setup, capsys):
+    """kill -9 a builder in the middle of a task: `zoo ls --status running` showed its claim, and the
+    next builder takes the task over at once and finishes the zoo, with no partial record."""
+    from metavote.cli import main
+
+    _, folder, weights = tiny_setup
+    zoo_dir = tmp_path / "zoo"
+    proc = subprocess.Popen(_build_cmd(zoo_dir, folder, weights, tasks=2, iterations=5000), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if (zoo_dir / "index.sqlite").exists():
+                with Zoo(zoo_dir) as zoo:
+                    if zoo.claims():
+                        break
+            if proc.poll() is not None:
+                pytest.fail(f"build ended before it could be killed: {proc.stderr.read().decode()}")
+            time.sleep(0.2)
+        assert main(["zoo", "ls", "--zoo", str(zoo_dir), "--status", "running"]) == 0
+        out = capsys.readouterr().out
+        assert "1 task(s) being built" in out and f" {proc.pid} " in out
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with Zoo(zoo_dir) as zoo:
+        assert len(zoo) == 0 and zoo.claims() == [] and len(zoo.claims(live=False)) == 1
+    start = time.time()
+    result = subprocess.run(_build_cmd(zoo_dir, folder, weights, tasks=2, iterations=5), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "built 2, skipped 0" in result.stdout and time.time() - start < 60  # not held back by the dead claim's lease
+    with Zoo(zoo_dir) as zoo:
+        assert len(zoo) == 2 and all(zoo.verify(r) for r in zoo.records()) and zoo.claims(live=False) == []

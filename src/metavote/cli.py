@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from .errors import ConfigError, MetavoteError, one_line
@@ -123,16 +124,31 @@ def cmd_zoo_build(args: argparse.Namespace) -> None:
     backbone = locate_backbone(args.backbone)
     print(f"zoo {args.zoo}: {len(tasks)} {args.n_way}-way tasks of {dataset.name}, {method.key} {method.settings()}, backbone {backbone}")
     report = build_zoo(args.zoo, tasks, backbone, method, args.dataset, args.data, args.workers, args.executor, args.address, not args.quiet,
-                       select_device(args.device), args.threads)
-    print(f"built {len(report.done)}, skipped {len(report.skipped)} already done, failed {len(report.failed)} in {report.seconds / 60:.1f} min")
+                       select_device(args.device), args.threads, args.retry_failed)
+    print(f"built {len(report.done)}, skipped {len(report.skipped)} already done"
+          + (f" and {len(report.by_others)} built by other builders" if report.by_others else "")
+          + f", failed {len(report.failed)} in {report.seconds / 60:.1f} min")
+    if report.failed_before:
+        print(f"left {len(report.failed_before)} task(s) that failed in an earlier build; pass --retry-failed to retry them")
     if report.failed:
-        raise ZooBuildFailed(f"{len(report.failed)} task(s) failed (see `metavote zoo ls --zoo {args.zoo} --status failed`); re-run to retry them")
+        raise ZooBuildFailed(f"{len(report.failed)} task(s) failed (see `metavote zoo ls --zoo {args.zoo} --status failed`); "
+                             "re-run with --retry-failed to retry them")
 
 
 def cmd_zoo_ls(args: argparse.Namespace) -> None:
     from .zoo import Zoo
 
     with Zoo(args.zoo) as zoo:
+        if args.status == "running":
+            claims = zoo.claims()
+            print(f"zoo {args.zoo}: {len(claims)} task(s) being built")
+            print(f"{'record':<22} {'host':<20} {'pid':>7} {'running':>8} {'last beat':>9} {'lease left':>10}")
+            now = time.time()
+            for c in claims:
+                if args.method is None or c.record_id.endswith(f".{args.method}"):
+                    print(f"{c.record_id:<22} {c.host[:20]:<20} {c.pid:>7} {now - c.started:>7.0f}s {now - c.heartbeat:>8.0f}s "
+                          f"{c.expires - now:>9.0f}s")
+            return
         records = zoo.records(method=args.method, status=None if args.status == "any" else args.status)
         meta = zoo.meta
         backbone = zoo.describe()
@@ -406,12 +422,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--executor", choices=["local", "ray"], default="local")
     p.add_argument("--address", help="Ray cluster address (with --executor ray)")
+    p.add_argument("--retry-failed", action="store_true", help="retry tasks that failed in an earlier build (default: leave them)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_zoo_build)
     p = zoo.add_parser("ls", help="list a zoo's records")
     p.add_argument("--zoo", required=True)
     p.add_argument("--method")
-    p.add_argument("--status", choices=["ok", "failed", "any"], default="any")
+    p.add_argument("--status", choices=["ok", "failed", "any", "running"], default="any",
+                   help="records by status, or 'running': the tasks builders hold claims on now")
     p.set_defaults(func=cmd_zoo_ls)
     p = zoo.add_parser("show", help="describe one record: task, costs, kept units per group")
     p.add_argument("--zoo", required=True)
@@ -480,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("ablate", help="one ablation: table + figure")
-    p.add_argument("name", choices=["iterations", "neighbours", "groups", "task-size", "unseen", "importance"])
+    p.add_argument("name", choices=["iterations", "neighbours", "groups", "task-size", "unseen", "importance", "budget", "decomposition",
+                                    "head", "recipe"])
     zoo_args(p)
     p.add_argument("--target-dataset", help="unseen: an image folder of new classes (see `metavote data fashion-mnist`)")
     p.add_argument("--other-zoo", help="importance: a second zoo of the same backbone (e.g. `zoo build --importance taylor`)")

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 
 from .bench import (
-    BenchContext, ablate_groups, ablate_importance, ablate_iterations, ablate_neighbours, ablate_task_size, ablate_unseen, bench,
-    bench_tasks, main_methods, markdown_table, one_off_costs, plot_ablation, summarize, write_table,
+    BenchContext, ablate_budget, ablate_decomposition, ablate_groups, ablate_head, ablate_importance, ablate_iterations, ablate_neighbours,
+    ablate_recipe, ablate_task_size, ablate_unseen, bench, bench_tasks, flops_ratio, main_methods, markdown_table, one_off_costs,
+    plot_ablation, plot_budget, summarize, write_table,
 )
 from .data import Task, load_dataset, sample_tasks
 from .deploy import save_result
@@ -91,7 +92,7 @@ def run_bench(ctx: BenchContext, profile_name: str = "cpu", tasks: int = 20, see
     return rows, f"{title}\n\n{markdown_table(summary)}{notes}"
 
 
-ABLATIONS = ("iterations", "neighbours", "groups", "task-size", "unseen", "importance")
+ABLATIONS = ("iterations", "neighbours", "groups", "task-size", "unseen", "importance", "budget", "decomposition", "head", "recipe")
 
 
 def run_ablation(ctx: BenchContext, name: str, profile_name: str = "cpu", tasks: int = 10, seed: int = 1000,
@@ -100,7 +101,8 @@ def run_ablation(ctx: BenchContext, name: str, profile_name: str = "cpu", tasks:
     """One ablation on ``tasks`` seeded test tasks: rows (``<out>/<name>/rows.jsonl``), a summary
     table per variant and one figure (``<out>/<name>.png``). ``unseen`` draws its tasks from
     ``target_dataset`` (an image folder, e.g. from :func:`~metavote.data.convert_fashion_mnist`);
-    ``importance`` compares MVP from this zoo with MVP from ``other_zoo`` (e.g. a Taylor zoo)."""
+    ``importance`` compares MVP from this zoo with MVP from ``other_zoo`` (e.g. a Taylor zoo).
+    ``budget`` adds the FLOPs ratio at equal accuracy (:func:`~metavote.bench.flops_ratio`) after the table."""
     p = get_profile(profile_name, **overrides)
     folder = Path(out) / name
     test = bench_tasks(ctx.dataset, ctx.zoo, tasks, seed=seed)
@@ -128,11 +130,42 @@ def run_ablation(ctx: BenchContext, name: str, profile_name: str = "cpu", tasks:
             raise ConfigError("the importance ablation needs --other-zoo (e.g. one built with `zoo build --importance taylor`)")
         rows = ablate_importance(ctx, Zoo(other_zoo, device=ctx.zoo.device), test, p, out=folder, progress=progress)
         fig = plot_ablation(rows, Path(out) / f"{name}.png", f"MVP (J={p.iterations}) from zoos pruned by each importance", "zoo", bars=True)
+    elif name == "budget":
+        rows = ablate_budget(ctx, test, p, out=folder, progress=progress)
+        fig = plot_budget(rows, Path(out) / f"{name}.png", "Accuracy against training FLOPs")
+    elif name == "decomposition":
+        rows = ablate_decomposition(ctx, test, p, out=folder, progress=progress)
+        fig = plot_ablation(rows, Path(out) / f"{name}.png", "What MVP's start is worth", "sub-network and weights", bars=True)
+    elif name == "head":
+        rows = ablate_head(ctx, test, p, out=folder, progress=progress)
+        fig = plot_ablation(rows, Path(out) / f"{name}.png", f"MVP (J={p.iterations}) with each task head", "head", bars=True)
+    elif name == "recipe":
+        rows = ablate_recipe(ctx, test, p, out=folder, progress=progress)
+        fig = plot_ablation(rows, Path(out) / f"{name}.png", f"MVP's few-step recipe at {p.iterations * p.batch_size} images", "peak lr", bars=True)
     else:
         raise ConfigError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
     summary = summarize(rows)
-    write_table(summary, folder, f"ablation {name}, profile {profile_name}, {len(test)} tasks (seed {seed})")
-    return rows, markdown_table(summary), fig
+    notes = budget_notes(rows, p.upper_bound.upper()) if name == "budget" else ""
+    write_table(summary, folder, f"ablation {name}, profile {profile_name}, {len(test)} tasks (seed {seed})", notes=notes)
+    return rows, markdown_table(summary) + notes, fig
+
+
+def budget_notes(rows: Sequence[dict], reference: str = "IFP") -> str:
+    """The FLOPs ratio at equal accuracy as a markdown table: for MVP at each J (and with the
+    embedding's pre-selection), the training TFLOPs ``reference`` needs for the same accuracy over
+    MVP's, without and with the neighbour search's FLOPs."""
+    lines = ["", "", f"FLOPs ratio at equal accuracy ({reference}'s TFLOPs for MVP's accuracy, interpolated, over MVP's):", "",
+             f"| MVP | accuracy (%) | training TFLOPs | + search TFLOPs | {reference} needs TFLOPs | ratio | ratio with search | "
+             f"{reference} needs iterations (images ratio) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for family in [f for f in dict.fromkeys(r["family"] for r in rows) if f.startswith("MVP")]:
+        plain, searched = flops_ratio(rows, family, reference), flops_ratio(rows, family, reference, search=True)
+        for a, b in zip(plain, searched):
+            bound = a["bound"].replace("=", "")
+            lines.append(f"| {family} J={a['x']} | {100 * a['accuracy']:.2f} | {a['tflops']:.3f} | {b['tflops'] - a['tflops']:.3f} | "
+                         f"{bound}{a['reference_tflops']:.3f} | {bound}{a['ratio']:.1f}x | {b['bound'].replace('=', '')}{b['ratio']:.1f}x | "
+                         f"{bound}{a['reference_iterations']:.0f} ({bound}{a['reference_iterations'] / a['x']:.1f}x) |")
+    lines.append("\n`>` : MVP is above every reference point, so the ratio is at least the figure; `<` : below every point.")
+    return "\n".join(lines)
 
 
 def demo(

@@ -27,6 +27,7 @@ from torch import nn
 from .data import ImageDataset, TaskData, iterate_eval
 from .errors import ConfigError, MetavoteError
 from .models import Backbone
+from .training import Costs
 from .zoo import Zoo, ZooRecord
 
 
@@ -207,7 +208,8 @@ class Similarity:
 
     name = "base"
 
-    def scores(self, zoo: Zoo, records: Sequence[ZooRecord], target: TaskData) -> np.ndarray:
+    def scores(self, zoo: Zoo, records: Sequence[ZooRecord], target: TaskData, costs: Costs | None = None) -> np.ndarray:
+        """One score per record; ``costs``, when given, is charged the forward passes run to score them."""
         raise NotImplementedError
 
 
@@ -220,10 +222,12 @@ class LEEPSimilarity(Similarity):
     def __init__(self, per_class: int | None = 50) -> None:
         self.per_class = per_class
 
-    def scores(self, zoo, records, target):
+    def scores(self, zoo, records, target, costs=None):
         images, labels = target_sample(target, self.per_class)
         models = [zoo.load(r)[0] for r in records]
         probs = softmax_outputs(models, images)
+        for model in models if costs is not None else ():
+            costs.add_steps(model, 1, len(images), backward=False, training=False)
         y = torch.as_tensor(labels)
         return np.array([float(leep(p, y, target.task.n_way)) for p in probs])
 
@@ -238,7 +242,7 @@ class WordNetSimilarity(Similarity):
             raise ConfigError(f"unknown WordNet rule {rule!r}; choose from {', '.join(WORDNET_RULES)}")
         self.rule, self.wnids = rule, wnids or {}
 
-    def scores(self, zoo, records, target):
+    def scores(self, zoo, records, target, costs=None):  # no forward pass
         return np.array([task_wup(r.task.classes, target.task.classes, self.rule, self.wnids) for r in records])
 
 
@@ -246,8 +250,9 @@ class EmbeddingSimilarity(Similarity):
     """A cheap task embedding: per-class mean features of the pre-trained backbone, L2-normalised;
     task similarity = mean over target classes of the best cosine match among the source's classes.
 
-    Class means of the zoo's dataset are computed once (``per_class`` images each) and cached; a
-    query then costs one backbone pass over the target's sample and a small matrix product.
+    Class means of the zoo's dataset are computed once (``per_class`` images each) and cached, a
+    one-off cost like the zoo's; a query then costs one backbone pass over the target's sample
+    (what ``costs`` is charged) and a small matrix product.
     """
 
     name = "embedding"
@@ -271,9 +276,11 @@ class EmbeddingSimilarity(Similarity):
                 self._means[c] = m
         return torch.stack([self._means[c] for c in classes])
 
-    def scores(self, zoo, records, target):
+    def scores(self, zoo, records, target, costs=None):
         images, labels = target_sample(target, self.per_class)
         t = self._class_means(images, labels, target.task.n_way)
+        if costs is not None:
+            costs.add_steps(self.backbone, 1, len(images), backward=False, training=False)
         self.source_means(sorted({c for r in records for c in r.task.classes}))
         return np.array([float((t @ self.source_means(r.task.classes).T).max(1).values.mean()) for r in records])
 
@@ -300,11 +307,14 @@ def nearest(
     candidates: int = 20,
     records: Sequence[ZooRecord] | None = None,
     exclude_target: bool = True,
+    costs: Costs | None = None,
 ) -> list[tuple[ZooRecord, float]]:
     """The ``k`` zoo records most similar to ``target``, best first, with their scores.
 
     With ``preselect``, only its top ``candidates`` are scored by ``similarity`` (default LEEP).
     The target's own record, if the zoo has one, is left out unless ``exclude_target`` is False.
+    ``costs``, when given, is charged the search's forward passes (LEEP: every candidate model
+    over the target's sample).
     """
     similarity = similarity or LEEPSimilarity()
     pool = list(records if records is not None else zoo.records())
@@ -315,8 +325,8 @@ def nearest(
     if len(pool) < k:
         raise SimilarityError(f"the zoo has {len(pool)} candidate record(s), fewer than the {k} neighbours asked for")
     if preselect is not None and len(pool) > candidates:
-        first = preselect.scores(zoo, pool, target)
+        first = preselect.scores(zoo, pool, target, costs)
         pool = [pool[i] for i in np.argsort(-first, kind="stable")[: max(candidates, k)]]
-    scores = similarity.scores(zoo, pool, target)
+    scores = similarity.scores(zoo, pool, target, costs)
     order = np.argsort(-scores, kind="stable")[:k]
     return [(pool[i], float(scores[i])) for i in order]

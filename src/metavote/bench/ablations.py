@@ -11,7 +11,8 @@ from ..data import ImageDataset, Task, sample_tasks
 from ..errors import ConfigError
 from ..methods import create_method
 from ..profiles import Profile, get_profile, ratio_for
-from ..similarity import make_similarity, nearest
+from ..similarity import LEEPSimilarity, make_similarity, nearest
+from ..training import Costs
 from ..zoo import Zoo, ZooRecord
 from .harness import BenchContext, bench, bench_tasks, main_methods, run_variants
 
@@ -129,3 +130,179 @@ def ablate_unseen(ctx: BenchContext, target: ImageDataset, count: int, profile: 
     tasks = sample_tasks(target, min(5, target.num_classes), count, seed=seed)
     unseen = BenchContext(ctx.backbone, ctx.classes, target, ctx.zoo)  # head_rows: None, the classes are new
     return bench(unseen, main_methods(profile)[:3], tasks, out, progress)
+
+
+# ----------------------------------------------------------------------------- where MVP's gain comes from
+
+
+SEARCHES = {"leep": "LEEP over the whole zoo", "preselect": "LEEP over the embedding's top 20",
+            "leep-10": "LEEP on 10 images per class", "wordnet": "WordNet (no forward pass)"}
+
+
+def find_neighbours(ctx: BenchContext, data, neighbours: int = 3, search: str = "leep") -> tuple[list[ZooRecord], float]:
+    """MVP's neighbours for a task by one of :data:`SEARCHES` and the search's forward-pass TFLOPs."""
+    costs = Costs()
+    pool = ctx.zoo.records(method=ctx.zoo.source_method)
+    pre = make_similarity("embedding", backbone=ctx.backbone, dataset=ctx.dataset) if search == "preselect" else None
+    measure = {"leep-10": LEEPSimilarity(per_class=10), "wordnet": make_similarity("wordnet", dataset=ctx.dataset)}.get(search) \
+        or make_similarity("leep")
+    ranked = nearest(ctx.zoo, data, neighbours, measure, preselect=pre, records=pool, costs=costs)
+    return [r for r, _ in ranked], costs.tflops
+
+
+def ablate_budget(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, mvp_iterations=(10, 20, 50, 100),
+                  conventional_iterations=(20, 50, 100, 200), searches=("preselect", "leep-10", "wordnet"), out=None,
+                  progress=True) -> list[dict]:
+    """Accuracy against training FLOPs for MVP, conventional pruning (IFP; AHNP for a ViT) and
+    random pruning on the same tasks, for :func:`flops_ratio` and :func:`plot_budget`. MVP's rows
+    carry the FLOPs of its LEEP search (``search_tflops``); at the profile's J, MVP also runs with
+    each cheaper search of ``searches`` (:data:`SEARCHES`: LEEP among the embedding's top 20 only,
+    LEEP on 10 images per class, WordNet)."""
+    key = profile.upper_bound
+    unknown = [s for s in searches if s not in SEARCHES]
+    if unknown:
+        raise ConfigError(f"unknown neighbour search(es) {', '.join(unknown)}; choose from {', '.join(SEARCHES)}")
+
+    def variants(data, task, log):
+        found = {}
+
+        def mvp(j: int, search: str = "leep"):
+            if search not in found:
+                found[search] = find_neighbours(ctx, data, search=search)
+            neighbours, search_tflops = found[search]
+            result = ctx.run(create_method("mvp", **profile.settings("mvp", iterations=j), neighbours=neighbours), data)
+            result.params["search_tflops"] = search_tflops  # given neighbours: charge the search that found them
+            return result
+
+        for j in conventional_iterations:
+            conventional = create_method(key, **profile.settings(key, iterations=j))
+            yield f"{conventional.name} J={j}", {"family": conventional.name, "x": j}, lambda m=conventional: ctx.run(m, data)
+        for j in mvp_iterations:
+            yield f"MVP J={j}", {"family": "MVP", "x": j}, lambda j=j: mvp(j)
+            random = create_method("random", **profile.settings("random", iterations=j))
+            yield f"random J={j}", {"family": "random", "x": j}, lambda m=random: ctx.run(m, data)
+        for search in searches:
+            yield f"MVP ({search}) J={profile.iterations}", {"family": f"MVP ({search})", "x": profile.iterations}, \
+                lambda search=search: mvp(profile.iterations, search)
+
+    return run_variants(ctx, tasks, variants, out, progress, "budget")
+
+
+def flops_ratio(rows: Sequence[dict], family: str = "MVP", reference: str = "IFP", search: bool = False) -> list[dict]:
+    """For each J of ``family``: its mean accuracy and training TFLOPs (plus its search's with
+    ``search``), the TFLOPs the ``reference`` method needs for that accuracy (its mean accuracy
+    against mean TFLOPs, interpolated linearly in log FLOPs between the points no cheaper point
+    beats: a dip does not count against the reference) and their ratio; also the reference's
+    iterations at that point (interpolated the same way), for the ratio in images seen.
+    ``bound`` says when the accuracy lies outside the reference's range: ``>`` (the ratio is at
+    least the figure: the reference never got there) or ``<``."""
+    def curve(fam):
+        xs = sorted({r["x"] for r in rows if r["family"] == fam})
+        sel = [[r for r in rows if r["family"] == fam and r["x"] == x] for x in xs]
+        return xs, [float(np.mean([r["accuracy"] for r in s])) for s in sel], \
+            [float(np.mean([r["tflops"] + (r.get("search_tflops", 0.0) if search else 0.0) for r in s])) for s in sel]
+
+    ref_x, ref_acc, ref_tf = curve(reference)
+    if not ref_acc:
+        raise ConfigError(f"no {reference} rows to compare with")
+    order = np.argsort(ref_tf)
+    tf, acc, its = np.log(np.array(ref_tf)[order]), np.array(ref_acc)[order], np.log(np.array(ref_x, dtype=float)[order])
+    front = [i for i in range(len(acc)) if i == 0 or acc[i] > acc[:i].max()]  # points no cheaper point beats
+    tf, acc, its = tf[front], acc[front], its[front]
+    out = []
+    for x, a, f in zip(*curve(family)):
+        if a > acc[-1]:
+            i, t, bound = len(acc) - 1, 0.0, ">"
+        elif a <= acc[0]:
+            i, t, bound = 0, 0.0, "<" if a < acc[0] else "="
+        else:
+            i = int(np.searchsorted(acc, a)) - 1  # acc[i] < a <= acc[i + 1]
+            t, bound = (a - acc[i]) / (acc[i + 1] - acc[i]), "="
+        at = (lambda v: float(np.exp(v[i] + t * (v[i + 1] - v[i])))) if t else (lambda v: float(np.exp(v[i])))
+        out.append({"family": family, "x": x, "accuracy": a, "tflops": f, "reference_tflops": at(tf), "ratio": at(tf) / f,
+                    "reference_iterations": at(its), "bound": bound, "search": search})
+    return out
+
+
+def ablate_decomposition(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, iterations=(0, None), out=None, progress=True) -> list[dict]:
+    """What MVP's start is worth, part by part, before fine-tuning (J = 0) and after J steps (the
+    profile's): the voted Omega with averaged neighbour weights (MVP), the voted Omega with the
+    backbone's weights, random units with averaged weights, the single nearest neighbour's model
+    as it is, and random units with the backbone's weights (random pruning). The same LEEP
+    neighbours, head (the pre-trained rows when the backbone knows the classes) and BatchNorm
+    re-estimation for all."""
+    parts = {"MVP: vote + averaged weights": dict(omega="vote", init="neighbours"),
+             "vote + backbone weights": dict(omega="vote", init="backbone"),
+             "random units + averaged weights": dict(omega="random", init="neighbours"),
+             "nearest neighbour as it is": dict(omega="nearest", init="neighbours"),
+             "random units + backbone weights": dict(omega="random", init="backbone")}
+
+    def variants(data, task, log):
+        found = []
+        for j in iterations:
+            j = profile.iterations if j is None else j
+            for name, settings in parts.items():
+                def run(j=j, settings=settings):
+                    if not found:
+                        found.append(find_neighbours(ctx, data)[0])
+                    return ctx.run(create_method("mvp", **profile.settings("mvp", iterations=j), neighbours=found[0], **settings), data)
+                yield f"{name} J={j}", {"family": f"J={j}", "x": name}, run
+
+    return run_variants(ctx, tasks, variants, out, progress, "decomposition")
+
+
+def ablate_head(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, head_steps=(0, 10), out=None, progress=True) -> list[dict]:
+    """MVP at J with each head: the pre-trained rows for the task's classes (when the backbone
+    knows them), the neighbours' rows (imprinted rows for classes no neighbour has) or imprinted
+    on the sub-network's features, each with and without head-only steps before fine-tuning."""
+    heads = ("pretrained", "neighbours", "imprint") if ctx.classes else ("neighbours", "imprint")
+
+    def variants(data, task, log):
+        found = []
+        for steps in head_steps:
+            for head in heads:
+                def run(head=head, steps=steps):
+                    if not found:
+                        found.append(find_neighbours(ctx, data)[0])
+                    return ctx.run(create_method("mvp", **profile.settings("mvp"), neighbours=found[0], head=head, head_steps=steps), data)
+                name = {"pretrained": "pre-trained rows", "neighbours": "neighbours' rows", "imprint": "imprinted"}[head]
+                yield f"{name}, {steps} head steps", {"family": f"{steps} head-only steps", "x": name}, run
+
+    return run_variants(ctx, tasks, variants, out, progress, "head")
+
+
+def ablate_recipe(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, lr_factors=(0.5, 1, 2, 4), batch_factors=(1, 2, 4),
+                  out=None, progress=True) -> list[dict]:
+    """MVP's few-step fine-tuning recipe at a fixed image budget (J x batch, the profile's): the
+    peak learning rate times each of ``lr_factors``, and the batch divided by each of
+    ``batch_factors`` with J multiplied by it (the same images and FLOPs, more and smaller steps)."""
+    base = profile.settings("mvp")
+
+    def variants(data, task, log):
+        found = []
+        for b in batch_factors:
+            for f in lr_factors:
+                settings = base | {"lr": base["lr"] * f, "iterations": base["iterations"] * b, "batch_size": max(1, base["batch_size"] // b)}
+
+                def run(settings=settings):
+                    if not found:
+                        found.append(find_neighbours(ctx, data)[0])
+                    return ctx.run(create_method("mvp", **settings, neighbours=found[0]), data)
+                yield (f"J={settings['iterations']} batch {settings['batch_size']} lr {settings['lr']:g}",
+                       {"family": f"J={settings['iterations']}, batch {settings['batch_size']}", "x": f"lr x{f:g}"}, run)
+
+    return run_variants(ctx, tasks, variants, out, progress, "recipe")
+
+
+def neighbour_overlap(rows: Sequence[dict], zoo: Zoo) -> list[dict]:
+    """For each MVP row: the mean number of the target's classes its neighbours' tasks share
+    (``shared``), next to its accuracy."""
+    out = []
+    for r in rows:
+        if not r.get("neighbours"):
+            continue
+        target = set(r["classes"])
+        shared = [len(target & set(zoo.get(n, zoo.source_method).task.classes)) for n in r["neighbours"]]
+        out.append({"task": r["task"], "method": r["method"], "accuracy": r["accuracy"], "shared": float(np.mean(shared)),
+                    "shared_max": max(shared)})
+    return out

@@ -66,7 +66,8 @@ class BenchContext:
 def _row(task: Task, label: str, result: PruneResult, extra: dict | None = None) -> dict:
     return {"task": task.id, "classes": list(task.classes), "method": label, "accuracy": result.accuracy,
             "tflops": result.costs.tflops, "seconds": result.costs.seconds, "iterations": result.costs.iterations,
-            "search_seconds": result.params.get("search_seconds", 0.0), "parameters": count_parameters(result.model),
+            "search_seconds": result.params.get("search_seconds", 0.0), "search_tflops": result.params.get("search_tflops", 0.0),
+            "parameters": count_parameters(result.model),
             "neighbours": result.params.get("neighbours"), "inference_gflops": step_flops(result.model, 1, backward=False) / 1e9,
             **{k: result.params[k] for k in ("meta_tflops", "meta_seconds", "meta_tasks") if k in result.params}, **(extra or {})}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,8 +18,10 @@ def plot_ablation(rows: Sequence[dict], path: str | os.PathLike, title: str, xla
     import matplotlib.pyplot as plt
 
     families = list(dict.fromkeys(r["family"] for r in rows))
-    xs = sorted({r["x"] for r in rows})
-    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = list(dict.fromkeys(r["x"] for r in rows))  # names keep their order; numbers are sorted
+    if all(isinstance(x, (int, float)) for x in xs):
+        xs.sort()
+    fig, ax = plt.subplots(figsize=(7, 4) if all(len(str(x)) < 12 for x in xs) else (9, 4.6))
     width = 0.8 / len(families)
     for k, fam in enumerate(families):
         mean = [100 * np.mean([r["accuracy"] for r in rows if r["family"] == fam and r["x"] == x] or [np.nan]) for x in xs]
@@ -29,7 +32,7 @@ def plot_ablation(rows: Sequence[dict], path: str | os.PathLike, title: str, xla
         else:
             ax.errorbar(xs, mean, yerr=std, marker="o", capsize=3, label=fam)
     if bars:
-        ax.set_xticks(np.arange(len(xs)), [str(x) for x in xs])
+        ax.set_xticks(np.arange(len(xs)), [textwrap.fill(str(x), 16) for x in xs], fontsize=8)
         low = min(100 * (np.mean(a) - np.std(a)) for fam in families for x in xs
                   if (a := [r["accuracy"] for r in rows if r["family"] == fam and r["x"] == x]))
         ax.set_ylim(bottom=max(0.0, 10 * np.floor(low / 10) - 10))  # bars of close heights stay readable
@@ -40,6 +43,45 @@ def plot_ablation(rows: Sequence[dict], path: str | os.PathLike, title: str, xla
     ax.set(xlabel=xlabel, ylabel="test accuracy (%)", title=f"{title} ({tasks} tasks, mean ± std)")
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, path)
+
+
+def plot_budget(rows: Sequence[dict], path: str | os.PathLike, title: str) -> Path:
+    """Accuracy (mean ± std over tasks) against training TFLOPs (log scale), one line per method
+    family, MVP also with its neighbour search's FLOPs added (dashed); a family at one budget
+    only (MVP with another search) is one point, its search included."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for fam in dict.fromkeys(r["family"] for r in rows):
+        xs = sorted({r["x"] for r in rows if r["family"] == fam})
+        sel = [[r for r in rows if r["family"] == fam and r["x"] == x] for x in xs]
+        acc = [100 * np.mean([r["accuracy"] for r in s]) for s in sel]
+        std = [100 * np.std([r["accuracy"] for r in s]) for s in sel]
+        tf = [np.mean([r["tflops"] for r in s]) for s in sel]
+        searched = [np.mean([r["tflops"] + r.get("search_tflops", 0.0) for r in s]) for s in sel]
+        if len(xs) == 1:  # one budget, another neighbour search: its point with the search's FLOPs
+            ax.plot(searched, acc, marker="D", ls="none", label=f"{fam}, J={xs[0]}, search included")
+            continue
+        line = ax.errorbar(tf, acc, yerr=std, marker="o", capsize=3, label=fam)
+        for x, t, a in zip(xs, tf, acc):
+            ax.annotate(f"J={x}", (t, a), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        if any(s > t for s, t in zip(searched, tf)):
+            ax.plot(searched, acc, ls="--", marker=".", color=line[0].get_color(), label=f"{fam} + neighbour search")
+    tasks = len({r["task"] for r in rows})
+    ax.set_xscale("log")
+    ax.set(xlabel="training TFLOPs per task (log)", ylabel="test accuracy (%)", title=f"{title} ({tasks} tasks, mean ± std)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

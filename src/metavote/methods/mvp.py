@@ -31,10 +31,13 @@ from ..errors import ConfigError
 from ..models.base import Backbone, replace_head
 from ..pruning import SubNetwork, TensorIndex, dense_view, extract, target_widths
 from ..similarity import Similarity, make_similarity, nearest
-from ..training import Timer, imprint_head
+from ..training import Costs, Timer, imprint_head, make_optimizer, optimizer_step, recalibrate_bn
 from ..zoo import ZooRecord
 from .base import Method, register
 
+OMEGAS = ("vote", "random", "nearest")
+INITS = ("neighbours", "nearest-first", "backbone")
+HEADS = ("auto", "pretrained", "neighbours", "imprint")
 DEFAULT_TEMPERATURE = 0.5
 """tau: at 0.5 a unit kept by all 3 neighbours is e^6 ≈ 400 times likelier than one kept by none, so
 sampling is a majority vote whose ties (and shortfalls) are broken at random."""
@@ -61,31 +64,39 @@ def sample_by_votes(votes: dict[str, np.ndarray], widths: dict[str, int], temper
     return SubNetwork(kept, {g: len(v) for g, v in votes.items()})
 
 
-def average_neighbours(backbone: Backbone, neighbours: Sequence[tuple[SubNetwork, dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+def average_neighbours(backbone: Backbone, neighbours: Sequence[tuple[SubNetwork, dict[str, torch.Tensor]]], rule: str = "mean") -> dict[str, torch.Tensor]:
     """The backbone's body state with every weight replaced by its mean over the neighbours whose
-    sub-network holds it (weights no neighbour holds keep the backbone's values). Works on tensor
+    sub-network holds it (``rule="first"``: its value in the first neighbour, in the given order,
+    that holds it); weights no neighbour holds keep the backbone's values. Works on tensor
     indices, so a head's q, k, v rows and a node's fc2 column are averaged like a channel's filter."""
+    if rule not in ("mean", "first"):
+        raise ConfigError(f"rule must be 'mean' or 'first', got {rule!r}")
     index = TensorIndex(backbone, backbone.unit_groups())
     skip = backbone.classifier_keys()
     base = {k: v for k, v in backbone.state_dict().items() if k not in skip and not k.endswith("num_batches_tracked")}
     zeros = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in base.items()}
     total = {k: z.clone() for k, z in zeros.items()}
     count = {k: z.clone() for k, z in zeros.items()}
-    for subnet, state in neighbours:
+    for subnet, state in reversed(neighbours) if rule == "first" else neighbours:
         body = {k: v.double() for k, v in state.items() if k in base}
+        held = dense_view(zeros, subnet, {k: torch.ones_like(v) for k, v in body.items()}, index)
         for k, v in dense_view(zeros, subnet, body, index).items():
-            total[k] += v
-        for k, v in dense_view(zeros, subnet, {k: torch.ones_like(v) for k, v in body.items()}, index).items():
-            count[k] += v
+            if rule == "first":  # later (better-ranked) neighbours overwrite what they hold
+                total[k] = torch.where(held[k] > 0, v, total[k])
+                count[k] = torch.maximum(count[k], held[k])
+            else:
+                total[k] += v
+                count[k] += held[k]
     return {k: torch.where(count[k] > 0, total[k] / count[k].clamp_min(1), base[k].double()).to(base[k].dtype) for k in base}
 
 
-def _neighbour_head(records: Sequence[ZooRecord], states, subnets, classes: Sequence[str], model: Backbone) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _neighbour_head(records: Sequence[ZooRecord], states, subnets, classes: Sequence[str], model: Backbone) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
     """Mean of the neighbours' head rows per target class, in the backbone's feature numbering
-    (``model`` is the full-size model that will carry the head)."""
+    (``model`` is the full-size model that will carry the head), and for each class whether some
+    neighbour has it (rows of classes none has are zero)."""
     features, name = model.num_features, model.classifier_name
     feeding = next((g for g in model.unit_groups() if name in g.consumers), None)  # the group that feeds the head, if pruned
-    weight, bias = torch.zeros(len(classes), features), torch.zeros(len(classes))
+    weight, bias, covered = torch.zeros(len(classes), features), torch.zeros(len(classes)), []
     for c_idx, c in enumerate(classes):
         rows = []
         for r, state, subnet in zip(records, states, subnets):
@@ -95,11 +106,11 @@ def _neighbour_head(records: Sequence[ZooRecord], states, subnets, classes: Sequ
                 at = torch.as_tensor(subnet.kept[feeding.name]) if feeding is not None else slice(None)
                 w[at] = state[f"{name}.weight"][k].cpu()
                 rows.append((w, state[f"{name}.bias"][k].cpu()))
-        if not rows:
-            return None
-        weight[c_idx] = torch.stack([w for w, _ in rows]).mean(0)
-        bias[c_idx] = torch.stack([b for _, b in rows]).mean(0)
-    return weight, bias
+        covered.append(bool(rows))
+        if rows:
+            weight[c_idx] = torch.stack([w for w, _ in rows]).mean(0)
+            bias[c_idx] = torch.stack([b for _, b in rows]).mean(0)
+    return weight, bias, covered
 
 
 @register
@@ -112,9 +123,15 @@ class MVP(Method):
     AHNP; MVP's own results are not voted on; the target's own record never counts), or the records
     to use. ``preselect``: LEEP ranks only
     the embedding's top 20. ``temperature``: tau of softmax(votes / tau). ``init``: ``neighbours``
-    (the paper: each kept weight is the mean over the neighbours that hold it) or ``backbone`` (the
+    (the paper: each kept weight is the mean over the neighbours that hold it), ``nearest-first``
+    (each kept weight from the most similar neighbour that holds it) or ``backbone`` (the
     pre-trained weights at the voted units: an ablation that separates the vote from the averaging).
-    ``bn_batches``: before
+    ``omega``: ``vote`` (the paper), or for the decomposition ablation ``random`` (units drawn
+    uniformly, weights still by ``init``) or ``nearest`` (the nearest neighbour's own Omega and
+    weights). ``head``: ``auto`` (the policy below), ``pretrained``, ``neighbours`` (the
+    neighbours' rows; imprinted rows for classes no neighbour has) or ``imprint``;
+    ``head_steps``: optimizer steps on the head alone (body frozen) before fine-tuning, counted as
+    forward passes. ``bn_batches``: before
     fine-tuning, BatchNorm statistics are re-estimated on this many training batches (beyond the
     paper; 0 turns it off): averaged neighbour statistics do not match a sub-network whose units
     come from different neighbours. Measured on 3 CPU-profile tasks it lifts accuracy before
@@ -122,7 +139,8 @@ class MVP(Method):
     N = 3, r = 0.9, J = 100, lr 0.01 with cosine annealing, batch 128.
 
     The neighbour search and the loading of the neighbours are timed on their own
-    (``search_seconds``); their forward passes are not counted as training FLOPs.
+    (``search_seconds``) and their forward passes counted on their own (``search_tflops``: LEEP runs
+    every candidate model over 50 images per target class); they are not training FLOPs.
     """
 
     key = "mvp"
@@ -135,6 +153,9 @@ class MVP(Method):
     preselect: bool = False
     zoo_method: str | None = None
     init: str = "neighbours"
+    omega: str = "vote"
+    head: str = "auto"
+    head_steps: int = 0
     bn_batches: int = 5
     dataset: ImageDataset | None = field(default=None, repr=False, compare=False)
 
@@ -142,8 +163,13 @@ class MVP(Method):
         super().__post_init__()
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if self.init not in ("neighbours", "backbone"):
-            raise ConfigError(f"init must be 'neighbours' or 'backbone', got {self.init!r}")
+        if self.init not in INITS:
+            raise ConfigError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        for name, value, choices in (("omega", self.omega, OMEGAS), ("head", self.head, HEADS)):
+            if value not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        if self.head_steps < 0:
+            raise ConfigError(f"head_steps must be >= 0, got {self.head_steps}")
         if isinstance(self.neighbours, int) and self.neighbours < 1:
             raise ConfigError(f"neighbours must be >= 1, got {self.neighbours}")
         if not isinstance(self.neighbours, int) and not self.neighbours:
@@ -165,6 +191,7 @@ class MVP(Method):
 
     def prepare(self, backbone, data, zoo, progress=False):
         target_widths(backbone.unit_groups(), self.ratio)  # rejects a bad ratio before the search
+        search_costs = Costs()
         with Timer() as search:
             if isinstance(self.neighbours, int):
                 source = self.zoo_method or zoo.source_method
@@ -172,40 +199,84 @@ class MVP(Method):
                 if not pool:
                     raise ConfigError(f"zoo {zoo.root} has no records of method {source}; build it with `metavote zoo build`")
                 pre = self._measure("embedding", backbone) if self.preselect else None
-                ranked = nearest(zoo, data, self.neighbours, self._measure(self.similarity, backbone), preselect=pre, records=pool)
+                ranked = nearest(zoo, data, self.neighbours, self._measure(self.similarity, backbone), preselect=pre, records=pool,
+                                 costs=search_costs)
                 records, scores, how = [r for r, _ in ranked], [s for _, s in ranked], self.similarity
             else:
                 records, scores, how = list(self.neighbours), [float("nan")] * len(self.neighbours), "given"
             loaded = [zoo.load(r) for r in records]
-        return records, scores, how, loaded, search.seconds
+        return records, scores, how, loaded, search.seconds, search_costs.tflops
 
     def prune(self, backbone, data, zoo, head_rows, costs, seed, prepared, progress):
-        records, scores, how, loaded, search_seconds = prepared
+        records, scores, how, loaded, search_seconds, search_tflops = prepared
         subnets = [s for _, s in loaded]
         states = [m.state_dict() for m, _ in loaded]
         groups = backbone.unit_groups()
         if {g.name: g.size for g in groups} != subnets[0].sizes:
             raise ConfigError("the zoo's sub-networks do not match this backbone's unit groups")
-        subnet = sample_by_votes(vote_counts(subnets), target_widths(groups, self.ratio), self.temperature, seed)
-        full = copy.deepcopy(backbone)
-        if self.init == "neighbours":
-            full.load_state_dict(average_neighbours(backbone, list(zip(subnets, states))), strict=False)
-        head = "pretrained rows"
-        if head_rows is not None and isinstance(full.get_classifier(), nn.Linear):
-            replace_head(full, data.task.n_way, head_rows)
+        widths = target_widths(groups, self.ratio)
+        if self.omega == "nearest":  # the nearest neighbour's model as it is
+            subnets, states, records = subnets[:1], states[:1], records[:1]
+            subnet = subnets[0]
+        elif self.omega == "random":
+            rng = np.random.default_rng(seed)
+            subnet = SubNetwork({g: np.sort(rng.choice(n, widths[g], replace=False)) for g, n in subnets[0].sizes.items()}, subnets[0].sizes)
         else:
-            replace_head(full, data.task.n_way)  # first, so that a headless encoder has a head to number features by
-            rows = _neighbour_head(records, states, subnets, data.task.classes, full)
-            if rows is not None:
-                head = "neighbour rows"
-                with torch.no_grad():
-                    full.get_classifier().weight.copy_(rows[0])
-                    full.get_classifier().bias.copy_(rows[1])
+            subnet = sample_by_votes(vote_counts(subnets), widths, self.temperature, seed)
+        full = copy.deepcopy(backbone)
+        if self.init != "backbone":
+            rule = "first" if self.init == "nearest-first" else "mean"
+            full.load_state_dict(average_neighbours(backbone, list(zip(subnets, states)), rule), strict=False)
+        head, imprint_rows = self.head, []
+        replace_head(full, data.task.n_way, head_rows if head in ("auto", "pretrained") and head_rows is not None
+                     and isinstance(full.get_classifier(), nn.Linear) else None)
+        if head == "pretrained" and (head_rows is None or not isinstance(full.get_classifier(), nn.Linear)):
+            raise ConfigError("head 'pretrained' needs a backbone trained on every target class")
+        if head == "auto":
+            head = "pretrained" if head_rows is not None and isinstance(full.get_classifier(), nn.Linear) else "neighbours"
+        if head == "neighbours":
+            weight, bias, covered = _neighbour_head(records, states, subnets, data.task.classes, full)
+            if self.head == "auto" and not all(covered):
+                head = "imprint"  # the paper's policy: neighbours' rows only when they cover every class
             else:
-                head = "imprinted"
+                with torch.no_grad():
+                    full.get_classifier().weight.copy_(weight)
+                    full.get_classifier().bias.copy_(bias)
+                imprint_rows = [i for i, c in enumerate(covered) if not c]
         model = extract(full, subnet)
-        if head == "imprinted":
+        if head == "imprint":
             imprint_head(model, data.train_images, data.train_labels, data.task.n_way)
-        self.fine_tune(model, data, costs, seed, progress, self.bn_batches)
+        elif imprint_rows:  # classes no neighbour has: imprinted rows beside the neighbours' rows
+            imprinted = copy.deepcopy(model)
+            imprint_head(imprinted, data.train_images, data.train_labels, data.task.n_way)
+            with torch.no_grad():
+                model.get_classifier().weight[imprint_rows] = imprinted.get_classifier().weight[imprint_rows]
+                model.get_classifier().bias[imprint_rows] = imprinted.get_classifier().bias[imprint_rows]
+            head = f"neighbours ({len(imprint_rows)} imprinted)"
+        bn_batches = self.bn_batches
+        if self.head_steps:
+            self._train_head(model, data, costs, seed)
+            bn_batches = 0  # re-estimated before the head steps, unchanged by them
+        self.fine_tune(model, data, costs, seed, progress, bn_batches)
         return model, subnet, {"neighbours": [r.task.id for r in records], "neighbour_scores": scores, "similarity": how,
-                               "head": head, "search_seconds": search_seconds}
+                               "head": head, "search_seconds": search_seconds, "search_tflops": search_tflops}
+
+    def _train_head(self, model: Backbone, data, costs: Costs, seed: int) -> None:
+        """``head_steps`` steps on the head alone at the fine-tuning lr, the body frozen in eval mode
+        (its BatchNorm statistics re-estimated first); counted as forward passes (the head's
+        backward is negligible)."""
+        recalibrate_bn(model, data, self.bn_batches, self.batch_size, seed, costs)
+        head = model.get_classifier()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        for p in trainable:
+            p.requires_grad_(False)
+        for p in head.parameters():
+            p.requires_grad_(True)
+        optimizer = make_optimizer(head, self.optimizer, self.lr)
+        batches = iter(data.loader(self.batch_size, seed=seed + 1, device=next(model.parameters()).device))
+        model.eval()
+        for _ in range(self.head_steps):
+            optimizer_step(model, optimizer, *next(batches))
+        for p in trainable:
+            p.requires_grad_(True)
+        costs.add_steps(model, self.head_steps, self.batch_size, backward=False, training=False)

@@ -2,13 +2,18 @@
 
 Layout of a zoo folder::
 
-    index.sqlite                 # table `meta` (backbone fingerprint, model config, dataset) + table `records`
+    index.sqlite                 # tables `meta` (backbone fingerprint, model config, datasets), `records`, `claims`
     records/<task id>.<method>.safetensors   # compact weights ("model.*"), Omega ("omega.*", "size.*")
 
 Writes are atomic and safe with several writer processes: a record's file is written to a
 temporary name and renamed, *then* its row is inserted in one SQLite transaction (WAL mode,
 busy timeout). A crash between the two leaves an orphan file and no row: the zoo stays readable
 and the task is simply redone. Each row stores the file's SHA-256, checked on load.
+
+Builders that share a zoo claim a task before training it (:meth:`Zoo.claim`, one transaction):
+a claim names its owner, host and pid and holds a lease that the owner's heartbeat renews. A
+claim is live until its lease runs out, or at once when its owner was a process of this host that
+no longer exists (a killed builder); then another builder may take the task.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -48,6 +54,10 @@ CREATE TABLE IF NOT EXISTS records (
     accuracy REAL, flops REAL, seconds REAL, file TEXT, sha256 TEXT, error TEXT, created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_task ON records(task_id);
+CREATE TABLE IF NOT EXISTS claims (
+    record_id TEXT PRIMARY KEY, owner TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+    started REAL NOT NULL, heartbeat REAL NOT NULL, expires REAL NOT NULL
+);
 """
 
 
@@ -81,6 +91,40 @@ def record_id(task: Task, method: str) -> str:
     return f"{task.id}.{method}"
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A builder's hold on a record it is building: who (``owner``, ``host``, ``pid``), since when,
+    its last ``heartbeat`` and when the lease ``expires`` (all Unix times)."""
+
+    record_id: str
+    owner: str
+    host: str
+    pid: int
+    started: float
+    heartbeat: float
+    expires: float
+
+    @property
+    def live(self) -> bool:
+        """Its lease runs and, when its owner ran on this host, that process still exists."""
+        return self.expires > time.time() and not (self.host == socket.gethostname() and not _process_exists(self.pid))
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def new_owner() -> str:
+    """A builder's owner id: host, pid and a random suffix (a pid may be reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+
+
 class Zoo:
     """A zoo folder bound to one backbone.
 
@@ -97,7 +141,7 @@ class Zoo:
         if not index.exists():
             if backbone_meta is None:
                 raise ZooError(f"{self.root} is not a zoo (no {INDEX}); build one with `metavote zoo build`")
-            if self.root.exists() and any(p.name != "records" for p in self.root.iterdir()):
+            if self.root.exists() and any(p.name != "records" and not p.name.startswith(INDEX) for p in self.root.iterdir()):
                 raise ZooError(f"{self.root} exists, is not empty and is not a zoo; choose a new folder")
         (self.root / "records").mkdir(parents=True, exist_ok=True)
         try:
@@ -248,6 +292,59 @@ class Zoo:
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.execute(f"INSERT OR REPLACE INTO records VALUES ({', '.join('?' * len(row))})", row)
+
+    # -- claims
+    def claim(self, rid: str, owner: str, lease: float, retry_failed_before: float | None = None) -> str:
+        """Try to take record ``rid`` for ``owner`` (this process, on this host) for ``lease``
+        seconds, in one transaction.
+
+        Returns ``"claimed"`` (also when ``owner`` holds it already), ``"done"`` (the record
+        exists with an intact file), ``"failed"`` (it failed and is not to be retried: a failure
+        is retried only when recorded before ``retry_failed_before``) or ``"busy"`` (another
+        builder's claim is live). A claim whose lease ran out, or whose owner on this host is gone,
+        is taken over."""
+        now = time.time()
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            row = self._conn.execute("SELECT * FROM records WHERE record_id = ?", (rid,)).fetchone()
+            if row is not None:
+                record = self._row(row)
+                if record.status == "ok" and self.verify(record):
+                    return "done"
+                if record.status == "failed" and (retry_failed_before is None or record.created >= retry_failed_before):
+                    return "failed"
+            held = self._conn.execute("SELECT * FROM claims WHERE record_id = ?", (rid,)).fetchone()
+            if held is not None and held[1] != owner and Claim(*held).live:
+                return "busy"
+            self._conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               (rid, owner, socket.gethostname(), os.getpid(), now, now, now + lease))
+        return "claimed"
+
+    def holds(self, rid: str, owner: str) -> bool:
+        """Whether ``owner``'s claim on ``rid`` is still in force (a worker checks before training)."""
+        row = self._conn.execute("SELECT expires FROM claims WHERE record_id = ? AND owner = ?", (rid, owner)).fetchone()
+        return row is not None and row[0] > time.time()
+
+    def heartbeat(self, owner: str, lease: float) -> int:
+        """Renew every claim of ``owner`` for ``lease`` seconds from now; returns how many it holds."""
+        now = time.time()
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            return self._conn.execute("UPDATE claims SET heartbeat = ?, expires = ? WHERE owner = ?", (now, now + lease, owner)).rowcount
+
+    def release(self, owner: str, rid: str | None = None) -> None:
+        """Drop ``owner``'s claim on ``rid`` (or all of its claims)."""
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            if rid is None:
+                self._conn.execute("DELETE FROM claims WHERE owner = ?", (owner,))
+            else:
+                self._conn.execute("DELETE FROM claims WHERE owner = ? AND record_id = ?", (owner, rid))
+
+    def claims(self, live: bool = True) -> list[Claim]:
+        """The claims in the index, oldest first (by default only live ones: the tasks being built now)."""
+        found = [Claim(*row) for row in self._conn.execute("SELECT * FROM claims ORDER BY started")]
+        return [c for c in found if c.live] if live else found
 
     def remove(self, rid: str) -> None:
         record = self.get(rid)
