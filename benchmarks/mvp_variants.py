@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 
 import numpy as np
 
@@ -46,15 +47,12 @@ def main() -> None:
     tasks = bench_tasks(ctx.dataset, ctx.zoo, args.tasks, seed=args.seed)
 
     def variants(data, task, log):
-        found = []
+        neighbours = functools.cache(lambda: find_neighbours(ctx, data)[0])  # the same LEEP neighbours for every variant
         for halve in (False, True):
             budget = {"iterations": 2 * base["iterations"], "batch_size": base["batch_size"] // 2} if halve else {}
             for name, settings in VARIANTS.items():
-                def run(settings=settings, budget=budget):
-                    if not found:
-                        found.append(find_neighbours(ctx, data)[0])
-                    return ctx.run(create_method("mvp", **(base | budget), neighbours=found[0], **settings), data)
-                yield f"{name}{', J x2 batch /2' if halve else ''}", {"family": name, "x": 2 if halve else 1}, run
+                yield f"{name}{', J x2 batch /2' if halve else ''}", {"family": name, "x": 2 if halve else 1}, \
+                    lambda settings=settings, budget=budget: ctx.run(create_method("mvp", **(base | budget), neighbours=neighbours(), **settings), data)
 
     rows = run_variants(ctx, tasks, variants, args.out, True, "variants")
     by = collections.defaultdict(list)

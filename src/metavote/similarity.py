@@ -226,8 +226,9 @@ class LEEPSimilarity(Similarity):
         images, labels = target_sample(target, self.per_class)
         models = [zoo.load(r)[0] for r in records]
         probs = softmax_outputs(models, images)
-        for model in models if costs is not None else ():
-            costs.add_steps(model, 1, len(images), backward=False, training=False)
+        if costs is not None:
+            for model in models:
+                costs.add_steps(model, 1, len(images), backward=False, training=False)
         y = torch.as_tensor(labels)
         return np.array([float(leep(p, y, target.task.n_way)) for p in probs])
 

@@ -3,6 +3,7 @@ through the same resumable loop as the bench (:func:`~metavote.bench.harness.run
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,7 +12,7 @@ from ..data import ImageDataset, Task, sample_tasks
 from ..errors import ConfigError
 from ..methods import create_method
 from ..profiles import Profile, get_profile, ratio_for
-from ..similarity import LEEPSimilarity, make_similarity, nearest
+from ..similarity import LEEPSimilarity, Similarity, make_similarity, nearest
 from ..training import Costs
 from ..zoo import Zoo, ZooRecord
 from .harness import BenchContext, bench, bench_tasks, main_methods, run_variants
@@ -139,14 +140,17 @@ SEARCHES = {"leep": "LEEP over the whole zoo", "preselect": "LEEP over the embed
             "leep-10": "LEEP on 10 images per class", "wordnet": "WordNet (no forward pass)"}
 
 
-def find_neighbours(ctx: BenchContext, data, neighbours: int = 3, search: str = "leep") -> tuple[list[ZooRecord], float]:
-    """MVP's neighbours for a task by one of :data:`SEARCHES` and the search's forward-pass TFLOPs."""
+def find_neighbours(ctx: BenchContext, data, neighbours: int = 3, search: str = "leep",
+                    embedding: Similarity | None = None) -> tuple[list[ZooRecord], float]:
+    """MVP's neighbours for a task by one of :data:`SEARCHES` and the search's forward-pass TFLOPs.
+    ``embedding``: the pre-selecting measure to reuse across tasks (it caches the zoo's class means)."""
     costs = Costs()
     pool = ctx.zoo.records(method=ctx.zoo.source_method)
-    pre = make_similarity("embedding", backbone=ctx.backbone, dataset=ctx.dataset) if search == "preselect" else None
+    if search == "preselect" and embedding is None:
+        embedding = make_similarity("embedding", backbone=ctx.backbone, dataset=ctx.dataset)
     measure = {"leep-10": LEEPSimilarity(per_class=10), "wordnet": make_similarity("wordnet", dataset=ctx.dataset)}.get(search) \
         or make_similarity("leep")
-    ranked = nearest(ctx.zoo, data, neighbours, measure, preselect=pre, records=pool, costs=costs)
+    ranked = nearest(ctx.zoo, data, neighbours, measure, preselect=embedding if search == "preselect" else None, records=pool, costs=costs)
     return [r for r, _ in ranked], costs.tflops
 
 
@@ -163,13 +167,13 @@ def ablate_budget(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, mv
     if unknown:
         raise ConfigError(f"unknown neighbour search(es) {', '.join(unknown)}; choose from {', '.join(SEARCHES)}")
 
+    embedding = make_similarity("embedding", backbone=ctx.backbone, dataset=ctx.dataset) if "preselect" in searches else None
+
     def variants(data, task, log):
-        found = {}
+        found = functools.cache(lambda search: find_neighbours(ctx, data, search=search, embedding=embedding))
 
         def mvp(j: int, search: str = "leep"):
-            if search not in found:
-                found[search] = find_neighbours(ctx, data, search=search)
-            neighbours, search_tflops = found[search]
+            neighbours, search_tflops = found(search)
             result = ctx.run(create_method("mvp", **profile.settings("mvp", iterations=j), neighbours=neighbours), data)
             result.params["search_tflops"] = search_tflops  # given neighbours: charge the search that found them
             return result
@@ -224,6 +228,18 @@ def flops_ratio(rows: Sequence[dict], family: str = "MVP", reference: str = "IFP
     return out
 
 
+def _mvp_cases(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, cases, out, progress, desc: str) -> list[dict]:
+    """MVP with each case's ``(label, extra, settings)`` over the profile's, all from the same LEEP
+    neighbours per task (searched once, when a case first runs)."""
+    def variants(data, task, log):
+        neighbours = functools.cache(lambda: find_neighbours(ctx, data)[0])
+        for label, extra, settings in cases:
+            yield label, extra, lambda settings=settings: ctx.run(
+                create_method("mvp", **(profile.settings("mvp") | settings), neighbours=neighbours()), data)
+
+    return run_variants(ctx, tasks, variants, out, progress, desc)
+
+
 def ablate_decomposition(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, iterations=(0, None), out=None, progress=True) -> list[dict]:
     """What MVP's start is worth, part by part, before fine-tuning (J = 0) and after J steps (the
     profile's): the voted Omega with averaged neighbour weights (MVP), the voted Omega with the
@@ -236,39 +252,20 @@ def ablate_decomposition(ctx: BenchContext, tasks: Sequence[Task], profile: Prof
              "random units + averaged weights": dict(omega="random", init="neighbours"),
              "nearest neighbour as it is": dict(omega="nearest", init="neighbours"),
              "random units + backbone weights": dict(omega="random", init="backbone")}
-
-    def variants(data, task, log):
-        found = []
-        for j in iterations:
-            j = profile.iterations if j is None else j
-            for name, settings in parts.items():
-                def run(j=j, settings=settings):
-                    if not found:
-                        found.append(find_neighbours(ctx, data)[0])
-                    return ctx.run(create_method("mvp", **profile.settings("mvp", iterations=j), neighbours=found[0], **settings), data)
-                yield f"{name} J={j}", {"family": f"J={j}", "x": name}, run
-
-    return run_variants(ctx, tasks, variants, out, progress, "decomposition")
+    steps = [profile.iterations if j is None else j for j in iterations]
+    cases = [(f"{name} J={j}", {"family": f"J={j}", "x": name}, {"iterations": j, **part}) for j in steps for name, part in parts.items()]
+    return _mvp_cases(ctx, tasks, profile, cases, out, progress, "decomposition")
 
 
 def ablate_head(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, head_steps=(0, 10), out=None, progress=True) -> list[dict]:
     """MVP at J with each head: the pre-trained rows for the task's classes (when the backbone
     knows them), the neighbours' rows (imprinted rows for classes no neighbour has) or imprinted
     on the sub-network's features, each with and without head-only steps before fine-tuning."""
+    names = {"pretrained": "pre-trained rows", "neighbours": "neighbours' rows", "imprint": "imprinted"}
     heads = ("pretrained", "neighbours", "imprint") if ctx.classes else ("neighbours", "imprint")
-
-    def variants(data, task, log):
-        found = []
-        for steps in head_steps:
-            for head in heads:
-                def run(head=head, steps=steps):
-                    if not found:
-                        found.append(find_neighbours(ctx, data)[0])
-                    return ctx.run(create_method("mvp", **profile.settings("mvp"), neighbours=found[0], head=head, head_steps=steps), data)
-                name = {"pretrained": "pre-trained rows", "neighbours": "neighbours' rows", "imprint": "imprinted"}[head]
-                yield f"{name}, {steps} head steps", {"family": f"{steps} head-only steps", "x": name}, run
-
-    return run_variants(ctx, tasks, variants, out, progress, "head")
+    cases = [(f"{names[head]}, {steps} head steps", {"family": f"{steps} head-only steps", "x": names[head]}, {"head": head, "head_steps": steps})
+             for steps in head_steps for head in heads]
+    return _mvp_cases(ctx, tasks, profile, cases, out, progress, "head")
 
 
 def ablate_recipe(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, lr_factors=(0.5, 1, 2, 4), batch_factors=(1, 2, 4),
@@ -276,22 +273,13 @@ def ablate_recipe(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, lr
     """MVP's few-step fine-tuning recipe at a fixed image budget (J x batch, the profile's): the
     peak learning rate times each of ``lr_factors``, and the batch divided by each of
     ``batch_factors`` with J multiplied by it (the same images and FLOPs, more and smaller steps)."""
-    base = profile.settings("mvp")
-
-    def variants(data, task, log):
-        found = []
-        for b in batch_factors:
-            for f in lr_factors:
-                settings = base | {"lr": base["lr"] * f, "iterations": base["iterations"] * b, "batch_size": max(1, base["batch_size"] // b)}
-
-                def run(settings=settings):
-                    if not found:
-                        found.append(find_neighbours(ctx, data)[0])
-                    return ctx.run(create_method("mvp", **settings, neighbours=found[0]), data)
-                yield (f"J={settings['iterations']} batch {settings['batch_size']} lr {settings['lr']:g}",
-                       {"family": f"J={settings['iterations']}, batch {settings['batch_size']}", "x": f"lr x{f:g}"}, run)
-
-    return run_variants(ctx, tasks, variants, out, progress, "recipe")
+    base, cases = profile.settings("mvp"), []
+    for b in batch_factors:
+        j, batch = base["iterations"] * b, max(1, base["batch_size"] // b)
+        for f in lr_factors:
+            cases.append((f"J={j} batch {batch} lr {base['lr'] * f:g}", {"family": f"J={j}, batch {batch}", "x": f"lr x{f:g}"},
+                          {"lr": base["lr"] * f, "iterations": j, "batch_size": batch}))
+    return _mvp_cases(ctx, tasks, profile, cases, out, progress, "recipe")
 
 
 def neighbour_overlap(rows: Sequence[dict], zoo: Zoo) -> list[dict]:

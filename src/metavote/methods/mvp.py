@@ -227,13 +227,13 @@ class MVP(Method):
         if self.init != "backbone":
             rule = "first" if self.init == "nearest-first" else "mean"
             full.load_state_dict(average_neighbours(backbone, list(zip(subnets, states)), rule), strict=False)
-        head, imprint_rows = self.head, []
-        replace_head(full, data.task.n_way, head_rows if head in ("auto", "pretrained") and head_rows is not None
-                     and isinstance(full.get_classifier(), nn.Linear) else None)
-        if head == "pretrained" and (head_rows is None or not isinstance(full.get_classifier(), nn.Linear)):
+        knows_classes = head_rows is not None and isinstance(full.get_classifier(), nn.Linear)
+        head = ("pretrained" if knows_classes else "neighbours") if self.head == "auto" else self.head
+        if head == "pretrained" and not knows_classes:
             raise ConfigError("head 'pretrained' needs a backbone trained on every target class")
-        if head == "auto":
-            head = "pretrained" if head_rows is not None and isinstance(full.get_classifier(), nn.Linear) else "neighbours"
+        # first, so that a headless encoder has a head to number features by
+        replace_head(full, data.task.n_way, head_rows if head == "pretrained" else None)
+        imprint_rows = []
         if head == "neighbours":
             weight, bias, covered = _neighbour_head(records, states, subnets, data.task.classes, full)
             if self.head == "auto" and not all(covered):
