@@ -147,7 +147,7 @@ class Zoo:
         try:
             self._conn = sqlite3.connect(index, timeout=60, isolation_level=None)
             self._conn.execute("PRAGMA busy_timeout = 60000")
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._use_wal()
             self._conn.executescript(SCHEMA)
         except sqlite3.DatabaseError as e:
             raise ZooError(f"{index} is not a readable zoo index ({e})") from e
@@ -165,6 +165,21 @@ class Zoo:
                     f"({self.describe()}), not from the given {wanted['fingerprint'][:12]}; "
                     "use a new zoo folder for a new backbone"
                 )
+
+    def _use_wal(self, patience: float = 60.0) -> None:
+        """Put the index in WAL mode (it stays so in the file). Switching needs the database to
+        itself, and SQLite answers "locked" at once, without its busy timeout, when another
+        process opens a new zoo at the same moment: retry for up to ``patience`` seconds."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                if self._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    self._conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     # -- meta
     def _read_meta(self) -> dict:
