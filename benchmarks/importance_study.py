@@ -3,7 +3,7 @@
 1. The overlap study on the tasks both zoos hold, with the same WordNet similarity for both, so
    the groups hold the same task pairs and only Omega differs: does Taylor importance make the
    kept units more task-specific (lower IoU overall, a wider group 1 - group 5 gap)?
-2. `metavote ablate importance`: MVP at J with LEEP neighbours from each zoo (same tasks).
+2. `metavote ablate zoos`: MVP at J with LEEP neighbours from each zoo (same tasks).
 
     python benchmarks/importance_study.py --zoo runs/zoo-cpu --other-zoo runs/zoo-taylor [--tasks 8]
 """
@@ -52,7 +52,7 @@ def main() -> None:
                      "gap_second_half": float(result.gap[half:].mean())})
         print(rows[-1], flush=True)
     t0 = time.perf_counter()
-    ab_rows, ab_table, figure = run_ablation(ctx, "importance", "cpu", args.tasks, out=args.out, other_zoo=args.other_zoo)
+    ab_rows, ab_table, figure = run_ablation(ctx, "zoos", "cpu", args.tasks, out=args.out, other_zoo=args.other_zoo)
     shutil.copy(figure, FIGURES / "ablation_importance.png")
     table = ("| zoo | tasks | zoo accuracy | IoU group 1 | IoU group 5 | chance | gap (mean over layers) | gap, first half | gap, second half |\n"
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(

@@ -174,6 +174,8 @@ def test_cli_bench_writes_the_table_and_ablate_checks_the_zoo(ctx, tmp_path, cap
     assert (tmp_path / "bench" / "summary.csv").exists() and len((tmp_path / "bench" / "rows.jsonl").read_text().splitlines()) == 8
     assert main(["ablate", "neighbours", *common, "--out", str(tmp_path / "ab")]) == 2
     assert "the zoo has 6 IFP records; the neighbours ablation needs at least 8" in capsys.readouterr().err
+    assert main(["ablate", "zoos", *common, "--out", str(tmp_path / "ab")]) == 2
+    assert "the zoos ablation needs --other-zoo" in capsys.readouterr().err
 
 
 def test_unseen_ablation_prunes_tasks_of_a_new_dataset(ctx, tmp_path):
@@ -191,17 +193,36 @@ def test_unseen_ablation_prunes_tasks_of_a_new_dataset(ctx, tmp_path):
         ablate_unseen(ctx, ctx.dataset, 1, TINY, progress=False)
 
 
-def test_importance_ablation_compares_zoos_of_the_same_tasks(ctx, small_zoo, tmp_path):
-    from metavote.bench import ablate_importance
+def test_zoos_ablation_compares_zoos_on_their_common_tasks_or_whole(ctx, small_zoo, tmp_path):
+    from metavote.bench import ablate_zoos, zoo_names, zoo_summary
+    from metavote.experiments import zoos_notes
+    from metavote.similarity import make_similarity, nearest
     from metavote.zoo import build_zoo
 
     zoo, dataset, folder, tasks = small_zoo
     build_zoo(tmp_path / "taylor", tasks[:4], zoo.root.parent / "backbone.safetensors", tiny_ifp(importance="taylor"), str(folder),
               workers=1, progress=False)
-    rows = ablate_importance(ctx, Zoo(tmp_path / "taylor"), bench_tasks(dataset, zoo, 1), TINY, out=tmp_path / "imp", progress=False)
-    assert [r["method"] for r in rows] == ["activation zoo", "taylor zoo"]
+    taylor = Zoo(tmp_path / "taylor")
+    assert zoo_names([zoo, taylor]) == ["activation", "taylor"]
+    target = bench_tasks(dataset, zoo, 1)
+    rows = ablate_zoos(ctx, taylor, target, TINY, out=tmp_path / "common", progress=False)
+    assert [r["method"] for r in rows] == ["activation zoo", "taylor zoo"] and [r["zoo"] for r in rows] == ["activation", "taylor"]
     shared = {t.id for t in tasks[:4]}
     assert all(set(r["neighbours"]) <= shared and len(r["neighbours"]) == 3 for r in rows)
+    whole = ablate_zoos(ctx, taylor, target, TINY, common=False, out=tmp_path / "whole", progress=False)
+    data = dataset.load_task(target[0])
+    assert whole[0]["neighbours"] == [r.task.id for r, _ in nearest(zoo, data, 3, make_similarity("leep"))]  # all six tasks
+    assert rows[0]["neighbours"] == [r.task.id for r, _ in nearest(zoo, data, 3, make_similarity("leep"),
+                                                                      records=[r for r in zoo.records() if r.task.id in shared])]
+    summary = zoo_summary(rows, {"activation": zoo, "taylor": taylor})
+    voters = [taylor.get(n, "ifp") for n in rows[1]["neighbours"]]
+    assert summary[1]["voters"] == 3 and summary[1]["voter_accuracy"] == pytest.approx(np.mean([v.accuracy for v in voters]))
+    assert summary[1]["shared"] == pytest.approx(np.mean([len(set(v.task.classes) & set(target[0].classes)) for v in voters]))
+    assert summary[0]["accuracy"] == rows[0]["accuracy"]
+    notes = zoos_notes(rows, {"activation": zoo, "taylor": taylor}, common=True)
+    assert "restricted to the tasks both hold" in notes and f"| taylor | {taylor.root} | 3 | {100 * summary[1]['voter_accuracy']:.2f} |" in notes
+    with pytest.raises(ConfigError, match="itself"):
+        ablate_zoos(ctx, Zoo(zoo.root), target, TINY, progress=False)
 
 
 def test_ssl_rows_from_a_headless_encoder(tmp_path, tiny_setup):
@@ -255,10 +276,12 @@ def test_budget_and_diagnostic_ablations(ctx, tmp_path):
 
     tasks = bench_tasks(ctx.dataset, ctx.zoo, 1)
     rows = ablate_budget(ctx, tasks, TINY, mvp_iterations=(1, 2), conventional_iterations=(2, 4), searches=("preselect", "leep-10"),
-                         out=tmp_path / "b", progress=False)  # no WordNet: the synthetic classes have no synsets
-    assert [r["method"] for r in rows] == ["IFP J=2", "IFP J=4", "MVP J=1", "random J=1", "MVP J=2", "random J=2", "MVP (preselect) J=2",
-                                           "MVP (leep-10) J=2"]
+                         mvp_variants={"MVP (freeze 0.5)": {"freeze": 0.5}}, out=tmp_path / "b", progress=False)  # no WordNet: no synsets
+    assert [r["method"] for r in rows] == ["IFP J=2", "IFP J=4", "MVP J=1", "random J=1", "MVP J=2", "random J=2", "MVP (freeze 0.5) J=1",
+                                           "MVP (freeze 0.5) J=2", "MVP (preselect) J=2", "MVP (leep-10) J=2"]
     by = {r["method"]: r for r in rows}
+    assert by["MVP (freeze 0.5) J=2"]["neighbours"] == by["MVP J=2"]["neighbours"]
+    assert by["MVP (freeze 0.5) J=2"]["tflops"] < by["MVP J=2"]["tflops"]  # the frozen blocks' backward is not run
     assert 0 < by["MVP (leep-10) J=2"]["search_tflops"] < by["MVP J=2"]["search_tflops"]  # 10 images per class, not 50
     mvp = [r for r in rows if r["family"] == "MVP"]
     assert mvp[0]["search_tflops"] > 0 and mvp[0]["search_tflops"] == mvp[1]["search_tflops"] and mvp[0]["neighbours"] == mvp[1]["neighbours"]

@@ -169,6 +169,9 @@ def test_tasks_prints_requested_count(capsys, folder, dataset):
         assert len(classes) == 3 and classes == sorted(classes) and set(classes) <= set(dataset.classes)
     assert run_ok(capsys, ["tasks", "--dataset", folder, "--n-way", 3, "--count", 4, "--seed", 7]) == lines
     assert run_ok(capsys, ["tasks", "--dataset", folder, "--n-way", 2, "--count", 0]) == []
+    some = dataset.classes[1:5]
+    lines = run_ok(capsys, ["tasks", "--dataset", folder, "--n-way", 3, "--count", 4, "--classes", ",".join(some)])
+    assert len(set(lines)) == 4 and all(set(line.split("(cifar100: ")[1][:-1].split(", ")) <= set(some) for line in lines)  # all C(4, 3)
 
 
 def test_data_info(capsys, folder, dataset):

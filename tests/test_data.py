@@ -405,6 +405,19 @@ def test_sample_tasks():
         sample_tasks(ds, 1, 1)
 
 
+def test_sample_tasks_from_some_classes():
+    ds = synthetic_dataset()
+    some = list(ds.classes[:4])
+    tasks = sample_tasks(ds, 2, 6, seed=0, classes=some)
+    assert len({t.id for t in tasks}) == 6 and all(set(t.classes) <= set(some) for t in tasks)  # all C(4, 2)
+    with pytest.raises(TaskError, match="from 4 classes"):
+        sample_tasks(ds, 2, 7, classes=some)
+    with pytest.raises(TaskError, match="unknown class"):
+        sample_tasks(ds, 2, 1, classes=[*some, "no_such_class"])
+    with pytest.raises(TaskError, match="N must be"):
+        sample_tasks(ds, 5, 1, classes=some)
+
+
 def test_sample_tasks_exclude():
     ds = synthetic_dataset(num_classes=5)
     first = sample_tasks(ds, 2, 4, seed=0)

@@ -110,3 +110,12 @@ def test_decomposition_and_head_options(small_zoo):
     changed = [k for k, v in plain.model.state_dict().items() if not torch.equal(v, tuned.model.state_dict()[k])]
     assert changed and all(k.startswith("fc.") for k in changed)  # only the head moved
     assert tuned.costs.iterations == 0 and tuned.costs.flops > plain.costs.flops
+    steps = still | {"iterations": 2}
+    whole = MVP(neighbours=zoo.records()[:2], **steps).run(backbone, data, zoo, None)
+    half = MVP(neighbours=zoo.records()[:2], freeze=0.5, **steps).run(backbone, data, zoo, None)
+    stem = ("conv1.weight", "bn1.weight", "layer1.0.conv1.weight")
+    assert all(torch.equal(half.model.state_dict()[k], MVP(neighbours=zoo.records()[:2], **still).run(backbone, data, zoo, None)
+                           .model.state_dict()[k]) for k in stem)  # the frozen blocks keep MVP's start
+    assert half.costs.flops < whole.costs.flops and half.params["frozen_blocks"] == 4
+    with pytest.raises(ConfigError, match="freeze"):
+        MVP(freeze=1.0)

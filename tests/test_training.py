@@ -14,7 +14,7 @@ import metavote.training as mvtraining
 from helpers import class_colours, synthetic_dataset
 from metavote.errors import ConfigError
 from metavote.models import cifar_resnet18, replace_head
-from metavote.training import Costs, cosine_lr, evaluate, finetune, imprint_head, predict, recalibrate_bn, sgd, step_flops
+from metavote.training import Costs, cosine_lr, evaluate, finetune, frozen, imprint_head, predict, recalibrate_bn, sgd, step_flops
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +218,31 @@ def test_finetune_counts_its_steps():
     assert 0 <= accuracy <= 1 and costs.iterations == 3 and costs.flops == 3 * step_flops(model, 8)
     with pytest.raises(ConfigError, match="iterations"):
         finetune(model, data, -1, 0.01, 8)
+
+
+def test_frozen_blocks_stay_put_and_make_steps_cheaper():
+    dataset = synthetic_dataset()
+    data = dataset.load_task(dataset.task(dataset.classes[:3]))
+    torch.manual_seed(0)
+    model = cifar_resnet18(width=0.125, num_classes=3)
+    blocks = model.body_blocks()
+    assert len(blocks) == 9 and {id(p) for b in blocks for p in b} == {id(p) for k, p in model.named_parameters() if not k.startswith("fc.")}
+    before = [[p.detach().clone() for p in b] for b in blocks]
+    full, half = Costs(), Costs()
+    finetune(model, data, 1, 0.01, 8, seed=0, costs=full)
+    with frozen(model, 0.5) as count:
+        assert count == 4 and not any(p.requires_grad for b in blocks[:4] for p in b)
+        moved = [[p.detach().clone() for p in b] for b in blocks]
+        finetune(model, data, 2, 0.01, 8, seed=0, costs=half)
+    assert all(p.requires_grad for p in model.parameters())  # restored
+    assert all(torch.equal(p, q) for b, m in zip(blocks[:4], moved[:4]) for p, q in zip(b, m))
+    assert all(not torch.equal(p, q) for b, m in zip(blocks[4:], moved[4:]) for p, q in zip(b, m) if p.ndim > 1)
+    assert not torch.equal(blocks[0][0], before[0][0])  # the unfrozen step moved the stem
+    # no backward through the stem and the first three blocks: about a third less than a full step
+    assert 0.55 < half.flops / 2 / full.flops < 0.8
+    with pytest.raises(ConfigError, match="frozen fraction"):
+        with frozen(model, 1.0):
+            pass
 
 
 def test_costs_are_counted_once_per_distinct_cost():

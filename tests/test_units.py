@@ -88,6 +88,17 @@ def test_extracted_vit_has_fewer_heads_and_nodes():
         assert torch.equal(block(x), x + block.attn(block.norm1(x)))
 
 
+def test_body_blocks_hold_every_parameter_but_the_head_once_in_forward_order(model):
+    blocks = model.body_blocks()
+    ids = [id(p) for block in blocks for p in block]
+    head = {id(p) for p in model.get_classifier().parameters()}
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.parameters()} - head
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))  # the stem's conv or the patch embedding
+    assert id(first.weight) in {id(p) for p in blocks[0]}
+    sub = extract(model, random_subnet(model, 0.5, seed=1))  # a pruned model splits the same way
+    assert [len(b) for b in sub.body_blocks()] == [len(b) for b in blocks]
+
+
 def test_extract_full_subnetwork_is_identity(model):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():

@@ -176,13 +176,16 @@ def test_build_resumes_and_records_failures(tmp_path, tiny_setup):
 def test_cli_zoo_build_takes_any_registered_method(tmp_path, tiny_setup, capsys):
     from metavote.cli import main
 
-    _, folder, weights = tiny_setup
+    dataset, folder, weights = tiny_setup
+    domain = dataset.classes[:4]
     common = ["zoo", "build", "--zoo", str(tmp_path / "zoo"), "--dataset", str(folder), "--backbone", str(weights), "--tasks", "2",
-              "--n-way", "3", "--ratio", "0.5", "--iterations", "2", "--batch-size", "8", "--workers", "1", "--quiet"]
+              "--n-way", "3", "--ratio", "0.5", "--iterations", "2", "--batch-size", "8", "--workers", "1", "--quiet",
+              "--classes", ",".join(domain)]
     assert main([*common, "--method", "random"]) == 0
     assert "random {'ratio': 0.5, 'iterations': 2" in capsys.readouterr().out
     with Zoo(tmp_path / "zoo") as zoo:
         assert [r.method for r in zoo.records()] == ["random", "random"] and zoo.records()[0].record_id.endswith(".random")
+        assert all(set(r.task.classes) <= set(domain) for r in zoo.records())  # tasks from --classes only
     assert main([*common, "--method", "random", "--importance", "taylor"]) == 2  # a setting of IFP only
     assert "random has no setting(s) importance" in capsys.readouterr().err
     assert main(["zoo", "ls", "--zoo", str(tmp_path / "zoo")]) == 0

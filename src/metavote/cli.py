@@ -22,6 +22,9 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+FROM_CLASSES = "comma-separated classes: draw the tasks from these only (a zoo of one domain; default: every class)"
+
+
 def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="data root (default: $METAVOTE_DATA, then ../shared/data)")
     p.add_argument("--dataset", default="cifar100", help="dataset name, or the path of an image folder (default: cifar100)")
@@ -86,7 +89,7 @@ def cmd_tasks(args: argparse.Namespace) -> None:
     from .data import load_dataset, sample_tasks
 
     dataset = load_dataset(args.dataset, args.data)
-    for task in sample_tasks(dataset, args.n_way, args.count, args.seed):
+    for task in sample_tasks(dataset, args.n_way, args.count, args.seed, classes=_csv(args.classes) if args.classes else None):
         print(task)
 
 
@@ -120,7 +123,7 @@ def cmd_zoo_build(args: argparse.Namespace) -> None:
                                                   batch_size=args.batch_size, importance=args.importance)
     method = create_method(args.method, **settings)
     dataset = load_dataset(args.dataset, args.data)
-    tasks = sample_tasks(dataset, args.n_way, args.tasks, args.seed)
+    tasks = sample_tasks(dataset, args.n_way, args.tasks, args.seed, classes=_csv(args.classes) if args.classes else None)
     backbone = locate_backbone(args.backbone)
     print(f"zoo {args.zoo}: {len(tasks)} {args.n_way}-way tasks of {dataset.name}, {method.key} {method.settings()}, backbone {backbone}")
     report = build_zoo(args.zoo, tasks, backbone, method, args.dataset, args.data, args.workers, args.executor, args.address, not args.quiet,
@@ -383,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-way", type=int, default=5)
     p.add_argument("--count", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", help=FROM_CLASSES)
     p.set_defaults(func=cmd_tasks)
 
     data = sub.add_parser("data", help="download or describe datasets").add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -408,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", type=int, default=100, help="number of tasks T (default 100)")
     p.add_argument("--n-way", type=int, default=5)
     p.add_argument("--seed", type=int, default=0, help="task sampling seed")
+    p.add_argument("--classes", help=FROM_CLASSES)
     p.add_argument("--method", choices=methods, default="ifp", help="the pruning method of every record (default ifp)")
     p.add_argument("--profile", choices=profiles, default="paper",
                    help="budget: 'paper' (IFP r 0.9, J 1000, batch 128) or 'cpu' (IFP r 0.8, J 200, batch 64)")
@@ -498,11 +503,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("ablate", help="one ablation: table + figure")
-    p.add_argument("name", choices=["iterations", "neighbours", "groups", "task-size", "unseen", "importance", "budget", "decomposition",
+    p.add_argument("name", choices=["iterations", "neighbours", "groups", "task-size", "unseen", "zoos", "budget", "decomposition",
                                     "head", "recipe"])
     zoo_args(p)
     p.add_argument("--target-dataset", help="unseen: an image folder of new classes (see `metavote data fashion-mnist`)")
-    p.add_argument("--other-zoo", help="importance: a second zoo of the same backbone (e.g. `zoo build --importance taylor`)")
+    p.add_argument("--other-zoo", help="zoos: a second zoo of the same backbone (e.g. `zoo build --importance taylor` or `--iterations 1000`)")
     p.add_argument("--tasks", type=int, default=10, help="number of test tasks (default 10)")
     p.add_argument("--seed", type=int, default=1000, help="test task seed")
     p.add_argument("--out", default="runs/ablations", help="folder for the figure and <name>/ tables (resumes from it)")

@@ -489,25 +489,29 @@ class TaskData:
 
 
 def sample_tasks(
-    dataset: ImageDataset, n_way: int, count: int, seed: int = 0, exclude: Sequence[Task] = ()
+    dataset: ImageDataset, n_way: int, count: int, seed: int = 0, exclude: Sequence[Task] = (),
+    classes: Sequence[str] | None = None,
 ) -> list[Task]:
-    """``count`` distinct N-way tasks, drawn without replacement of classes, reproducible from ``seed``."""
-    if not 2 <= n_way <= dataset.num_classes:
-        raise TaskError(f"N must be in 2..{dataset.num_classes} for {dataset.name}, got {n_way}")
+    """``count`` distinct N-way tasks, drawn without replacement of classes, reproducible from ``seed``;
+    with ``classes``, only from those classes (a zoo or a test set of one domain)."""
+    pool = list(dict.fromkeys(classes)) if classes is not None else list(dataset.classes)
+    dataset.class_indices(pool)  # unknown names: a clear error
+    if not 2 <= n_way <= len(pool):
+        raise TaskError(f"N must be in 2..{len(pool)} for {len(pool)} classes of {dataset.name}, got {n_way}")
     if count < 0:
         raise ConfigError(f"count must be >= 0, got {count}")
     excluded = {t.id for t in exclude}
-    known = set(dataset.classes)
+    known = set(pool)
     same_kind = {t.id for t in exclude if t.dataset == dataset.name and t.n_way == n_way and set(t.classes) <= known}
-    possible = math.comb(dataset.num_classes, n_way) - len(same_kind)
+    possible = math.comb(len(pool), n_way) - len(same_kind)
     if count > possible:
-        raise TaskError(f"cannot draw {count} distinct {n_way}-way tasks from {dataset.num_classes} classes")
+        raise TaskError(f"cannot draw {count} distinct {n_way}-way tasks from {len(pool)} classes")
     rng = np.random.default_rng(seed)
     tasks: list[Task] = []
     seen = set(excluded)
     while len(tasks) < count:
-        picked = rng.choice(dataset.num_classes, size=n_way, replace=False)
-        task = Task(dataset.name, tuple(dataset.classes[i] for i in picked))
+        picked = rng.choice(len(pool), size=n_way, replace=False)
+        task = Task(dataset.name, tuple(pool[i] for i in picked))
         if task.id not in seen:
             seen.add(task.id)
             tasks.append(task)

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from .bench import (
-    BenchContext, ablate_budget, ablate_decomposition, ablate_groups, ablate_head, ablate_importance, ablate_iterations, ablate_neighbours,
+    BenchContext, ablate_budget, ablate_decomposition, ablate_groups, ablate_head, ablate_zoos, ablate_iterations, ablate_neighbours,
     ablate_recipe, ablate_task_size, ablate_unseen, bench, bench_tasks, flops_ratio, main_methods, markdown_table, one_off_costs,
-    plot_ablation, plot_budget, summarize, write_table,
+    plot_ablation, plot_budget, summarize, write_table, zoo_names, zoo_summary,
 )
 from .data import Task, load_dataset, sample_tasks
 from .deploy import save_result
@@ -92,7 +92,7 @@ def run_bench(ctx: BenchContext, profile_name: str = "cpu", tasks: int = 20, see
     return rows, f"{title}\n\n{markdown_table(summary)}{notes}"
 
 
-ABLATIONS = ("iterations", "neighbours", "groups", "task-size", "unseen", "importance", "budget", "decomposition", "head", "recipe")
+ABLATIONS = ("iterations", "neighbours", "groups", "task-size", "unseen", "zoos", "budget", "decomposition", "head", "recipe")
 
 
 def run_ablation(ctx: BenchContext, name: str, profile_name: str = "cpu", tasks: int = 10, seed: int = 1000,
@@ -101,11 +101,15 @@ def run_ablation(ctx: BenchContext, name: str, profile_name: str = "cpu", tasks:
     """One ablation on ``tasks`` seeded test tasks: rows (``<out>/<name>/rows.jsonl``), a summary
     table per variant and one figure (``<out>/<name>.png``). ``unseen`` draws its tasks from
     ``target_dataset`` (an image folder, e.g. from :func:`~metavote.data.convert_fashion_mnist`);
-    ``importance`` compares MVP from this zoo with MVP from ``other_zoo`` (e.g. a Taylor zoo).
-    ``budget`` adds the FLOPs ratio at equal accuracy (:func:`~metavote.bench.flops_ratio`) after the table."""
+    ``zoos`` compares MVP from this zoo with MVP from ``other_zoo`` (another build from the same
+    backbone: a Taylor zoo, a J = 1000 zoo), on the tasks both zoos hold when they share at least
+    three (zoo quality), else each whole (e.g. a dense zoo of one domain), with each zoo's voters
+    after the table (:func:`~metavote.bench.zoo_summary`). ``budget`` adds the FLOPs ratio at equal
+    accuracy (:func:`~metavote.bench.flops_ratio`) after the table."""
     p = get_profile(profile_name, **overrides)
     folder = Path(out) / name
     test = bench_tasks(ctx.dataset, ctx.zoo, tasks, seed=seed)
+    notes = ""
     if name == "iterations":
         rows = ablate_iterations(ctx, test, p, out=folder, progress=progress)
         fig = plot_ablation(rows, Path(out) / f"{name}.png", "Accuracy against fine-tuning iterations", "iterations J", logx=True)
@@ -125,11 +129,15 @@ def run_ablation(ctx: BenchContext, name: str, profile_name: str = "cpu", tasks:
         target = load_dataset(str(target_dataset))
         rows = ablate_unseen(ctx, target, tasks, p, seed=seed, out=folder, progress=progress)
         fig = plot_ablation(rows, Path(out) / f"{name}.png", f"Unseen dataset ({target.name}): MVP against IFP", "iterations J", bars=True)
-    elif name == "importance":
+    elif name == "zoos":
         if other_zoo is None:
-            raise ConfigError("the importance ablation needs --other-zoo (e.g. one built with `zoo build --importance taylor`)")
-        rows = ablate_importance(ctx, Zoo(other_zoo, device=ctx.zoo.device), test, p, out=folder, progress=progress)
-        fig = plot_ablation(rows, Path(out) / f"{name}.png", f"MVP (J={p.iterations}) from zoos pruned by each importance", "zoo", bars=True)
+            raise ConfigError("the zoos ablation needs --other-zoo (e.g. one built with `zoo build --importance taylor` or `--iterations 1000`)")
+        other = Zoo(other_zoo, device=ctx.zoo.device)
+        common = len({r.task.id for r in other.records()} & {r.task.id for r in ctx.zoo.records()}) >= 3
+        test = sample_tasks(ctx.dataset, 5, tasks, seed=seed, exclude=[r.task for z in (ctx.zoo, other) for r in z.records(status=None)])
+        rows = ablate_zoos(ctx, other, test, p, common=common, out=folder, progress=progress)
+        fig = plot_ablation(rows, Path(out) / f"{name}.png", f"MVP (J={p.iterations}) with neighbours from each zoo", "zoo", bars=True)
+        notes = zoos_notes(rows, dict(zip(zoo_names([ctx.zoo, other]), (ctx.zoo, other))), common)
     elif name == "budget":
         rows = ablate_budget(ctx, test, p, out=folder, progress=progress)
         fig = plot_budget(rows, Path(out) / f"{name}.png", "Accuracy against training FLOPs")
@@ -145,9 +153,20 @@ def run_ablation(ctx: BenchContext, name: str, profile_name: str = "cpu", tasks:
     else:
         raise ConfigError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
     summary = summarize(rows)
-    notes = budget_notes(rows, p.upper_bound.upper()) if name == "budget" else ""
+    notes = budget_notes(rows, p.upper_bound.upper()) if name == "budget" else notes
     write_table(summary, folder, f"ablation {name}, profile {profile_name}, {len(test)} tasks (seed {seed})", notes=notes)
     return rows, markdown_table(summary) + notes, fig
+
+
+def zoos_notes(rows: Sequence[dict], zoos: dict[str, Zoo], common: bool) -> str:
+    """Each zoo of a ``zoos`` ablation, as a markdown table: the records MVP voted from and its accuracy."""
+    lines = ["", "", "MVP's voters in each zoo" + (" (each zoo restricted to the tasks both hold)" if common else " (each zoo whole)") + ":", "",
+             "| zoo | folder | voters used | voters' accuracy on their tasks (%) | voters' training TFLOPs | "
+             "target classes a neighbour shares | MVP accuracy (%) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for z in zoo_summary(rows, zoos):
+        lines.append(f"| {z['zoo']} | {z['folder']} | {z['voters']} | {100 * z['voter_accuracy']:.2f} | {z['voter_tflops']:.2f} | "
+                     f"{z['shared']:.2f} | {100 * z['accuracy']:.2f} |")
+    return "\n".join(lines)
 
 
 def budget_notes(rows: Sequence[dict], reference: str = "IFP") -> str:

@@ -7,6 +7,7 @@ wall-clock seconds, and test accuracy.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -69,8 +70,9 @@ def _decay_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict
     """Parameter groups with weight decay on weight matrices and none on norms and biases."""
     if lr <= 0:
         raise ConfigError(f"learning rate must be > 0, got {lr}")
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim > 1]
+    no_decay = [p for p in trainable if p.ndim <= 1]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -135,7 +137,8 @@ class Costs:
         if steps <= 0:
             return
         shape_key = model.flops_key() if hasattr(model, "flops_key") else tuple((k, tuple(p.shape)) for k, p in model.named_parameters())
-        key = (type(model).__name__, shape_key, _input_size(model), batch_size, backward)
+        trainable = tuple(p.requires_grad for p in model.parameters()) if backward else ()  # frozen blocks: no backward
+        key = (type(model).__name__, shape_key, trainable, _input_size(model), batch_size, backward)
         if key not in self._flops_cache:
             self._flops_cache[key] = step_flops(model, batch_size, backward)
         self.flops += self._flops_cache[key] * steps
@@ -219,6 +222,24 @@ def recalibrate_bn(model: nn.Module, data, batches: int, batch_size: int, seed: 
         m.momentum = momentum
     if costs is not None:
         costs.add_steps(model, batches, batch_size, backward=False, training=False)
+
+
+@contextlib.contextmanager
+def frozen(model: Backbone, fraction: float) -> Iterator[int]:
+    """Within the block, the first ``fraction`` of the body's blocks (:meth:`Backbone.body_blocks`,
+    from the input; rounded) get no gradient, so a step neither updates them nor back-propagates
+    through them (:class:`Costs` counts the cheaper steps). Yields how many blocks are frozen."""
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"the frozen fraction must be in [0, 1), got {fraction}")
+    blocks = model.body_blocks() if fraction else []
+    params = [p for block in blocks[: round(fraction * len(blocks))] for p in block if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield round(fraction * len(blocks))
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def finetune(model: nn.Module, data, iterations: int, lr: float, batch_size: int, seed: int | None = None,

@@ -97,30 +97,62 @@ def ablate_task_size(ctx: BenchContext, profile_name: str, count: int, sizes=((3
     return rows
 
 
-def ablate_importance(ctx: BenchContext, other: Zoo, tasks: Sequence[Task], profile: Profile, neighbours: int = 3, out=None,
-                      progress=True) -> list[dict]:
-    """MVP at J with neighbours from two zoos of the same backbone pruned with different importance
-    criteria (e.g. activation and Taylor), each restricted to the tasks both zoos hold."""
+def zoo_names(zoos: Sequence[Zoo]) -> list[str]:
+    """Short, distinct names for zoos of one backbone: the first build setting in which they all
+    differ (importance, iterations J, ratio r), else their folders."""
+    params = [z.records(method=z.source_method)[0].params for z in zoos]
+    for key, form in (("importance", "{}"), ("iterations", "J={}"), ("ratio", "r={}")):
+        values = [str(p.get(key)) for p in params]
+        if len(set(values)) == len(values):
+            return [form.format(v) for v in values]
+    names = [z.root.name for z in zoos]
+    return names if len(set(names)) == len(names) else [str(z.root) for z in zoos]
+
+
+def ablate_zoos(ctx: BenchContext, other: Zoo, tasks: Sequence[Task], profile: Profile, neighbours: int = 3, common: bool = True,
+                out=None, progress=True) -> list[dict]:
+    """MVP at J with LEEP neighbours from this context's zoo and from ``other`` (the same backbone,
+    another build: importance criterion, budget J, or tasks). ``common``: each zoo restricted to the
+    tasks both hold, so that only how the records were pruned differs (zoo quality); else each zoo
+    whole (e.g. a dense zoo of one domain against a broad one). Rows carry ``zoo`` (the name from
+    :func:`zoo_names`) and their neighbours; :func:`zoo_summary` tells the zoos apart."""
     if other.fingerprint != ctx.zoo.fingerprint:
         raise ConfigError(f"zoo {other.root} was built from another backbone than zoo {ctx.zoo.root}")
-    common = {r.task.id for r in ctx.zoo.records(method=ctx.zoo.source_method)} & {r.task.id for r in other.records(method=other.source_method)}
-    if len(common) < neighbours:
-        raise ConfigError(f"the two zoos share {len(common)} tasks; the importance ablation needs at least {neighbours}")
-    zoos = {}
-    for zoo in (ctx.zoo, other):
-        name = str(zoo.records(method=zoo.source_method)[0].params.get("importance", zoo.root.name))
-        zoos[name if name not in zoos else f"{name} ({zoo.root.name})"] = zoo
+    if other.root.resolve() == ctx.zoo.root.resolve():
+        raise ConfigError(f"--other-zoo is zoo {ctx.zoo.root} itself; compare two different zoos")
+    zoos = dict(zip(zoo_names([ctx.zoo, other]), (ctx.zoo, other)))
+    pools = {name: zoo.records(method=zoo.source_method) for name, zoo in zoos.items()}
+    if common:
+        shared = set.intersection(*({r.task.id for r in pool} for pool in pools.values()))
+        if len(shared) < neighbours:
+            raise ConfigError(f"the two zoos share {len(shared)} tasks; comparing them on common tasks needs at least {neighbours}")
+        pools = {name: [r for r in pool if r.task.id in shared] for name, pool in pools.items()}
     mvp = profile.settings("mvp")
     leep = make_similarity("leep")
 
     def variants(data, task, log):
         for name, zoo in zoos.items():
-            pool = [r for r in zoo.records(method=zoo.source_method) if r.task.id in common]
-            yield (f"{name} zoo", {"family": "MVP", "x": name},
-                   lambda zoo=zoo, pool=pool: create_method("mvp", **mvp, neighbours=[r for r, _ in nearest(zoo, data, neighbours, leep, records=pool)])
+            yield (f"{name} zoo", {"family": "MVP", "x": name, "zoo": name},
+                   lambda zoo=zoo, pool=pools[name]: create_method("mvp", **mvp, neighbours=[r for r, _ in nearest(zoo, data, neighbours, leep, records=pool)])
                    .run(ctx.backbone, data, zoo, ctx.head_rows(task)))
 
-    return run_variants(ctx, tasks, variants, out, progress, "importance")
+    return run_variants(ctx, tasks, variants, out, progress, "zoos")
+
+
+def zoo_summary(rows: Sequence[dict], zoos: dict[str, Zoo]) -> list[dict]:
+    """Per zoo of :func:`ablate_zoos` rows: the records MVP voted from (how many, their mean
+    accuracy on their own tasks and training TFLOPs) and MVP's mean accuracy, with how many of the
+    target's classes its neighbours' tasks share on average."""
+    out = []
+    for name, zoo in zoos.items():
+        mine = [r for r in rows if r.get("zoo") == name]
+        voters = [zoo.get(n, zoo.source_method) for r in mine for n in r.get("neighbours") or ()]
+        out.append({"zoo": name, "folder": str(zoo.root), "tasks": len(mine), "voters": len({v.record_id for v in voters}),
+                    "voter_accuracy": float(np.mean([v.accuracy for v in voters])) if voters else float("nan"),
+                    "voter_tflops": float(np.mean([v.flops for v in voters])) / 1e12 if voters else float("nan"),
+                    "accuracy": float(np.mean([r["accuracy"] for r in mine])) if mine else float("nan"),
+                    "shared": float(np.mean([o["shared"] for o in neighbour_overlap(mine, zoo)])) if mine else float("nan")})
+    return out
 
 
 def ablate_unseen(ctx: BenchContext, target: ImageDataset, count: int, profile: Profile, seed: int = 1000, out=None, progress=True) -> list[dict]:
@@ -155,13 +187,15 @@ def find_neighbours(ctx: BenchContext, data, neighbours: int = 3, search: str = 
 
 
 def ablate_budget(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, mvp_iterations=(10, 20, 50, 100),
-                  conventional_iterations=(20, 50, 100, 200), searches=("preselect", "leep-10", "wordnet"), out=None,
-                  progress=True) -> list[dict]:
+                  conventional_iterations=(20, 50, 100, 200), searches=("preselect", "leep-10", "wordnet"),
+                  mvp_variants: dict[str, dict] | None = None, out=None, progress=True) -> list[dict]:
     """Accuracy against training FLOPs for MVP, conventional pruning (IFP; AHNP for a ViT) and
     random pruning on the same tasks, for :func:`flops_ratio` and :func:`plot_budget`. MVP's rows
     carry the FLOPs of its LEEP search (``search_tflops``); at the profile's J, MVP also runs with
     each cheaper search of ``searches`` (:data:`SEARCHES`: LEEP among the embedding's top 20 only,
-    LEEP on 10 images per class, WordNet)."""
+    LEEP on 10 images per class, WordNet). ``mvp_variants``: more MVP families, ``{name: settings}``
+    (e.g. ``{"MVP (freeze 0.5)": {"freeze": 0.5}}``), each at every J of ``mvp_iterations`` with
+    the same neighbours."""
     key = profile.upper_bound
     unknown = [s for s in searches if s not in SEARCHES]
     if unknown:
@@ -172,9 +206,9 @@ def ablate_budget(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, mv
     def variants(data, task, log):
         found = functools.cache(lambda search: find_neighbours(ctx, data, search=search, embedding=embedding))
 
-        def mvp(j: int, search: str = "leep"):
+        def mvp(j: int, search: str = "leep", **settings):
             neighbours, search_tflops = found(search)
-            result = ctx.run(create_method("mvp", **profile.settings("mvp", iterations=j), neighbours=neighbours), data)
+            result = ctx.run(create_method("mvp", **(profile.settings("mvp", iterations=j) | settings), neighbours=neighbours), data)
             result.params["search_tflops"] = search_tflops  # given neighbours: charge the search that found them
             return result
 
@@ -185,6 +219,9 @@ def ablate_budget(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, mv
             yield f"MVP J={j}", {"family": "MVP", "x": j}, lambda j=j: mvp(j)
             random = create_method("random", **profile.settings("random", iterations=j))
             yield f"random J={j}", {"family": "random", "x": j}, lambda m=random: ctx.run(m, data)
+        for name, settings in (mvp_variants or {}).items():
+            for j in mvp_iterations:
+                yield f"{name} J={j}", {"family": name, "x": j}, lambda j=j, settings=settings: mvp(j, **settings)
         for search in searches:
             yield f"MVP ({search}) J={profile.iterations}", {"family": f"MVP ({search})", "x": profile.iterations}, \
                 lambda search=search: mvp(profile.iterations, search)

@@ -92,6 +92,11 @@ class Backbone(nn.Module):
     def unit_groups(self) -> list[UnitGroup]:
         raise NotImplementedError
 
+    def body_blocks(self) -> list[list[nn.Parameter]]:
+        """The body's parameters block by block in forward order, the stem first and the head left
+        out: what a partial freeze counts (:func:`~metavote.training.frozen`)."""
+        raise NotImplementedError
+
     @property
     def config(self) -> dict:
         raise NotImplementedError

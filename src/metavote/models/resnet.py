@@ -125,6 +125,10 @@ class ResNet(Backbone):
     def config(self) -> dict:
         return {"arch": self.arch, "width": self.width, "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
 
+    def body_blocks(self) -> list[list[nn.Parameter]]:
+        stem = [*self.conv1.parameters(), *self.bn1.parameters()]
+        return [stem] + [list(block.parameters()) for i in range(1, 5) for block in getattr(self, f"layer{i}")]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

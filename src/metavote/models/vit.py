@@ -195,6 +195,10 @@ class VisionTransformer(Backbone):
                 "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()} | (
                     {"tokens_kept": self.tokens_kept} if self.tokens_kept else {})
 
+    def body_blocks(self) -> list[list[nn.Parameter]]:
+        embedding = [*self.patch_embed.parameters(), self.cls_token, self.pos_embed]
+        return [embedding] + [list(block.parameters()) for block in self.blocks] + [list(self.norm.parameters())]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(self.normalize(x))
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
