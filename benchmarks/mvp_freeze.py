@@ -50,6 +50,7 @@ def main() -> None:
     set_threads(2)
     ctx, profile = context(args.zoo), get_profile("cpu")
     variants = {f"MVP (freeze {f:g})": {"freeze": f} for f in args.freeze}
+    zoo = f"neighbours from {args.zoo} ({len(ctx.zoo.records(method=ctx.zoo.source_method))} records)"
     if args.stage == "validation":
         tasks = bench_tasks(ctx.dataset, ctx.zoo, args.tasks or 8, seed=7)
         rows = ablate_budget(ctx, tasks, profile, mvp_iterations=(10, 20, 50), conventional_iterations=(), searches=(),
@@ -62,14 +63,14 @@ def main() -> None:
                           for fam in ["MVP", *variants] for j in (10, 20, 50)
                           for sel in [[r for r in rows if r["family"] == fam and r["x"] == j]]])
         against = md_table(["variant", "accuracy (%)", "training TFLOPs", "plain MVP needs TFLOPs", "ratio"], ratios(rows, list(variants), "MVP"))
-        save("mvp_freeze_validation", rows, f"{len(tasks)} validation tasks (seed 7), CPU profile, 100-task zoo.\n\n{steps}\n\n"
+        save("mvp_freeze_validation", rows, f"{len(tasks)} validation tasks (seed 7), CPU profile, {zoo}.\n\n{steps}\n\n"
                                             f"FLOPs ratio at equal accuracy against the paper's MVP:\n\n{against}")
     else:
         tasks = bench_tasks(ctx.dataset, ctx.zoo, args.tasks or 20, seed=1000)
         rows = ablate_budget(ctx, tasks, profile, mvp_variants=variants, out=args.out or "runs/budget-test/budget")
         table = md_table(["MVP", "accuracy (%)", "training TFLOPs", "IFP needs TFLOPs", "ratio"], ratios(rows, ["MVP", *variants], "IFP"))
         save("mvp_freeze_test", [r for r in rows if r["family"] in ("MVP", "IFP", *variants)],
-             f"The main table's {len(tasks)} test tasks (seed 1000), CPU profile, 100-task zoo; FLOPs ratio at equal accuracy against IFP:\n\n{table}")
+             f"The main table's {len(tasks)} test tasks (seed 1000), CPU profile, {zoo}; FLOPs ratio at equal accuracy against IFP:\n\n{table}")
 
 
 if __name__ == "__main__":

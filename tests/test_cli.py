@@ -174,6 +174,14 @@ def test_tasks_prints_requested_count(capsys, folder, dataset):
     assert len(set(lines)) == 4 and all(set(line.split("(cifar100: ")[1][:-1].split(", ")) <= set(some) for line in lines)  # all C(4, 3)
 
 
+def test_a_closed_pipe_ends_the_command_quietly(folder):
+    """`metavote tasks ... | head -1`: the reader leaves early; no traceback, the shell's SIGPIPE status."""
+    child = subprocess.Popen([sys.executable, "-m", "metavote.cli", "tasks", "--dataset", str(folder), "--n-way", "3", "--count", "20"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()  # before the child prints anything: its first flush meets a closed pipe
+    assert child.wait(timeout=120) == 141 and child.stderr.read() == b""
+
+
 def test_data_info(capsys, folder, dataset):
     lines = run_ok(capsys, ["data", "info", "--dataset", folder])
     assert lines[0] == "cifar100: 6 classes, 72 train / 24 test images of 32x32"

@@ -7,6 +7,7 @@ line on stderr (no traceback) and the exit status is 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -541,12 +542,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
     except MetavoteError as e:
         print(f"metavote: error: {one_line(e, limit=2000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("metavote: interrupted (finished work is kept; re-run the same command to resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`metavote zoo ls | head`): stop quietly, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 
