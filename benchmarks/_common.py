@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
 
 
 def machine() -> str:
@@ -29,7 +31,7 @@ def machine() -> str:
 def save(name: str, rows: list[dict] | dict, table: str) -> None:
     """Write results as JSON (with the command and machine) and print the markdown table."""
     RESULTS.mkdir(exist_ok=True)
-    payload = {"command": " ".join(["python"] + sys.argv), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "results": rows}
+    payload = {"command": shlex.join(["python", *sys.argv]), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "results": rows}
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
     (RESULTS / f"{name}.md").write_text(f"`{payload['command']}` — {payload['machine']}, {payload['date']}\n\n{table}\n")
     print(table)

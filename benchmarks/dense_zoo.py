@@ -27,11 +27,9 @@ from metavote.methods import create_method
 from metavote.models import locate_backbone
 from metavote.profiles import get_profile
 from metavote.training import set_threads
-from metavote.zoo import Zoo, build_zoo
+from metavote.zoo import build_zoo
 
-from _common import md_table, save
-
-FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
+from _common import FIGURES, md_table, save
 
 
 def main() -> None:

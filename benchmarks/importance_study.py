@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
-from pathlib import Path
 
 from metavote.experiments import context, run_ablation
 from metavote.similarity import make_similarity
@@ -21,9 +20,7 @@ from metavote.study import overlap_study, similarity_matrix, write_overlap
 from metavote.training import set_threads
 from metavote.zoo import Zoo
 
-from _common import save
-
-FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
+from _common import FIGURES, save
 
 
 def main() -> None:

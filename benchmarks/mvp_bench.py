@@ -27,9 +27,7 @@ from metavote.experiments import context, run_ablation, run_bench
 from metavote.profiles import get_profile
 from metavote.training import set_threads
 
-from _common import save
-
-FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
+from _common import FIGURES, save
 
 
 def _by(summary: list[dict], prefix: str) -> dict:

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from metavote.similarity import make_similarity
 from metavote.study import overlap_study, similarity_matrix, write_overlap
 from metavote.training import set_threads
 
-from _common import save, zoo_context
-
-FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
+from _common import FIGURES, save, zoo_context
 
 
 def main() -> None:

@@ -27,9 +27,8 @@ from metavote.similarity import make_similarity
 from metavote.study import overlap_study, similarity_matrix, write_overlap
 from metavote.training import set_threads
 
-from _common import save
+from _common import FIGURES, save
 
-FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
 VIT = Path(__file__).resolve().parents[2] / "shared" / "pretrained" / "cifar100_vit_d192_l6_h6.safetensors"
 
 

@@ -276,11 +276,14 @@ def test_budget_and_diagnostic_ablations(ctx, tmp_path):
 
     tasks = bench_tasks(ctx.dataset, ctx.zoo, 1)
     rows = ablate_budget(ctx, tasks, TINY, mvp_iterations=(1, 2), conventional_iterations=(2, 4), searches=("preselect", "leep-10"),
-                         mvp_variants={"MVP (freeze 0.5)": {"freeze": 0.5}}, out=tmp_path / "b", progress=False)  # no WordNet: no synsets
+                         mvp_variants={"MVP (freeze 0.5)": {"freeze": 0.5}, "half": {"batch_size": TINY.batch_size // 2, "neighbours": 2}},
+                         out=tmp_path / "b", progress=False)  # no WordNet: no synsets
     assert [r["method"] for r in rows] == ["IFP J=2", "IFP J=4", "MVP J=1", "random J=1", "MVP J=2", "random J=2", "MVP (freeze 0.5) J=1",
-                                           "MVP (freeze 0.5) J=2", "MVP (preselect) J=2", "MVP (leep-10) J=2"]
+                                           "MVP (freeze 0.5) J=2", "half J=1", "half J=2", "MVP (preselect) J=2", "MVP (leep-10) J=2"]
     by = {r["method"]: r for r in rows}
     assert by["MVP (freeze 0.5) J=2"]["neighbours"] == by["MVP J=2"]["neighbours"]
+    assert by["half J=2"]["neighbours"] == by["MVP J=2"]["neighbours"][:2]  # the first two of the same ranking
+    assert by["half J=2"]["iterations"] == 2 * by["MVP J=2"]["iterations"] == 4  # half the batch, the same images
     assert by["MVP (freeze 0.5) J=2"]["tflops"] < by["MVP J=2"]["tflops"]  # the frozen blocks' backward is not run
     assert 0 < by["MVP (leep-10) J=2"]["search_tflops"] < by["MVP J=2"]["search_tflops"]  # 10 images per class, not 50
     mvp = [r for r in rows if r["family"] == "MVP"]

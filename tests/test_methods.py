@@ -29,8 +29,8 @@ def test_settings_are_keyword_only_validated_and_named():
     assert IFP().iterations == 1000 and MVP().iterations == 100 and MVP().neighbours == 3  # the paper's defaults, once
     with pytest.raises(ConfigError, match="ifp has no setting.s. neighbours; it takes ratio"):
         create_method("ifp", neighbours=3)
-    with pytest.raises(ConfigError, match="unknown method 'obd'; choose from ahnp, dlth, ifp, iht-reptile, mest, mvp, power, random, "
-                                          "random-paper, uvc"):
+    with pytest.raises(ConfigError, match="unknown method 'obd'; choose from ahnp, dlth, ifp, iht-reptile, mest, mvp, nearest, power, "
+                                          "random, random-paper, uvc"):
         create_method("obd")
     for bad, match in (({"ratio": 1.0}, "ratio"), ({"iterations": -1}, "iterations"), ({"lr": 0}, "learning rate"),
                        ({"importance": "magic"}, "unknown importance")):
@@ -68,6 +68,10 @@ def test_one_profile_system_feeds_zoo_and_bench():
     assert paper.settings("mvp") == {"ratio": 0.9, "iterations": 100, "batch_size": 128, "lr": 0.01}
     assert get_profile("paper", lr=0.02).settings("ifp")["lr"] == 0.02  # a new lr applies to every method
     assert get_profile("cpu", iterations=50).settings("ifp")["iterations"] == 500
+    vit = get_profile("vit-cpu", temperature=0.5)  # MVP's tau, beside the profile's own MVP settings
+    assert vit.settings("mvp")["temperature"] == 0.5 and vit.settings("mvp")["optimizer"] == "adamw"
+    assert "temperature" not in vit.settings("ahnp") and "temperature" not in get_profile("cpu").settings("mvp")
+    assert get_profile("vit-cpu").settings("nearest")["optimizer"] == "adamw"  # the nearest record fine-tunes as MVP does
     with pytest.raises(ConfigError, match="unknown profile"):
         get_profile("gpu")
     with pytest.raises(ConfigError, match="unknown budget setting"):

@@ -8,7 +8,7 @@ import torch
 
 from metavote.errors import ConfigError
 from metavote.models import cifar_resnet18, load_backbone
-from metavote.methods import MVP, average_neighbours, sample_by_votes, vote_counts
+from metavote.methods import MVP, average_neighbours, create_method, sample_by_votes, vote_counts
 from metavote.pruning import SubNetwork, extract, target_widths
 
 
@@ -82,6 +82,24 @@ def test_mvp_end_to_end(small_zoo):
     assert given.params["similarity"] == "given" and given.params["head"] == "pretrained"
     with pytest.raises(ConfigError, match="ratio"):
         MVP(neighbours=2, ratio=1.0, iterations=2, batch_size=8).run(backbone, data, zoo, None)
+
+
+def test_nearest_record_method(small_zoo):
+    """``nearest``: the record the search ranks first, its own units and weights, fine-tuned J steps; a
+    ratio the record was not pruned at, or a vote, is refused."""
+    zoo, dataset, _, tasks = small_zoo
+    data = dataset.load_task(next(t for t in [dataset.task(dataset.classes[i:i + 3]) for i in range(4)] if t not in tasks))
+    backbone, _ = load_backbone(zoo.root.parent / "backbone.safetensors")
+    still = dict(ratio=0.5, iterations=0, batch_size=8, bn_batches=0, refresh_bn=0)
+    ranked = MVP(neighbours=2, **still).run(backbone, data, zoo, None).params["neighbours"]
+    result = create_method("nearest", **(still | {"iterations": 2})).run(backbone, data, zoo, None)
+    assert result.method == "nearest" and result.params["neighbours"] == ranked[:1] and result.costs.iterations == 2
+    _, record_subnet = zoo.load(zoo.get(ranked[0]))
+    assert all(np.array_equal(result.subnet.kept[g], record_subnet.kept[g]) for g in record_subnet.kept)
+    with pytest.raises(ConfigError, match="zoo's ratio"):
+        create_method("nearest", **(still | {"ratio": 0.3})).run(backbone, data, zoo, None)
+    with pytest.raises(ConfigError, match="use mvp"):
+        create_method("nearest", omega="vote")
 
 
 def test_decomposition_and_head_options(small_zoo):

@@ -258,7 +258,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     same = [r for r in ctx.zoo.records() if r.task.id == task.id]
     if same:
         print(f"note: the zoo already holds this task ({', '.join(r.record_id for r in same)}); it is left out of its own neighbours")
-    own = {"neighbours": args.neighbours, "similarity": args.similarity, "temperature": args.temperature}  # MVP's settings
+    own = {"neighbours": args.neighbours, "similarity": args.similarity}  # MVP's settings
     result, task = prune(ctx, classes, args.method, args.profile, save=not args.no_save, progress=not args.quiet, out=args.out,
                          **{k: v for k, v in (_budget(args) | own).items() if v is not None})
     print(f"{result.method} on {task}: test accuracy {result.accuracy:.2%}")
@@ -285,7 +285,7 @@ def _check_model_out(path: str) -> None:
 
 
 def _budget(args: argparse.Namespace) -> dict:
-    return {"ratio": args.ratio, "iterations": args.iterations, "lr": args.lr, "batch_size": args.batch_size}
+    return {"ratio": args.ratio, "iterations": args.iterations, "lr": args.lr, "batch_size": args.batch_size, "temperature": args.temperature}
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -482,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--iterations", type=int, help="iterations J (overrides the profile; IFP's upper bound runs 10 J)")
         p.add_argument("--lr", type=float, help="learning rate (overrides the profile)")
         p.add_argument("--batch-size", type=int, help="batch size (overrides the profile)")
+        p.add_argument("--temperature", type=float, help="MVP: softmax temperature tau of the votes (default 0.1; 0.5 before issue 14)")
         _add_threads(p)
         p.add_argument("--quiet", action="store_true")
 
@@ -490,9 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="the task's classes, comma-separated (default with --dataset: all its classes)")
     p.add_argument("--out", help="also write the pruned model as a standalone FILE.safetensors (no zoo or backbone needed to load it)")
     p.add_argument("--method", choices=methods, default="mvp")
-    p.add_argument("--neighbours", type=int, help="MVP: nearest zoo tasks that vote (default 3)")
-    p.add_argument("--similarity", choices=["leep", "wordnet", "embedding"], help="MVP: neighbour search (default leep)")
-    p.add_argument("--temperature", type=float, help="MVP: softmax temperature tau of the votes (default 0.5)")
+    p.add_argument("--neighbours", type=int, help="MVP: nearest zoo tasks that vote (default 3; nearest: 1)")
+    p.add_argument("--similarity", choices=["leep", "wordnet", "embedding"], help="MVP and nearest: neighbour search (default leep)")
     p.add_argument("--no-save", action="store_true", help="do not add the result to the zoo")
     p.set_defaults(func=cmd_prune)
 

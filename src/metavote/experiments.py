@@ -61,7 +61,7 @@ def prune(ctx: BenchContext, classes: Sequence[str] | None = None, method: str =
     joins the zoo as a record of its method (if the method prunes units: PoWER's tokens are not a
     record); with ``out`` it is also written as a standalone model file (:func:`~metavote.deploy.load_pruned`)."""
     budget = {k: settings.pop(k) for k in ("ratio", "iterations", "lr", "batch_size") if k in settings}
-    p = get_profile(profile_name)
+    p = get_profile(profile_name, temperature=settings.pop("temperature", None))
     cls = get_method_class(method)
     extra = {"dataset": ctx.dataset} if "dataset" in method_settings(method) else {}  # MVP's embedding similarity
     m = create_method(method, **p.settings(method, **({"iterations": p.iterations} | budget)), **settings, **extra)
@@ -80,7 +80,7 @@ def run_bench(ctx: BenchContext, profile_name: str = "cpu", tasks: int = 20, see
               progress: bool = True, **overrides) -> tuple[list[dict], str]:
     """The main table: MVP at J, IFP at J and 10·J, random at J on ``tasks`` seeded test tasks
     disjoint from the zoo's. Writes rows.jsonl, summary.md and summary.csv to ``out``; resumable.
-    ``overrides`` (ratio, iterations, lr, batch_size) change the profile's budget."""
+    ``overrides`` (ratio, iterations, lr, batch_size; MVP's temperature) change the profile's budget."""
     p = get_profile(profile_name, **overrides)
     test = bench_tasks(ctx.dataset, ctx.zoo, tasks, seed=seed)
     rows = bench(ctx, main_methods(p, ctx.dataset), test, out, progress)

@@ -56,9 +56,9 @@ class Profile:
 
     def replace(self, **overrides) -> Profile:
         """This profile with some budget fields changed (``None`` ignored). A new ``lr`` applies to
-        every method (the per-method learning rates are dropped)."""
+        every method (the per-method learning rates are dropped); ``temperature`` is MVP's tau."""
         overrides = {k: v for k, v in overrides.items() if v is not None}
-        fields = {"ratio", "iterations", "batch_size", "lr"}
+        fields = {"ratio", "iterations", "batch_size", "lr", "temperature"}
         unknown = set(overrides) - fields
         if unknown:
             raise ConfigError(f"unknown budget setting(s) {', '.join(sorted(unknown))}; a profile has {', '.join(sorted(fields))}")
@@ -67,6 +67,8 @@ class Profile:
         per_method = self.method_settings
         if "lr" in overrides:
             per_method = {m: {k: v for k, v in s.items() if k != "lr"} for m, s in per_method.items()}
+        if "temperature" in overrides:
+            per_method = per_method | {"mvp": per_method.get("mvp", {}) | {"temperature": overrides.pop("temperature")}}
         return dataclasses.replace(self, method_settings=per_method, **overrides)
 
 
@@ -74,6 +76,8 @@ class Profile:
 CNN_BASELINES = ("random-paper", "iht-reptile", "mest", "dlth")
 # the paper's Table 2 rows beside MVP, AHNP and random: UVC, PoWER, and random pruning as the paper ran it
 VIT_BASELINES = ("uvc", "power", "random-paper")
+# a ViT's fine-tuning methods train with AdamW
+VIT_ADAMW = {key: {"optimizer": "adamw"} for key in ("mvp", "nearest", "random", "random-paper")}
 
 PROFILES: dict[str, Profile] = {
     # the paper: r = 0.9, MVP J = 100 at batch 128, IFP at 10·J = 1000 with lr 0.005 (GPU scale)
@@ -82,14 +86,12 @@ PROFILES: dict[str, Profile] = {
     # 2 CPU cores, width-0.5 backbone: r = 0.8, MVP J = 20 at batch 64, IFP at 10·J = 200 (8 gradual
     # pruning steps, one every 15 iterations)
     "cpu": Profile("cpu", ratio=0.8, iterations=20, batch_size=64, lr=0.01, extra=CNN_BASELINES),
-    # ViTs: AHNP builds the zoo (AdamW, weights 5e-4, scores 5e-2); MVP and random fine-tune with AdamW at 2e-4
+    # ViTs: AHNP builds the zoo (AdamW, weights 5e-4, scores 5e-2); MVP, the nearest record and random fine-tune with AdamW at 2e-4
     "vit-paper": Profile("vit-paper", ratio=0.9, iterations=100, batch_size=128, lr=2e-4, conventional=("ahnp",),
-                         method_settings={"ahnp": {"lr": 5e-4}, "mvp": {"optimizer": "adamw"}, "random": {"optimizer": "adamw"},
-                                          "random-paper": {"optimizer": "adamw"}}, extra=VIT_BASELINES, conventional_at_j=False),
+                         method_settings={"ahnp": {"lr": 5e-4}} | VIT_ADAMW, extra=VIT_BASELINES, conventional_at_j=False),
     # 2 CPU cores, the small CIFAR ViT: r = 0.8, J = 20 at batch 64, AHNP at 10·J = 200 (about 65 s a task on 2 threads)
     "vit-cpu": Profile("vit-cpu", ratio=0.8, iterations=20, batch_size=64, lr=2e-4, conventional=("ahnp",),
-                       method_settings={"ahnp": {"lr": 5e-4}, "mvp": {"optimizer": "adamw"}, "random": {"optimizer": "adamw"},
-                                        "random-paper": {"optimizer": "adamw"}}, extra=VIT_BASELINES, conventional_at_j=False),
+                       method_settings={"ahnp": {"lr": 5e-4}} | VIT_ADAMW, extra=VIT_BASELINES, conventional_at_j=False),
 }
 
 

@@ -195,7 +195,8 @@ def ablate_budget(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, mv
     each cheaper search of ``searches`` (:data:`SEARCHES`: LEEP among the embedding's top 20 only,
     LEEP on 10 images per class, WordNet). ``mvp_variants``: more MVP families, ``{name: settings}``
     (e.g. ``{"MVP (freeze 0.5)": {"freeze": 0.5}}``), each at every J of ``mvp_iterations`` with
-    the same neighbours."""
+    the same neighbours (``"neighbours": n``: the first n of the same LEEP ranking). A variant's
+    ``batch_size`` keeps J's images: it runs J · batch / batch_size steps."""
     key = profile.upper_bound
     unknown = [s for s in searches if s not in SEARCHES]
     if unknown:
@@ -204,10 +205,12 @@ def ablate_budget(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, mv
     embedding = make_similarity("embedding", backbone=ctx.backbone, dataset=ctx.dataset) if "preselect" in searches else None
 
     def variants(data, task, log):
-        found = functools.cache(lambda search: find_neighbours(ctx, data, search=search, embedding=embedding))
+        found = functools.cache(lambda search, n: find_neighbours(ctx, data, n, search=search, embedding=embedding))
 
-        def mvp(j: int, search: str = "leep", **settings):
-            neighbours, search_tflops = found(search)
+        def mvp(j: int, search: str = "leep", neighbours: int = 3, **settings):
+            if "batch_size" in settings:  # the same images as J steps of the profile's batch
+                settings.setdefault("iterations", max(1, j * profile.batch_size // settings["batch_size"]))
+            neighbours, search_tflops = found(search, neighbours)
             result = ctx.run(create_method("mvp", **(profile.settings("mvp", iterations=j) | settings), neighbours=neighbours), data)
             result.params["search_tflops"] = search_tflops  # given neighbours: charge the search that found them
             return result

@@ -2,7 +2,7 @@
 
 ``base.py``: :class:`Method` (keyword-only settings, the shared skeleton), :class:`PruneResult`,
 :func:`create_method` and the registry ``METHODS``. ``ifp.py``: iterative filter pruning (how the
-zoo is made; the upper bound). ``mvp.py``: Meta-Vote Pruning. ``random.py``: random sub-networks
+zoo is made; the upper bound). ``mvp.py``: Meta-Vote Pruning, and its start without the vote (the nearest record). ``random.py``: random sub-networks
 (the lower bound). ``ahnp.py``: automatic head and node pruning (how a ViT zoo is made). ``uvc.py`` and
 ``power.py``: the paper's ViT baselines (UVC; PoWER-BERT on patch tokens). ``mest.py``,
 ``dlth.py`` and ``reptile.py``: its CNN baselines (MEST; DLTH's random sparse network
@@ -14,7 +14,7 @@ from .dlth import DLTH
 from .base import METHODS, Method, PruneResult, create_method, get_method_class, method_settings, register, task_head
 from .ifp import IFP
 from .mest import MEST
-from .mvp import DEFAULT_TEMPERATURE, MVP, average_neighbours, sample_by_votes, vote_counts
+from .mvp import DEFAULT_TEMPERATURE, MVP, NearestRecord, average_neighbours, sample_by_votes, vote_counts
 from .power import PoWER, retention_config
 from .random import PaperRandomPruning, RandomPruning, random_subnetwork
 from .reptile import IHTReptile
@@ -22,6 +22,6 @@ from .sparse import UnitMask, magnitude_subnetwork
 from .uvc import UVC, distillation_loss
 
 __all__ = [
-    "AHNP", "DLTH", "IHTReptile", "MEST", "UnitMask", "magnitude_subnetwork", "PaperRandomPruning", "PoWER", "UVC", "distillation_loss", "retention_config", "ScoreGates", "DEFAULT_TEMPERATURE", "IFP", "METHODS", "MVP", "Method", "PruneResult", "RandomPruning", "average_neighbours", "create_method",
+    "AHNP", "DLTH", "IHTReptile", "MEST", "UnitMask", "magnitude_subnetwork", "PaperRandomPruning", "PoWER", "UVC", "distillation_loss", "retention_config", "ScoreGates", "DEFAULT_TEMPERATURE", "IFP", "METHODS", "MVP", "Method", "NearestRecord", "PruneResult", "RandomPruning", "average_neighbours", "create_method",
     "get_method_class", "method_settings", "random_subnetwork", "register", "sample_by_votes", "task_head", "vote_counts",
 ]

@@ -38,9 +38,13 @@ from .base import Method, register
 OMEGAS = ("vote", "random", "nearest")
 INITS = ("neighbours", "nearest-first", "backbone")
 HEADS = ("auto", "pretrained", "neighbours", "imprint")
-DEFAULT_TEMPERATURE = 0.5
-"""tau: at 0.5 a unit kept by all 3 neighbours is e^6 ≈ 400 times likelier than one kept by none, so
-sampling is a majority vote whose ties (and shortfalls) are broken at random."""
+DEFAULT_TEMPERATURE = 0.1
+"""tau: at 0.1 a unit with one vote more is e^10 ≈ 22 000 times likelier, so sampling is a majority
+vote whose ties are broken at random. It was 0.5 until issue 14 (a unit kept by one neighbour only
+e^2 ≈ 7 times likelier than one kept by none, so many unvoted units were drawn): the colder vote won
+on validation tasks with each zoo measured, +0.7 points at J = 20 (18 of 30 tasks ahead) with the
+CPU profile's IFP J = 200 zoo, +1.8 (26 of 30) with an IFP J = 1000 zoo, +1.5 (10 of 16) on the CPU
+ViT zoo (BENCHMARKS.md)."""
 
 
 def vote_counts(subnets: Sequence[SubNetwork]) -> dict[str, np.ndarray]:
@@ -224,6 +228,10 @@ class MVP(Method):
         if self.omega == "nearest":  # the nearest neighbour's model as it is
             subnets, states, records = subnets[:1], states[:1], records[:1]
             subnet = subnets[0]
+            kept, wanted, total = sum(map(len, subnet.kept.values())), sum(widths.values()), sum(subnet.sizes.values())
+            if abs(kept - wanted) > 0.02 * total:
+                raise ConfigError(f"the nearest record ({records[0].task.id}) keeps {kept} of {total} units, ratio {self.ratio} "
+                                  f"asks for {wanted}: prune at the zoo's ratio")
         elif self.omega == "random":
             rng = np.random.default_rng(seed)
             subnet = SubNetwork({g: np.sort(rng.choice(n, widths[g], replace=False)) for g, n in subnets[0].sizes.items()}, subnets[0].sizes)
@@ -287,3 +295,27 @@ class MVP(Method):
         for p in trainable:
             p.requires_grad_(True)
         costs.add_steps(model, self.head_steps, self.batch_size, backward=False, training=False)
+
+
+@register
+@dataclass(kw_only=True)
+class NearestRecord(MVP):
+    """The nearest zoo record's own sub-network and weights, given the task's head and fine-tuned
+    J iterations: MVP's search without its vote (beyond the paper; ``MVP(omega="nearest")``).
+
+    Its start is one sub-network trained as a whole, where MVP's averages units that neighbours
+    trained apart. With records pruned to convergence (a zoo built with IFP at J = 1000) that start
+    is worth more than the vote: on 30 validation tasks of the CPU profile it beat MVP by 4.3 points
+    at J = 20 (26 ahead), and by 1.3 with the profile's J = 200 zoo (BENCHMARKS.md, issue 14).
+    It keeps the record's Omega, so its size is the record's (the zoo's ratio), not ``ratio``'s."""
+
+    key = "nearest"
+    name = "nearest record"
+
+    neighbours: int | Sequence[ZooRecord] = 1
+    omega: str = "nearest"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.omega != "nearest":
+            raise ConfigError(f"the nearest-record method keeps its record's units (omega 'nearest'), got {self.omega!r}; use mvp to vote")
