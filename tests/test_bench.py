@@ -73,6 +73,10 @@ def test_main_methods_are_the_papers_comparison():
                                           "IHT-Reptile (J=20)", "MEST (J=20)", "DLTH (J=20)"]  # the rows of the paper's Table 1
     assert isinstance(methods[0], MVP) and isinstance(methods[3], RandomPruning)
     assert {m.ratio for m in methods} == {0.8} and {m.batch_size for m in methods} == {64}
+    also = main_methods(get_profile("vit-cpu"), also=["nearest"])  # `bench --also nearest`: one more row, the profile's settings
+    assert also[-1].key == "nearest" and also[-1].optimizer == "adamw" and also[-1].iterations == 20
+    with pytest.raises(ConfigError, match="unknown method 'obd'"):
+        main_methods(get_profile("cpu"), also=["obd"])
 
 
 def test_bench_tasks_are_disjoint_from_the_zoo(ctx):

@@ -294,7 +294,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     set_threads(args.threads)
     _, table = run_bench(context(args.zoo, args.data, args.backbone, args.device, args.dataset), args.profile, args.tasks, args.seed, args.out, not args.quiet,
-                         **_budget(args))
+                         _csv(args.also) if args.also else (), **_budget(args))
     print(table)
     print(f"wrote {Path(args.out) / 'summary.md'}, summary.csv and rows.jsonl")
 
@@ -501,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", type=int, default=20, help="number of test tasks (default 20)")
     p.add_argument("--seed", type=int, default=1000, help="test task seed")
     p.add_argument("--out", default="runs/bench", help="folder for rows.jsonl, summary.md, summary.csv (resumes from it)")
+    p.add_argument("--also", help="more methods at J in the table, comma-separated registry keys (e.g. nearest)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("ablate", help="one ablation: table + figure")
