@@ -36,7 +36,7 @@ import functools
 import numpy as np
 
 from metavote.bench import ablate_budget, bench_tasks, flops_ratio, plot_budget, run_variants
-from metavote.bench.ablations import find_neighbours
+from metavote.bench.ablations import find_neighbours, same_images
 from metavote.experiments import context
 from metavote.methods import create_method
 from metavote.profiles import get_profile
@@ -89,15 +89,15 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="results file name (default mvp_variants[_GROUP])")
     args = ap.parse_args()
     suffix = "" if args.group == "init" else f"_{args.group}"
+    unknown = [v for v in args.variants if v not in GROUPS[args.group]]
+    if unknown or (args.stage == "test" and not args.variants):
+        raise SystemExit(f"name variants of the {args.group!r} group with --variants: {', '.join(GROUPS[args.group])}")
     set_threads(2)
     ctx = context(args.zoo, backbone=args.backbone)
     if args.stage == "test":
         return test(ctx, args, suffix)
     base = get_profile(args.profile).settings("mvp")
     tasks = bench_tasks(ctx.dataset, ctx.zoo, args.tasks, seed=args.seed)
-    unknown = [v for v in args.variants if v not in GROUPS[args.group]]
-    if unknown:
-        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; the {args.group!r} group has: {', '.join(GROUPS[args.group])}")
     chosen = {name: settings for name, settings in GROUPS[args.group].items()
               if not args.variants or name == "MVP (paper)" or name in args.variants}
     most = max(settings.get("neighbours", 3) for settings in chosen.values())
@@ -108,8 +108,7 @@ def main() -> None:
         for name, settings in chosen.items():
             settings = {"temperature": PAPER_TAU} | settings
             n = settings.pop("neighbours", 3)
-            if "batch_size" in settings:  # the same images as the profile's J steps (as in ablate_budget)
-                settings["iterations"] = base["iterations"] * base["batch_size"] // settings["batch_size"]
+            settings = same_images(settings, base["iterations"], base["batch_size"])
             yield name, {"family": name}, lambda settings=settings, n=n: \
                 ctx.run(create_method("mvp", **(base | settings), neighbours=ranked()[:n]), data)
 
@@ -134,9 +133,6 @@ def main() -> None:
 
 
 def test(ctx, args, suffix: str) -> None:
-    unknown = [v for v in args.variants if v not in GROUPS[args.group]]
-    if unknown or not args.variants:
-        raise SystemExit(f"name variants of the {args.group!r} group with --variants: {', '.join(GROUPS[args.group])}")
     tasks = bench_tasks(ctx.dataset, ctx.zoo, 20, seed=1000)
     rows = ablate_budget(ctx, tasks, get_profile("cpu", temperature=PAPER_TAU), mvp_variants={v: GROUPS[args.group][v] for v in args.variants},
                          out=args.out or "runs/budget-test/budget")

@@ -186,6 +186,14 @@ def find_neighbours(ctx: BenchContext, data, neighbours: int = 3, search: str = 
     return [r for r, _ in ranked], costs.tflops
 
 
+def same_images(settings: dict, iterations: int, batch_size: int) -> dict:
+    """``settings`` with the steps that see ``iterations`` × ``batch_size`` images at the batch size
+    they name (none named: unchanged; iterations they name: kept)."""
+    if "batch_size" not in settings or "iterations" in settings:
+        return settings
+    return settings | {"iterations": max(1, iterations * batch_size // settings["batch_size"])}
+
+
 def ablate_budget(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, mvp_iterations=(10, 20, 50, 100),
                   conventional_iterations=(20, 50, 100, 200), searches=("preselect", "leep-10", "wordnet"),
                   mvp_variants: dict[str, dict] | None = None, out=None, progress=True) -> list[dict]:
@@ -208,10 +216,9 @@ def ablate_budget(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, mv
         found = functools.cache(lambda search, n: find_neighbours(ctx, data, n, search=search, embedding=embedding))
 
         def mvp(j: int, search: str = "leep", neighbours: int = 3, **settings):
-            if "batch_size" in settings:  # the same images as J steps of the profile's batch
-                settings.setdefault("iterations", max(1, j * profile.batch_size // settings["batch_size"]))
-            neighbours, search_tflops = found(search, neighbours)
-            result = ctx.run(create_method("mvp", **(profile.settings("mvp", iterations=j) | settings), neighbours=neighbours), data)
+            records, search_tflops = found(search, neighbours)
+            settings = same_images(settings, j, profile.batch_size)
+            result = ctx.run(create_method("mvp", **(profile.settings("mvp", iterations=j) | settings), neighbours=records), data)
             result.params["search_tflops"] = search_tflops  # given neighbours: charge the search that found them
             return result
 

@@ -304,9 +304,10 @@ class NearestRecord(MVP):
     J iterations: MVP's search without its vote (beyond the paper; ``MVP(omega="nearest")``).
 
     Its start is one sub-network trained as a whole, where MVP's averages units that neighbours
-    trained apart. With records pruned to convergence (a zoo built with IFP at J = 1000) that start
-    is worth more than the vote: on 30 validation tasks of the CPU profile it beat MVP by 4.3 points
-    at J = 20 (26 ahead), and by 1.3 with the profile's J = 200 zoo (BENCHMARKS.md, issue 14).
+    trained apart. On validation tasks it beat MVP (tau 0.5) at J = 20 with every zoo measured: by
+    4.3 points (26 of 30 ahead) with a zoo built by IFP at J = 1000, by 11.3 (16 of 16) with the CPU
+    ViT zoo, and with 40 steps of 32 by 3.8 (28 of 30) with the CPU profile's J = 200 zoo
+    (BENCHMARKS.md, issue 14).
     It keeps the record's Omega, so its size is the record's (the zoo's ratio), not ``ratio``'s."""
 
     key = "nearest"
