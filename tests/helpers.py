@@ -166,7 +166,8 @@ def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
             elif isinstance(m, (nn.Linear, nn.LayerNorm)):
                 m.weight.add_(0.1 * torch.randn(m.weight.shape, generator=g))
-                m.bias.add_(0.1 * torch.randn(m.bias.shape, generator=g))
+                if m.bias is not None:  # a bias-free linear (Swin's patch merging)
+                    m.bias.add_(0.1 * torch.randn(m.bias.shape, generator=g))
     return model.eval()
 
 

@@ -82,7 +82,7 @@ def test_dlth_moves_the_removed_units_toward_zero_then_fine_tunes_small(cnn_task
     assert result.subnet.widths() == target_widths(groups, 0.5)
     assert all(np.array_equal(result.subnet.kept[k], v) for k, v in random_subnetwork(groups, 0.5, 7).kept.items())  # the random ticket
     doomed = UnitMask(backbone, groups, result.subnet)
-    before = float(np.sqrt(sum(p[idx].detach().float().pow(2).sum().item() for g in groups for p, idx in doomed.out_params(g, doomed.off(g)))))
+    before = float(np.sqrt(sum(p.index_select(dim, idx).detach().float().pow(2).sum().item() for g in groups for p, dim, idx in doomed.out_params(g, doomed.off(g)))))
     assert result.params["removed_norm"] < 0.8 * before
     dense = result.params["penalised_iterations"]
     small = Costs()

@@ -18,7 +18,9 @@ def test_registry_holds_every_method_with_its_traits():
     assert {"ifp", "mvp", "random", "random-paper", "ahnp"} <= set(METHODS)
     assert METHODS["ifp"] is IFP and METHODS["mvp"] is MVP and METHODS["random"] is RandomPruning
     assert MVP.needs_zoo and not IFP.needs_zoo and not RandomPruning.needs_zoo
-    assert IFP.families == ("resnet",) and set(RandomPruning.families) == {"resnet", "vit"} and METHODS["ahnp"].families == ("vit",)
+    assert IFP().requirements() == {"units", "probes"} and IFP(importance="magnitude").requirements() == {"units"}
+    assert RandomPruning().requirements() == {"units"} and METHODS["ahnp"]().requirements() == {"units", "heads"}
+    assert METHODS["power"]().requirements() == {"tokens"}
 
 
 def test_settings_are_keyword_only_validated_and_named():
@@ -89,10 +91,17 @@ def test_cli_choices_come_from_the_registries():
     assert profile.choices == list(PROFILES)
 
 
-def test_methods_refuse_a_family_they_do_not_prune():
+def test_methods_refuse_a_model_without_the_capability_they_need():
     vit = vision_transformer(img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=2, mlp_ratio=1.0, num_classes=3)
-    with pytest.raises(ConfigError, match="ifp prunes resnet models, not a vit"):
-        IFP(iterations=1).run(vit, data=None)
+    resnet = cifar_resnet18(width=0.125, num_classes=3)
+    assert vit.capabilities() == {"units", "heads", "tokens"} and resnet.capabilities() == {"units", "probes", "batchnorm"}
+    with pytest.raises(ConfigError, match="ifp needs a model with a norm or layer to measure importance at in every group"):
+        IFP(iterations=1).run(vit, data=None)  # heads have no probe: activation importance cannot score them
+    for key in ("ahnp", "uvc"):
+        with pytest.raises(ConfigError, match=f"{key} needs a model with attention heads; this ResNet has none"):
+            create_method(key, iterations=1).run(resnet, data=None)
+    with pytest.raises(ConfigError, match="power needs a model with token pruning"):
+        create_method("power", iterations=1).run(resnet, data=None)
 
 
 @pytest.mark.parametrize("family", ["resnet", "vit"])

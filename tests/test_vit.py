@@ -142,8 +142,8 @@ def test_a_vit_zoo_and_mvp_over_heads_and_nodes(tmp_path, vit_setup, capsys):
     assert len(result.params["neighbours"]) == 2 and result.params["head"] in ("neighbours", "imprint")
     assert result.model.blocks[1].mlp.fc1.out_features == 48 and result.model.get_classifier().out_features == 3
     assert result.costs.iterations == 3 and 0 <= result.accuracy <= 1
-    # the IFP method is for CNNs: a ViT zoo by IFP is refused before any work
-    with pytest.raises(ConfigError, match="ifp prunes resnet models"):
+    # IFP's activation importance has no probe for heads: a ViT zoo by IFP is refused before any work
+    with pytest.raises(ConfigError, match="ifp needs a model with a norm or layer to measure importance at"):
         build_zoo(tmp_path / "zoo2", tasks, weights, tiny_ifp(), str(folder), workers=1, progress=False)
     assert main(["zoo", "ls", "--zoo", str(tmp_path / "zoo")]) == 0
     assert "backbone vit d48 x2" in capsys.readouterr().out

@@ -19,6 +19,21 @@ class ZooBuildFailed(MetavoteError):
     """Some tasks of a build failed (they are recorded; a re-run retries them)."""
 
 
+def _json_arg(text: str | None) -> dict | None:
+    """A JSON object given inline or as a file's path."""
+    import json
+
+    if text is None:
+        return None
+    try:
+        value = json.loads(Path(text).read_text() if Path(text).is_file() else text)
+    except (json.JSONDecodeError, OSError) as e:
+        raise ConfigError(f"{text!r} is neither a JSON file nor inline JSON ({one_line(e)})") from e
+    if not isinstance(value, dict):
+        raise ConfigError(f"{text!r} is JSON but not an object")
+    return value
+
+
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -50,11 +65,13 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         classes = _csv(args.classes) if args.classes else dataset.classes[: args.num_classes] if args.num_classes else None
         dataset = dataset.subset(classes, args.max_per_class)
     config = PretrainConfig(
-        method=args.method, arch=args.arch, width=args.width, epochs=args.epochs, batch_size=args.batch_size,
+        method=args.method, arch="hf" if args.hf_config else args.arch, width=args.width, hf_config=_json_arg(args.hf_config),
+        epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr if args.lr is not None else (0.1 if args.method == "supervised" else 0.05),
         weight_decay=args.weight_decay, schedule=args.schedule, cutout=args.cutout, seed=args.seed,
     )
-    out = Path(args.out or f"runs/{args.arch}_w{args.width:g}_{args.method}.safetensors")
+    default = f"runs/hf_{config.hf_config.get('model_type')}_{args.method}" if args.hf_config else f"runs/{args.arch}_w{args.width:g}_{args.method}.safetensors"
+    out = Path(args.out or default)
     result = pretrain(dataset, out, config, resume=not args.fresh, progress=not args.quiet, device=select_device(args.device))
     if result.resumed_from_epoch:
         print(f"resumed after epoch {result.resumed_from_epoch}")
@@ -294,7 +311,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     set_threads(args.threads)
     _, table = run_bench(context(args.zoo, args.data, args.backbone, args.device, args.dataset), args.profile, args.tasks, args.seed, args.out, not args.quiet,
-                         _csv(args.also) if args.also else (), **_budget(args))
+                         _csv(args.also) if args.also else (), not args.no_baselines, **_budget(args))
     print(table)
     print(f"wrote {Path(args.out) / 'summary.md'}, summary.csv and rows.jsonl")
 
@@ -359,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["supervised", "simsiam"], default="supervised")
     p.add_argument("--arch", default="cifar_resnet18", choices=["cifar_resnet18", "resnet50"])
     p.add_argument("--width", type=float, default=0.5, help="channel width multiplier (default 0.5)")
+    p.add_argument("--hf-config", help="a Hugging Face image classifier's config (a JSON file or inline JSON with its model_type) "
+                                       "instead of --arch: trained as a traced model, written as a save_pretrained folder (needs the hf extra)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, help="peak learning rate (default 0.1 supervised, 0.05·batch/256 SimSiam)")
@@ -369,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="comma-separated subset of classes to train on")
     p.add_argument("--num-classes", type=int, help="train on the first K classes only (a quick run)")
     p.add_argument("--max-per-class", type=int, help="at most this many training images per class (a quick run)")
-    p.add_argument("--out", help="output .safetensors (default runs/<arch>_w<width>_<method>.safetensors)")
+    p.add_argument("--out", help="output .safetensors, or folder with --hf-config (default runs/<arch>_w<width>_<method>.safetensors)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing resume checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_threads(p)
@@ -502,6 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1000, help="test task seed")
     p.add_argument("--out", default="runs/bench", help="folder for rows.jsonl, summary.md, summary.csv (resumes from it)")
     p.add_argument("--also", help="more methods at J in the table, comma-separated registry keys (e.g. nearest)")
+    p.add_argument("--no-baselines", action="store_true", help="leave out the profile's baselines (the paper's other rows): MVP, "
+                                                                "conventional pruning at J and 10 J, random, and --also only")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("ablate", help="one ablation: table + figure")

@@ -77,14 +77,15 @@ def prune(ctx: BenchContext, classes: Sequence[str] | None = None, method: str =
 
 
 def run_bench(ctx: BenchContext, profile_name: str = "cpu", tasks: int = 20, seed: int = 1000, out: str | os.PathLike = "runs/bench",
-              progress: bool = True, also: Sequence[str] = (), **overrides) -> tuple[list[dict], str]:
+              progress: bool = True, also: Sequence[str] = (), baselines: bool = True, **overrides) -> tuple[list[dict], str]:
     """The main table: MVP at J, IFP at J and 10·J, random at J and the profile's baselines on
     ``tasks`` seeded test tasks disjoint from the zoo's, plus the methods of ``also`` (registry keys,
-    e.g. ``nearest``). Writes rows.jsonl, summary.md and summary.csv to ``out``; resumable.
+    e.g. ``nearest``; ``baselines=False`` leaves the profile's baselines out). Writes rows.jsonl,
+    summary.md and summary.csv to ``out``; resumable.
     ``overrides`` (ratio, iterations, lr, batch_size; MVP's temperature) change the profile's budget."""
     p = get_profile(profile_name, **overrides)
     test = bench_tasks(ctx.dataset, ctx.zoo, tasks, seed=seed)
-    rows = bench(ctx, main_methods(p, ctx.dataset, also), test, out, progress)
+    rows = bench(ctx, main_methods(p, ctx.dataset, also, baselines), test, out, progress)
     summary = summarize(rows)
     title = (f"{len(test)} test tasks (5-way, seed {seed}, disjoint from the zoo's {len(ctx.zoo.records(method=ctx.zoo.source_method))}), "
              f"profile {profile_name}: r={p.ratio}, batch {p.batch_size}")

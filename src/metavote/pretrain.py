@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from .data import Augment, BatchLoader, ImageDataset, iterate_eval
 from .errors import CheckpointError, ConfigError, one_line
 from .files import atomic_path
-from .models import Backbone, create_model, save_weights
+from .models import CIFAR100_MEAN, CIFAR100_STD, Backbone, create_model, save_weights
+from .models.hf import save_hf
 from .training import Timer, cosine_lr, evaluate, set_lr, sgd
 
 METHODS = ("supervised", "simsiam")
@@ -43,8 +44,15 @@ class PretrainConfig:
     schedule: str = "onecycle"
     cutout: int = 16
     seed: int = 0
+    hf_config: dict | None = None
+    """With ``arch="hf"``: the Hugging Face image classifier's config (``model_type`` and settings),
+    trained as a traced model and written as a ``save_pretrained`` folder."""
 
     def validate(self) -> None:
+        if (self.arch == "hf") != (self.hf_config is not None):
+            raise ConfigError("a Hugging Face pre-training needs arch 'hf' and its hf_config, together")
+        if self.hf_config is not None and "model_type" not in self.hf_config:
+            raise ConfigError("the Hugging Face config needs its model_type (mobilenet_v2, convnext, vit, ...)")
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.schedule not in ("onecycle", "cosine"):
@@ -170,7 +178,14 @@ def pretrain(
     ckpt_path = Path(checkpoint) if checkpoint else default_checkpoint_path(out)
     torch.manual_seed(config.seed)
     supervised = config.method == "supervised"
-    model = create_model({"arch": config.arch, "width": config.width}, dataset.num_classes if supervised else 0)
+    if config.arch == "hf":  # normalised like the CIFAR backbones, at the dataset's image size
+        size = dataset.train_images.shape[1]
+        model = create_model({"arch": "hf", "hf_config": config.hf_config, "wrap": {"input_size": [3, size, size], "mean": list(CIFAR100_MEAN),
+                                                                                    "std": list(CIFAR100_STD)}}, dataset.num_classes)
+        if not supervised:
+            raise ConfigError("a Hugging Face classifier is pre-trained supervised (SimSiam needs a headless encoder)")
+    else:
+        model = create_model({"arch": config.arch, "width": config.width}, dataset.num_classes if supervised else 0)
     net: nn.Module = model if supervised else SimSiam(model)
     net.to(device)
     base_lr = config.lr if supervised else config.lr * config.batch_size / 256
@@ -237,6 +252,9 @@ def pretrain(
         "mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist(),
         ("test_acc" if supervised else "knn_acc"): accuracy, "history": history,
     }
-    save_weights(out, model, metadata)
+    if config.arch == "hf":
+        save_hf(out, model, dataset.classes, {"pretrain": asdict(config), **metadata})
+    else:
+        save_weights(out, model, metadata)
     ckpt_path.unlink(missing_ok=True)
     return PretrainResult(Path(out), accuracy, history, resumed_from_epoch=start)

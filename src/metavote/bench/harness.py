@@ -28,18 +28,19 @@ from ..training import step_flops
 from ..zoo import Zoo
 
 
-def main_methods(profile: Profile, dataset: ImageDataset | None = None, also: Sequence[str] = ()) -> list[Method]:
+def main_methods(profile: Profile, dataset: ImageDataset | None = None, also: Sequence[str] = (), baselines: bool = True) -> list[Method]:
     """The main table: MVP at J, conventional pruning (IFP, or AHNP for a ViT) at 10·J and (where
-    the profile says so) at J, random pruning at J, then the profile's baselines at J (the paper's
-    other rows: IHT-Reptile, MEST, DLTH for a ResNet; UVC, PoWER for a ViT; its random pruning),
-    then the methods of ``also`` at J (e.g. ``nearest``)."""
+    the profile says so) at J, random pruning at J, then (``baselines``) the profile's baselines at
+    J (the paper's other rows: IHT-Reptile, MEST, DLTH for a ResNet; UVC, PoWER for a ViT; its
+    random pruning), then the methods of ``also`` at J (e.g. ``nearest``)."""
     conventional = profile.upper_bound
     at_j = [create_method(conventional, **profile.settings(conventional, iterations=profile.iterations))] if profile.conventional_at_j else []
 
     def make(key: str, **settings) -> Method:  # methods that read other tasks (MVP's embedding, Reptile's meta-training) get the dataset
         return create_method(key, **profile.settings(key, **settings), **({"dataset": dataset} if "dataset" in method_settings(key) else {}))
 
-    return [make("mvp"), make(conventional), *at_j, make("random"), *(make(key) for key in (*profile.extra, *also))]
+    extra = profile.extra if baselines else ()
+    return [make("mvp"), make(conventional), *at_j, make("random"), *(make(key) for key in (*extra, *also))]
 
 
 def bench_tasks(dataset: ImageDataset, zoo: Zoo, count: int, n_way: int = 5, seed: int = 1000) -> list[Task]:

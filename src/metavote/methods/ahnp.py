@@ -118,7 +118,7 @@ class AHNP(Method):
 
     key = "ahnp"
     name = "AHNP"
-    families = ("vit",)
+    requires = frozenset({"units", "heads"})
 
     iterations: int = 1000
     lr: float = 5e-4

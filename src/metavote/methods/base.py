@@ -2,7 +2,8 @@
 
 A method is a dataclass of keyword-only, well-named settings (``ratio``, ``iterations``, ``lr``,
 ``batch_size``, ``seed`` and its own) with a ``key`` (its registry name and zoo record suffix), the
-model ``families`` it supports and whether it ``needs_zoo``. One call runs it::
+model capabilities it ``requires`` (unit groups, importance probes, attention heads, tokens:
+:meth:`~metavote.models.Backbone.capabilities`) and whether it ``needs_zoo``. One call runs it::
 
     method = create_method("mvp", ratio=0.8, iterations=20, batch_size=64)
     result = method.run(backbone, task_data, zoo, head_rows)      # -> PruneResult
@@ -24,23 +25,18 @@ from torch import nn
 from ..data import TaskData
 from ..errors import ConfigError
 from ..models.base import Backbone, replace_head
-from ..pruning import SubNetwork
+from ..pruning import PruneResult, SubNetwork
 from ..training import OPTIMIZERS, Costs, Timer, evaluate, finetune, imprint_head, recalibrate_bn
 
 if TYPE_CHECKING:
     from ..zoo import Zoo
 
 
-@dataclass
-class PruneResult:
-    """What every pruning method returns: the compact model with its task head, Omega, and costs."""
-
-    model: Backbone
-    subnet: SubNetwork
-    costs: Costs
-    accuracy: float
-    method: str
-    params: dict
+CAPABILITIES = {
+    "units": "prunable unit groups", "probes": "a norm or layer to measure importance at in every group (else use magnitude importance)",
+    "batchnorm": "BatchNorm layers", "heads": "attention heads", "tokens": "token pruning (metavote's own ViT)",
+}
+"""What each capability a method may require means (the words of the mismatch error)."""
 
 
 def check_fraction(name: str, value: float) -> None:
@@ -78,7 +74,7 @@ class Method:
 
     key: ClassVar[str] = "method"
     name: ClassVar[str] = "method"  # how tables label it
-    families: ClassVar[tuple[str, ...]] = ("resnet", "vit")
+    requires: ClassVar[frozenset[str]] = frozenset({"units"})
     needs_zoo: ClassVar[bool] = False
     builds_zoo: ClassVar[bool] = True  # its result is a sub-network of units a zoo record can keep
 
@@ -117,8 +113,7 @@ class Method:
             progress: bool = False) -> PruneResult:
         """Prune ``backbone`` for the task of ``data``; the wall time, FLOPs and accuracy go in the result.
         ``head_rows``: rows of the pre-trained head for the task's classes (None: imprint a head)."""
-        if backbone.family not in self.families:
-            raise ConfigError(f"{self.key} prunes {', '.join(self.families)} models, not a {backbone.family}")
+        self.check_model(backbone)
         if self.needs_zoo and zoo is None:
             raise ConfigError(f"{self.key} needs a zoo of pruned models (--zoo)")
         prepared = self.prepare(backbone, data, zoo, progress)
@@ -130,6 +125,17 @@ class Method:
             accuracy = evaluate(model, data.test_images, data.test_labels)
         costs.seconds = timer.seconds
         return PruneResult(model, subnet, costs, accuracy, self.key, self.settings() | {"seed": seed} | params)
+
+    def requirements(self) -> set[str]:
+        """The capabilities this method, with these settings, needs of a model."""
+        return set(self.requires)
+
+    def check_model(self, model: Backbone) -> None:
+        """One clear line when ``model`` lacks a capability this method needs."""
+        missing = sorted(self.requirements() - model.capabilities())
+        if missing:
+            raise ConfigError(f"{self.key} needs a model with {' and '.join(CAPABILITIES[c] for c in missing)}; "
+                              f"this {type(model).__name__} has none")
 
     def prepare(self, backbone: Backbone, data: TaskData, zoo: Zoo | None, progress: bool = False) -> Any:
         """Untimed work before pruning (MVP's neighbour search, timed on its own)."""

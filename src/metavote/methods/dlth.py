@@ -76,7 +76,8 @@ class DLTH(Method):
         opt = make_optimizer(model, self.optimizer, self.lr)
         device = next(model.parameters()).device
         batches = iter(data.loader(self.batch_size, seed=seed, device=device))
-        params = [(p, idx) for g in groups for p, idx in ticket.out_params(g, ticket.off(g))]
+        params = list(ticket.out_params(g, ticket.off(g)) for g in groups)
+        params = [item for per_group in params for item in per_group]
         model.train()
         for step in tqdm(range(dense), desc=f"DLTH {data.task.id}", unit="it", disable=not progress, leave=False):
             x, y = next(batches)
@@ -84,13 +85,13 @@ class DLTH(Method):
 
             @torch.no_grad()
             def penalise(lam=lam):  # the L2 penalty's gradient on the units to remove
-                for p, idx in params:
+                for p, dim, idx in params:
                     if p.grad is not None:
-                        p.grad[idx] += lam * p[idx]
+                        p.grad.index_add_(dim, idx, lam * p.index_select(dim, idx))
 
             optimizer_step(model, opt, x, y, before_step=penalise)
             costs.add_steps(model, 1, self.batch_size)
-        removed = float(np.sqrt(sum(p[idx].detach().float().pow(2).sum().item() for p, idx in params)))
+        removed = float(np.sqrt(sum(p.index_select(dim, idx).detach().float().pow(2).sum().item() for p, dim, idx in params)))
         small = extract(model, subnet)
         finetune(small, data, j - dense, self.lr, self.batch_size, seed + 1, costs, f"DLTH fine-tune {data.task.id}", progress,
                  self.optimizer)

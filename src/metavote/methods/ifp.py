@@ -30,7 +30,6 @@ class IFP(Method):
 
     key = "ifp"
     name = "IFP"
-    families = ("resnet",)
 
     iterations: int = 1000
     lr: float = 0.005
@@ -43,6 +42,9 @@ class IFP(Method):
         super().__post_init__()
         check_fraction("prune_until", self.prune_until)
         get_importance(self.importance)  # a clear error for an unknown criterion, before any work
+
+    def requirements(self) -> set[str]:
+        return super().requirements() | ({"probes"} if get_importance(self.importance).needs_data else set())
 
     def prune(self, backbone, data, zoo, head_rows, costs, seed, prepared, progress):
         criterion = get_importance(self.importance)

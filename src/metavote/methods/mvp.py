@@ -29,7 +29,8 @@ from torch import nn
 from ..data import ImageDataset
 from ..errors import ConfigError
 from ..models.base import Backbone, replace_head
-from ..pruning import SubNetwork, TensorIndex, dense_view, extract, target_widths
+from ..models.units import UnitGroup
+from ..pruning import SubNetwork, TensorIndex, dense_view, shrink, target_widths
 from ..similarity import Similarity, make_similarity, nearest
 from ..training import Costs, Timer, frozen, imprint_head, make_optimizer, optimizer_step, recalibrate_bn
 from ..zoo import ZooRecord
@@ -68,14 +69,15 @@ def sample_by_votes(votes: dict[str, np.ndarray], widths: dict[str, int], temper
     return SubNetwork(kept, {g: len(v) for g, v in votes.items()})
 
 
-def average_neighbours(backbone: Backbone, neighbours: Sequence[tuple[SubNetwork, dict[str, torch.Tensor]]], rule: str = "mean") -> dict[str, torch.Tensor]:
+def average_neighbours(backbone: Backbone, neighbours: Sequence[tuple[SubNetwork, dict[str, torch.Tensor]]], rule: str = "mean",
+                       groups: Sequence[UnitGroup] | None = None) -> dict[str, torch.Tensor]:
     """The backbone's body state with every weight replaced by its mean over the neighbours whose
     sub-network holds it (``rule="first"``: its value in the first neighbour, in the given order,
     that holds it); weights no neighbour holds keep the backbone's values. Works on tensor
     indices, so a head's q, k, v rows and a node's fc2 column are averaged like a channel's filter."""
     if rule not in ("mean", "first"):
         raise ConfigError(f"rule must be 'mean' or 'first', got {rule!r}")
-    index = TensorIndex(backbone, backbone.unit_groups())
+    index = TensorIndex(backbone, groups or backbone.unit_groups())
     skip = backbone.classifier_keys()
     base = {k: v for k, v in backbone.state_dict().items() if k not in skip and not k.endswith("num_batches_tracked")}
     zeros = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in base.items()}
@@ -94,12 +96,13 @@ def average_neighbours(backbone: Backbone, neighbours: Sequence[tuple[SubNetwork
     return {k: torch.where(count[k] > 0, total[k] / count[k].clamp_min(1), base[k].double()).to(base[k].dtype) for k in base}
 
 
-def _neighbour_head(records: Sequence[ZooRecord], states, subnets, classes: Sequence[str], model: Backbone) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+def _neighbour_head(records: Sequence[ZooRecord], states, subnets, classes: Sequence[str], model: Backbone,
+                    groups: Sequence[UnitGroup]) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
     """Mean of the neighbours' head rows per target class, in the backbone's feature numbering
-    (``model`` is the full-size model that will carry the head), and for each class whether some
-    neighbour has it (rows of classes none has are zero)."""
+    (``model`` is the full-size model that will carry the head, ``groups`` its unit groups), and
+    for each class whether some neighbour has it (rows of classes none has are zero)."""
     features, name = model.num_features, model.classifier_name
-    feeding = next((g for g in model.unit_groups() if name in g.consumers), None)  # the group that feeds the head, if pruned
+    feeding = next((g for g in groups if name in g.consumers), None)  # the group that feeds the head, if pruned
     weight, bias, covered = torch.zeros(len(classes), features), torch.zeros(len(classes)), []
     for c_idx, c in enumerate(classes):
         rows = []
@@ -115,6 +118,20 @@ def _neighbour_head(records: Sequence[ZooRecord], states, subnets, classes: Sequ
             weight[c_idx] = torch.stack([w for w, _ in rows]).mean(0)
             bias[c_idx] = torch.stack([b for _, b in rows]).mean(0)
     return weight, bias, covered
+
+
+@dataclass
+class Neighbourhood:
+    """MVP's untimed preparation: the backbone's unit groups (derived once per prune), the
+    neighbours with their scores and loaded models, and what finding them cost."""
+
+    groups: list[UnitGroup]
+    records: list[ZooRecord]
+    scores: list[float]
+    similarity: str
+    loaded: list[tuple[Backbone, SubNetwork]]
+    search_seconds: float
+    search_tflops: float
 
 
 @register
@@ -199,8 +216,9 @@ class MVP(Method):
             self._measures[name] = make_similarity(name, backbone=backbone, dataset=self.dataset)
         return self._measures[name]
 
-    def prepare(self, backbone, data, zoo, progress=False):
-        target_widths(backbone.unit_groups(), self.ratio)  # rejects a bad ratio before the search
+    def prepare(self, backbone, data, zoo, progress=False) -> Neighbourhood:
+        groups = backbone.unit_groups()
+        target_widths(groups, self.ratio)  # rejects a bad ratio before the search
         search_costs = Costs()
         with Timer() as search:
             if isinstance(self.neighbours, int):
@@ -215,13 +233,12 @@ class MVP(Method):
             else:
                 records, scores, how = list(self.neighbours), [float("nan")] * len(self.neighbours), "given"
             loaded = [zoo.load(r) for r in records]
-        return records, scores, how, loaded, search.seconds, search_costs.tflops
+        return Neighbourhood(groups, records, scores, how, loaded, search.seconds, search_costs.tflops)
 
-    def prune(self, backbone, data, zoo, head_rows, costs, seed, prepared, progress):
-        records, scores, how, loaded, search_seconds, search_tflops = prepared
-        subnets = [s for _, s in loaded]
-        states = [m.state_dict() for m, _ in loaded]
-        groups = backbone.unit_groups()
+    def prune(self, backbone, data, zoo, head_rows, costs, seed, prepared: Neighbourhood, progress):
+        groups, records = prepared.groups, prepared.records
+        subnets = [s for _, s in prepared.loaded]
+        states = [m.state_dict() for m, _ in prepared.loaded]
         if {g.name: g.size for g in groups} != subnets[0].sizes:
             raise ConfigError("the zoo's sub-networks do not match this backbone's unit groups")
         widths = target_widths(groups, self.ratio)
@@ -240,16 +257,18 @@ class MVP(Method):
         full = copy.deepcopy(backbone)
         if self.init != "backbone":
             rule = "first" if self.init == "nearest-first" else "mean"
-            full.load_state_dict(average_neighbours(backbone, list(zip(subnets, states)), rule), strict=False)
+            full.load_state_dict(average_neighbours(backbone, list(zip(subnets, states)), rule, groups), strict=False)
         knows_classes = head_rows is not None and isinstance(full.get_classifier(), nn.Linear)
         head = ("pretrained" if knows_classes else "neighbours") if self.head == "auto" else self.head
         if head == "pretrained" and not knows_classes:
             raise ConfigError("head 'pretrained' needs a backbone trained on every target class")
         # first, so that a headless encoder has a head to number features by
         replace_head(full, data.task.n_way, head_rows if head == "pretrained" else None)
+        if not isinstance(backbone.get_classifier(), nn.Linear):
+            groups = full.unit_groups()  # a headless encoder's last group gains the new head as a reader
         imprint_rows = []
         if head == "neighbours":
-            weight, bias, covered = _neighbour_head(records, states, subnets, data.task.classes, full)
+            weight, bias, covered = _neighbour_head(records, states, subnets, data.task.classes, full, groups)
             if self.head == "auto" and not all(covered):
                 head = "imprint"  # the paper's policy: neighbours' rows only when they cover every class
             else:
@@ -257,7 +276,8 @@ class MVP(Method):
                     full.get_classifier().weight.copy_(weight)
                     full.get_classifier().bias.copy_(bias)
                 imprint_rows = [i for i, c in enumerate(covered) if not c]
-        model = extract(full, subnet)
+        subnet.check(groups)
+        model = shrink(full, subnet.kept, groups)
         if head == "imprint":
             imprint_head(model, data.train_images, data.train_labels, data.task.n_way)
         elif imprint_rows:  # classes no neighbour has: imprinted rows beside the neighbours' rows
@@ -273,8 +293,9 @@ class MVP(Method):
             bn_batches = 0  # re-estimated before the head steps, unchanged by them
         with frozen(model, self.freeze) as frozen_blocks:
             self.fine_tune(model, data, costs, seed, progress, bn_batches)
-        return model, subnet, {"neighbours": [r.task.id for r in records], "neighbour_scores": scores, "similarity": how,
-                               "head": head, "frozen_blocks": frozen_blocks, "search_seconds": search_seconds, "search_tflops": search_tflops}
+        return model, subnet, {"neighbours": [r.task.id for r in records], "neighbour_scores": prepared.scores,
+                               "similarity": prepared.similarity, "head": head, "frozen_blocks": frozen_blocks,
+                               "search_seconds": prepared.search_seconds, "search_tflops": prepared.search_tflops}
 
     def _train_head(self, model: Backbone, data, costs: Costs, seed: int) -> None:
         """``head_steps`` steps on the head alone at the fine-tuning lr, the body frozen in eval mode

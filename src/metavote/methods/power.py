@@ -108,7 +108,7 @@ class PoWER(Method):
 
     key = "power"
     name = "PoWER"
-    families = ("vit",)
+    requires = frozenset({"tokens"})
     builds_zoo = False  # it prunes tokens, not units: nothing for a zoo record to keep
 
     iterations: int = 100

@@ -41,10 +41,10 @@ class UnitMask:
     def out_params(self, group: UnitGroup, units: np.ndarray):
         """(parameter, row indices) of the given units in every ``out`` slot of the group."""
         for slot in group.slots:
-            if slot.role == OUT:
-                module = self.model.get_submodule(slot.module)
-                for p in module.parameters(recurse=False):
-                    yield p, slot.indices(units, group.size).to(p.device)
+            if slot.role != IN:
+                for _, p, dim in slot.tensors(self.model):
+                    if isinstance(p, nn.Parameter):
+                        yield p, dim, slot.indices(units, group.size).to(p.device)
 
     @torch.no_grad()
     def apply(self) -> None:
@@ -56,9 +56,9 @@ class UnitMask:
     def mask_grads(self) -> None:
         """Zero the gradients of the switched-off units' parameters (before each optimizer step)."""
         for g in self.groups:
-            for p, idx in self.out_params(g, self.off(g)):
+            for p, dim, idx in self.out_params(g, self.off(g)):
                 if p.grad is not None:
-                    p.grad[idx] = 0.0
+                    p.grad.index_fill_(dim, idx, 0.0)
 
     @torch.no_grad()
     def regrow(self, group: UnitGroup, units: np.ndarray, optimizer: torch.optim.Optimizer | None, generator: torch.Generator,
@@ -69,27 +69,26 @@ class UnitMask:
         not), with their optimizer state (momentum) reset."""
         kept = self.kept[group.name]
         for slot in group.slots:
-            module = self.model.get_submodule(slot.module)
-            idx = slot.indices(units, group.size).to(module.weight.device)
-            params = [module.weight] if slot.role == IN else list(module.parameters(recurse=False))
-            for p in params:
+            idx = slot.indices(units, group.size)
+            for _, p, dim in slot.tensors(self.model):
+                if not isinstance(p, nn.Parameter):
+                    continue
+                owner = self.model.get_submodule(slot.module) if slot.role != "param" else None
+                view = p.movedim(dim, 0)  # the unit dimension first (a view: writes go to p)
                 if slot.role == IN:
-                    p[:, idx] = 0.0
-                elif p.dim() >= 2:
-                    spread = p[slot.indices(kept, group.size).to(p.device)].float().std() if len(kept) else p.float().std()
-                    noise = torch.randn(p[idx].shape, generator=generator) * scale * float(spread)
-                    p[idx] = noise.to(p.device, p.dtype)
-                elif p is getattr(module, "weight", None) and isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
-                    p[idx] = 1.0
+                    p[:, idx.to(p.device)] = 0.0
+                elif p.dim() >= 2 and slot.role == OUT:
+                    spread = view[slot.indices(kept, group.size).to(p.device)].float().std() if len(kept) else p.float().std()
+                    noise = torch.randn(view[idx].shape, generator=generator) * scale * float(spread)
+                    view[idx.to(p.device)] = noise.to(p.device, p.dtype)
+                elif p is getattr(owner, "weight", None) and isinstance(owner, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)):
+                    view[idx.to(p.device)] = 1.0
                 else:
-                    p[idx] = 0.0
+                    view[idx.to(p.device)] = 0.0
                 state = optimizer.state.get(p, {}) if optimizer is not None else {}
                 for buffer in state.values():
                     if isinstance(buffer, torch.Tensor) and buffer.shape == p.shape:
-                        if slot.role == IN:
-                            buffer[:, idx] = 0.0
-                        else:
-                            buffer[idx] = 0.0
+                        buffer.movedim(1 if slot.role == IN else dim, 0)[idx.to(p.device)] = 0.0
         self.subnet = SubNetwork(dict(self.kept) | {group.name: np.union1d(kept, units)}, dict(self.subnet.sizes))
 
     def switch_off(self, group: UnitGroup, units: np.ndarray) -> None:

@@ -87,7 +87,7 @@ class UVC(Method):
 
     key = "uvc"
     name = "UVC"
-    families = ("vit",)
+    requires = frozenset({"units", "heads"})
 
     iterations: int = 100
     lr: float = 1e-4

@@ -1,8 +1,10 @@
 """Model families behind one interface (:class:`Backbone`), their registry and their weights files.
 
 ``resnet.py``: CIFAR ResNet-18 (any width) and ResNet-50, torchvision's keys. ``vit.py``: Vision
-Transformers, timm's keys. ``base.py``: the interface, the registry (:func:`create_model`) and task
-heads. ``units.py``: how a family declares its prunable units. ``weights.py``: files and loading.
+Transformers, timm's keys. ``traced.py``: any other classifier, its units traced from its graph
+(``trace.py``); ``hf.py``: Hugging Face image classifiers. ``base.py``: the interface, the registry
+(:func:`create_model`) and task heads. ``units.py``: how a family declares its prunable units.
+``weights.py``: files and loading.
 """
 
 from .base import (
@@ -10,7 +12,10 @@ from .base import (
     register_model, replace_head,
 )
 from .resnet import BasicBlock, Bottleneck, ResNet, cifar_resnet18, resnet50
-from .units import IN, OUT, Slot, UnitGroup
+from .hf import load_hf
+from .trace import Trace, trace_unit_groups
+from .traced import TracedModel, wrap_model
+from .units import IN, OUT, PARAM, Slot, UnitGroup
 from .vit import VisionTransformer, cifar_vit, vision_transformer, vit_small_patch16_224
 from .weights import (
     DEFAULT_BACKBONE, backbone_search_path, infer_config, infer_width, load_backbone, load_state_checked, load_weights,
@@ -19,7 +24,7 @@ from .weights import (
 
 __all__ = [
     "Backbone", "BasicBlock", "Bottleneck", "CIFAR100_MEAN", "CIFAR100_STD", "DEFAULT_BACKBONE", "IMAGENET_MEAN", "IMAGENET_STD",
-    "IN", "MODELS", "OUT", "ResNet", "Slot", "UnitGroup", "VisionTransformer", "backbone_search_path", "cifar_resnet18",
+    "IN", "MODELS", "OUT", "PARAM", "ResNet", "Trace", "TracedModel", "load_hf", "trace_unit_groups", "wrap_model", "Slot", "UnitGroup", "VisionTransformer", "backbone_search_path", "cifar_resnet18",
     "cifar_vit", "count_parameters", "create_model", "head_rows_for", "infer_config", "infer_width", "load_backbone",
     "load_state_checked", "load_weights", "locate_backbone", "register_model", "replace_head", "resnet50", "save_weights",
     "vision_transformer", "vit_small_patch16_224",

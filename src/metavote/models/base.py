@@ -92,6 +92,21 @@ class Backbone(nn.Module):
     def unit_groups(self) -> list[UnitGroup]:
         raise NotImplementedError
 
+    def shrunk_from(self, groups: Sequence[UnitGroup], sizes: dict[str, int]) -> None:
+        """Called on the copy that :func:`~metavote.pruning.shrink` made, with the groups it cut and
+        their new sizes. Families that read their groups off their layers need nothing; one that
+        keeps a traced description updates it here."""
+
+    def capabilities(self) -> set[str]:
+        """What methods may ask of this model: ``units`` (unit groups), ``probes`` (every group has
+        a layer where activation and Taylor importance measure), ``batchnorm``, ``heads`` (some group
+        is attention heads), ``tokens`` (token pruning: metavote's own ViT)."""
+        groups = self.unit_groups()
+        caps = {"units"} if groups else set()
+        caps |= {"probes"} if groups and all(g.probes for g in groups) else set()
+        caps |= {"batchnorm"} if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules()) else set()
+        return caps | ({"heads"} if any(g.kind == "head" for g in groups) else set())
+
     def body_blocks(self) -> list[list[nn.Parameter]]:
         """The body's parameters block by block in forward order, the stem first and the head left
         out: what a partial freeze counts (:func:`~metavote.training.frozen`)."""
@@ -135,12 +150,19 @@ def create_model(config: dict | str, num_classes: int | None = None, **overrides
     if arch not in MODELS:
         raise ConfigError(f"unknown architecture {arch!r}; choose from {', '.join(sorted(MODELS))}")
     settings = config | overrides
+    wrap = settings.pop("wrap", None)  # how a plain nn.Module is wrapped (a traced model's config)
+    rebuild = {"arch": arch, **settings}
     if num_classes is not None:
         settings["num_classes"] = num_classes
     try:
-        return MODELS[arch](**settings)
+        model = MODELS[arch](**settings)
     except TypeError as e:
         raise ConfigError(f"bad settings for {arch}: {e}") from e
+    if isinstance(model, Backbone) and wrap is None:
+        return model
+    from .traced import TracedModel  # a registered constructor of a plain network (or a traced view of one): wrap it
+
+    return TracedModel(model, **(wrap or {}), config=rebuild)
 
 
 # ----------------------------------------------------------------------------- heads

@@ -6,9 +6,11 @@ A :class:`UnitGroup` is a set of units kept or dropped together, with every plac
 outputs or its inputs, and how one unit expands to tensor indices there. A channel is one index;
 an attention head is ``head_dim`` rows in each of the q, k and v blocks of ``qkv``
 (``width=head_dim, copies=3``) and ``head_dim`` input columns of ``proj`` (``width=head_dim``).
-Voting, averaging, IoU, extraction and the dense view work on units and use the slots only to
-find the indices, so they are the same code for channels, heads and MLP nodes (Torch-Pruning's
-``index_mapping`` plays this part there).
+A bare parameter (a ConvNeXt layer scale, a Swin relative-position table) is a slot of its own
+(``role="param"``, the unit dimension ``dim``). Voting, averaging, IoU, extraction and the dense
+view work on units and use the slots only to find the indices (:meth:`Slot.tensors`), so they are
+the same code for channels, heads and MLP nodes (Torch-Pruning's ``index_mapping`` plays this part
+there).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..errors import ConfigError
 
-OUT, IN = "out", "in"
+OUT, IN, PARAM = "out", "in", "param"
 
 
 @dataclass(frozen=True)
@@ -28,8 +31,9 @@ class Slot:
     """Where a group's units appear in one layer.
 
     ``role``: ``"out"`` when the units are the layer's outputs (weight rows, bias, norm parameters
-    and statistics: dim 0 of every tensor) or ``"in"`` when they are its inputs (dim 1 of the
-    weight). Unit ``u`` of a group of ``n`` units covers indices ``c·n·width + u·width + [0, width)``
+    and statistics: dim 0 of every tensor), ``"in"`` when they are its inputs (dim 1 of the
+    weight), or ``"param"`` when ``module`` names a bare parameter whose dimension ``dim`` holds
+    the units. Unit ``u`` of a group of ``n`` units covers indices ``c·n·width + u·width + [0, width)``
     for each ``c < copies``.
     """
 
@@ -37,12 +41,23 @@ class Slot:
     role: str = OUT
     width: int = 1
     copies: int = 1
+    dim: int = 0
 
     def __post_init__(self) -> None:
-        if self.role not in (OUT, IN):
-            raise ConfigError(f"slot role must be {OUT!r} or {IN!r}, got {self.role!r}")
+        if self.role not in (OUT, IN, PARAM):
+            raise ConfigError(f"slot role must be {OUT!r}, {IN!r} or {PARAM!r}, got {self.role!r}")
         if self.width < 1 or self.copies < 1:
             raise ConfigError(f"slot {self.module}: width and copies must be >= 1")
+
+    def tensors(self, model: nn.Module) -> list[tuple[str, torch.Tensor, int]]:
+        """``(state-dict key, tensor, unit dimension)`` of every tensor this slot indexes in ``model``:
+        all of an ``out`` layer's parameters and statistics, an ``in`` layer's weight, a bare parameter."""
+        if self.role == PARAM:
+            return [(self.module, model.get_parameter(self.module), self.dim)]
+        module = model.get_submodule(self.module)
+        if self.role == IN:
+            return [(f"{self.module}.weight", module.weight, 1)]
+        return [(f"{self.module}.{k}", t, 0) for k, t in module.state_dict(keep_vars=True).items() if k != "num_batches_tracked"]
 
     def indices(self, units: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
         """Tensor indices of ``units`` (of a group of ``size`` units), in the order a compact layer holds them."""
@@ -73,7 +88,7 @@ class UnitGroup:
 
     @property
     def producers(self) -> tuple[str, ...]:
-        """Modules whose outputs are the units."""
+        """Modules whose outputs are the units (bare parameters left out)."""
         return tuple(s.module for s in self.slots if s.role == OUT)
 
     @property

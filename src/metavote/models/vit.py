@@ -41,6 +41,8 @@ class PatchEmbed(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention; the head count follows ``qkv``'s width, so pruning heads is slicing it."""
 
+    empty_ok = True  # with no head left it adds nothing: the residual path carries the tokens
+
     def __init__(self, dim: int, num_heads: int, head_dim: int) -> None:
         super().__init__()
         self.head_dim = head_dim
@@ -76,6 +78,8 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
+    empty_ok = True
+
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
@@ -181,6 +185,9 @@ class VisionTransformer(Backbone):
         for block, k in zip(self.blocks, tokens_kept):
             block.keep_tokens = k
 
+    def capabilities(self) -> set[str]:
+        return super().capabilities() | {"tokens"}
+
     def flops_key(self) -> tuple:
         return super().flops_key() + (("tokens_kept", tuple(self.tokens_kept or ())),)
 
@@ -217,7 +224,8 @@ class VisionTransformer(Backbone):
                                     (Slot(f"{p}.attn.qkv", width=hd, copies=3), Slot(f"{p}.attn.proj", IN, width=hd)),
                                     can_be_empty=True, kind="head"))
             groups.append(UnitGroup(f"{p}.mlp", block.mlp.fc1.out_features,
-                                    (Slot(f"{p}.mlp.fc1"), Slot(f"{p}.mlp.fc2", IN)), can_be_empty=True, kind="node"))
+                                    (Slot(f"{p}.mlp.fc1"), Slot(f"{p}.mlp.fc2", IN)), probes=(f"{p}.mlp.fc1",), can_be_empty=True,
+                                    kind="node"))
         return groups
 
 

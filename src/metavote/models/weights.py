@@ -17,6 +17,7 @@ from ..data import ImageDataset
 from ..errors import CheckpointError, ConfigError, one_line
 from ..files import atomic_path, file_digest
 from .base import Backbone, create_model
+from .hf import is_hf_folder, load_hf
 from .vit import vit_config_from_state
 
 
@@ -137,6 +138,8 @@ def locate_backbone(path: str | os.PathLike | None = None) -> Path:
 
 def load_backbone(path: str | os.PathLike, dataset: ImageDataset | None = None, **overrides) -> tuple[Backbone, dict]:
     """Build a model of the file's family and load the file into it, checking every key and shape.
+    A Hugging Face ``save_pretrained`` folder (or its ``model.safetensors``) loads through
+    :func:`~metavote.models.hf.load_hf` as a traced model.
 
     The config comes from the file (:func:`infer_config`) with ``overrides`` on top (``arch``,
     ``width``, ``num_heads``, ``mean``, ...). The returned metadata always holds ``config`` (what
@@ -144,6 +147,8 @@ def load_backbone(path: str | os.PathLike, dataset: ImageDataset | None = None, 
     of the file), which the zoo uses to refuse mixing backbones. Given the ``dataset`` the head was
     trained on, ``classes`` is filled from it when the file names only the dataset.
     """
+    if is_hf_folder(path):  # a Hugging Face save_pretrained folder: its own config, labels and preprocessing
+        return load_hf(path)
     state, meta = load_weights(path)
     config = infer_config(state, meta) | {k: v for k, v in overrides.items() if v is not None}
     head = next((k for k in ("fc.weight", "head.weight") if k in state), None)

@@ -2,7 +2,7 @@
 
 ``subnetwork.py``: :class:`SubNetwork` (Omega per group), target widths, tensor indices of units and
 the dense view. ``surgery.py``: cutting layers by type, :func:`extract` / :func:`shrink` /
-:func:`mask`. ``importance.py``: criteria as small classes. ``schedule.py``: gradual schedules.
+:func:`mask`. ``result.py``: :class:`PruneResult`, what every method returns and the zoo stores. ``importance.py``: criteria as small classes. ``schedule.py``: gradual schedules.
 """
 
 from ..models.units import IN, OUT, Slot, UnitGroup
@@ -10,12 +10,13 @@ from .importance import (
     IMPORTANCES, ActivationImportance, Importance, MagnitudeImportance, RandomImportance, TaylorImportance, get_importance, keep_top,
     unit_norms,
 )
+from .result import PruneResult
 from .schedule import pruning_schedule
 from .subnetwork import SubNetwork, TensorIndex, dense_view, kind_targets, scatter, target_widths, units_per_kind
-from .surgery import CUTTERS, cut, extract, mask, shrink, zero_units
+from .surgery import CUTTERS, cut, extract, mask, register_cutter, shrink, zero_units
 
 __all__ = [
-    "CUTTERS", "IMPORTANCES", "IN", "OUT", "ActivationImportance", "Importance", "MagnitudeImportance", "RandomImportance", "Slot", "SubNetwork",
+    "CUTTERS", "IMPORTANCES", "IN", "OUT", "ActivationImportance", "PruneResult", "Importance", "MagnitudeImportance", "RandomImportance", "Slot", "SubNetwork",
     "TaylorImportance", "TensorIndex", "UnitGroup", "cut", "dense_view", "extract", "get_importance", "keep_top", "kind_targets", "mask",
-    "pruning_schedule", "scatter", "shrink", "target_widths", "unit_norms", "units_per_kind", "zero_units",
+    "pruning_schedule", "register_cutter", "scatter", "shrink", "target_widths", "unit_norms", "units_per_kind", "zero_units",
 ]

@@ -15,7 +15,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.units import OUT, UnitGroup
+from ..models.units import IN, OUT, UnitGroup
+
+
+def channel_dim(module: nn.Module) -> int:
+    """The dimension of a probe's output that holds its channels: the last for linear layers and
+    channels-last norms (a ViT's tokens, a ConvNeXt's inverted bottleneck), else 1 (NCHW)."""
+    channels_last = isinstance(module, (nn.Linear, nn.LayerNorm)) and getattr(module, "data_format", "channels_last") == "channels_last"
+    return -1 if channels_last else 1
+
+
+def per_unit(channel_scores: torch.Tensor, size: int) -> torch.Tensor:
+    """Per-channel scores summed over each unit's channels (a unit of ``width`` channels: a
+    grouped convolution's group); unchanged when every unit is one channel."""
+    if len(channel_scores) == size:
+        return channel_scores
+    return channel_scores.reshape(size, -1).sum(1)
 
 
 def _probes(groups: Sequence[UnitGroup], criterion: str) -> None:
@@ -48,8 +63,9 @@ class ActivationImportance(Importance):
         sums: dict[str, torch.Tensor] = {}
 
         def hook(name):
-            def record(_module, _inp, out):
-                s = F.relu(out).float().mean((0, 2, 3))
+            def record(module, _inp, out):
+                channels = channel_dim(module) % out.dim()
+                s = F.relu(out).float().mean(tuple(d for d in range(out.dim()) if d != channels))
                 sums[name] = sums.get(name, 0) + s
             return record
 
@@ -60,12 +76,13 @@ class ActivationImportance(Importance):
         finally:
             for h in handles:
                 h.remove()
-        return {g.name: sum(sums[n] for n in g.probes).cpu() for g in groups}
+        return {g.name: sum(per_unit(sums[n], g.size) for n in g.probes).cpu() for g in groups}
 
 
 class TaylorImportance(Importance):
     """First-order Taylor importance (Molchanov et al. 2019): (gamma * dL/dgamma + beta * dL/dbeta)^2
-    of each channel's BatchNorm probe, accumulated over batches and summed over a group's probes."""
+    of each channel's probe (its norm's scale and shift; a probe that is a conv or linear layer sums
+    w * dL/dw over each output's weights), accumulated over batches and summed over a group's probes."""
 
     name = "taylor"
     needs_grad = True
@@ -80,8 +97,10 @@ class TaylorImportance(Importance):
             F.cross_entropy(model(x.to(device)), y.to(device)).backward()
             for g in groups:
                 for n in g.probes:
-                    bn = model.get_submodule(n)
-                    scores[g.name] += ((bn.weight * bn.weight.grad + bn.bias * bn.bias.grad).detach() ** 2).cpu()
+                    probe = model.get_submodule(n)
+                    s = sum((p * p.grad).detach().flatten(1).sum(1) if p.dim() > 1 else (p * p.grad).detach()
+                            for p in (probe.weight, probe.bias) if p is not None and p.grad is not None)
+                    scores[g.name] += per_unit(s**2, g.size).cpu()
         model.zero_grad(set_to_none=True)
         return scores
 
@@ -106,6 +125,8 @@ def unit_norms(model: nn.Module, group: UnitGroup, role: str = OUT, grad: bool =
     ``grad``: of the weights' gradients instead (zero where there is none)."""
     total = torch.zeros(group.size)
     for slot in group.slots:
+        if slot.role not in (OUT, IN):
+            continue  # bare parameters (layer scales) are no unit's weights
         weight = model.get_submodule(slot.module).weight
         weight = (weight.grad if grad else weight) if weight.dim() >= 2 else None
         if slot.role != role or weight is None:

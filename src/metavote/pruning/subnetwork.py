@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.units import OUT, UnitGroup
+from ..models.units import UnitGroup
 
 
 @dataclass
@@ -125,8 +125,8 @@ class TensorIndex:
     """For every state-dict tensor a model's groups touch: which dims their units index, through which slot.
 
     Built once per backbone; ``indices(subnet)`` gives, per tensor key, ``{dim: tensor indices}``.
-    An ``out`` slot indexes dim 0 of every tensor of its module (weight, bias, norm statistics);
-    an ``in`` slot indexes dim 1 of its weight.
+    An ``out`` slot indexes dim 0 of every tensor of its module (weight, bias, norm statistics),
+    an ``in`` slot dim 1 of its weight, a ``param`` slot its parameter's unit dimension.
     """
 
     def __init__(self, model: nn.Module, groups: Sequence[UnitGroup]) -> None:
@@ -134,12 +134,8 @@ class TensorIndex:
         self.entries: dict[str, list[tuple[int, str, object]]] = {}
         for g in groups:
             for slot in g.slots:
-                if slot.role == OUT:
-                    keys = [k for k in model.get_submodule(slot.module).state_dict() if k != "num_batches_tracked"]
-                    for key in keys:
-                        self.entries.setdefault(f"{slot.module}.{key}", []).append((0, g.name, slot))
-                else:
-                    self.entries.setdefault(f"{slot.module}.weight", []).append((1, g.name, slot))
+                for key, _, dim in slot.tensors(model):
+                    self.entries.setdefault(key, []).append((dim, g.name, slot))
 
     def indices(self, subnet: SubNetwork) -> dict[str, dict[int, torch.Tensor]]:
         return {key: {dim: slot.indices(subnet.kept[name], self.groups[name].size) for dim, name, slot in entries}
@@ -151,7 +147,10 @@ def scatter(full: torch.Tensor, compact: torch.Tensor, index: Mapping[int, torch
     out = full.clone()
     compact = compact.to(out.device, out.dtype)
     if len(index) == 2:
-        out[index[0][:, None], index[1][None, :]] = compact
+        (d0, i0), (d1, i1) = sorted(index.items())
+        if (d0, d1) != (0, 1):
+            raise ConfigError(f"two unit dimensions {d0} and {d1} of one tensor are not supported")
+        out[i0[:, None], i1[None, :]] = compact
     elif index:
         (dim, idx), = index.items()
         out[(slice(None),) * dim + (idx,)] = compact

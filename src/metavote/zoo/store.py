@@ -27,7 +27,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
@@ -38,10 +37,7 @@ from ..data import Task
 from ..errors import ConfigError, MetavoteError
 from ..files import atomic_path, file_digest
 from ..models.base import Backbone, create_model
-from ..pruning import SubNetwork, TensorIndex, dense_view, shrink
-
-if TYPE_CHECKING:
-    from ..methods.base import PruneResult
+from ..pruning import PruneResult, SubNetwork, TensorIndex, dense_view, shrink
 
 INDEX = "index.sqlite"
 DEFAULT_ZOO_METHOD = "ifp"
