@@ -12,7 +12,9 @@ Two checks on real CIFAR-100 tasks and the shared backbones, short budgets:
    mapped: the wrapper's ``net.`` dropped, its ``head`` named as the family's) and the kept units.
 2. **Unchanged by the change.** The hand-written ResNet results against
    ``results/equivalence_before.json``, the same computation at commit bca3a93 (before issue 23's
-   in-place layer cutting, parameter slots and capabilities).
+   in-place layer cutting, parameter slots and capabilities). MVP's rows differ there by design:
+   its vote now draws group after group in the model's depth order, where it followed the record
+   files' alphabetical key order (which differs between the two namings).
 
     python benchmarks/equivalence.py        # from the project root; 2 threads; about 2 minutes
 """
@@ -63,8 +65,10 @@ def run(family: str, backbone: Backbone, meta: dict, dataset, folder: Path) -> d
     budget = {"ratio": 0.8, "batch_size": 32} | zoo_method[1]
     out, records = {}, []
 
+    order = [g.name for g in backbone.unit_groups()]  # kept units group by group in depth order (the names differ)
+
     def note(key, r, extra=()):
-        out[key] = [r.accuracy, r.costs.flops, digest(r.model, classifier), [v.tolist() for v in r.subnet.kept.values()], *extra]
+        out[key] = [r.accuracy, r.costs.flops, digest(r.model, classifier), [r.subnet.kept[name].tolist() for name in order], *extra]
 
     with Zoo(folder, meta) as zoo:
         for task in tasks[:3]:

@@ -5,7 +5,7 @@
 #   2. a 30-task IFP zoo on it (the CPU profile: r = 0.8, IFP at 200 iterations);
 #   3. the main table on 10 test tasks: MVP, the nearest record, IFP at J and 10 J, random.
 # Logs go to benchmarks/results/third_family/; the weights and the zoo stay in runs/ (not committed).
-#   bash benchmarks/third_family.sh        # EPOCHS=12 by default; nothing else running
+#   bash benchmarks/third_family.sh        # EPOCHS=10 by default (about 30 min); nothing else running
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=benchmarks/results/third_family
@@ -14,7 +14,7 @@ MODEL=runs/hf-mobilenet_v2-cifar100
 mkdir -p "$OUT" runs
 if [ ! -d "$MODEL" ]; then
   /usr/bin/time -f "pretrain wall %e s" $BIN/metavote pretrain --hf-config benchmarks/configs/mobilenet_v2_cifar.json \
-      --epochs "${EPOCHS:-12}" --out "$MODEL" --threads 2 --quiet 2>&1 | tee "$OUT/pretrain.log"
+      --epochs "${EPOCHS:-10}" --out "$MODEL" --threads 2 --quiet 2>&1 | tee "$OUT/pretrain.log"
 fi
 /usr/bin/time -f "zoo build wall %e s" $BIN/metavote zoo build --zoo runs/zoo-mnv2 --backbone "$MODEL" --profile cpu --tasks 30 \
     --seed 0 --workers 2 --threads 1 --quiet 2>&1 | tee "$OUT/zoo.log"

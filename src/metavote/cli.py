@@ -328,7 +328,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .deploy import export_onnx, export_record
+    from .deploy import export_hf, export_onnx, export_record
     from .zoo import Zoo
 
     if bool(args.zoo) == bool(args.model):
@@ -341,8 +341,11 @@ def cmd_export(args: argparse.Namespace) -> None:
             path = export_record(zoo, args.record, args.out, args.method)
         print(f"wrote the standalone model {path}")
         return
-    if not args.onnx:
-        raise ConfigError("--model needs --onnx OUT.onnx")
+    if bool(args.onnx) == bool(args.hf_folder):
+        raise ConfigError("--model needs --onnx OUT.onnx or --hf-folder DIR")
+    if args.hf_folder:
+        print(f"wrote {export_hf(args.model, args.hf_folder)}, a save_pretrained folder (transformers loads it; checked against the model)")
+        return
     diff = export_onnx(args.model, args.onnx)
     print(f"wrote {args.onnx}; ONNX Runtime and PyTorch agree to {diff:.1e} (largest logit difference on 16 images)")
 
@@ -543,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="with --zoo: the standalone FILE.safetensors to write")
     p.add_argument("--model", help="a standalone pruned model (.safetensors) to export")
     p.add_argument("--onnx", help="with --model: the .onnx file to write (needs `pip install 'metavote[onnx]'`)")
+    p.add_argument("--hf-folder", help="with --model (a pruned Hugging Face ViT or DeiT): a save_pretrained folder with the pruned sizes")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="top-k classes of image files by a pruned model (.safetensors or .onnx)")

@@ -34,6 +34,7 @@ from .data import decode_images, to_float
 from .errors import CheckpointError, ConfigError, MetavoteError, one_line
 from .files import atomic_path
 from .models import Backbone, create_model
+from .models.hf import save_hf
 from .pruning import SubNetwork, shrink
 
 if TYPE_CHECKING:
@@ -115,6 +116,17 @@ def load_pruned(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         raise CheckpointError(f"{path}: the weights do not fit the architecture its metadata describes ({one_line(e)})") from e
     model.pruned_meta = meta
     return model.to(device).eval()
+
+
+def export_hf(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """A standalone pruned Hugging Face model as a ``save_pretrained`` folder that transformers loads
+    as it is, where its config can say the kept sizes (:func:`~metavote.models.hf.save_hf`)."""
+    model = load_pruned(model_path)
+    if model.config.get("arch") != "hf":
+        raise ConfigError(f"{model_path} is a {model.config.get('arch')} model, not a Hugging Face one; export it with --onnx")
+    meta = model.pruned_meta
+    return save_hf(out, model, meta["classes"], {k: meta.get(k) for k in ("method", "ratio", "iterations", "accuracy", "backbone", "task")},
+                   pruned=True)
 
 
 # ----------------------------------------------------------------------------- ONNX

@@ -24,7 +24,7 @@ from .data import Augment, BatchLoader, ImageDataset, iterate_eval
 from .errors import CheckpointError, ConfigError, one_line
 from .files import atomic_path
 from .models import CIFAR100_MEAN, CIFAR100_STD, Backbone, create_model, save_weights
-from .models.hf import save_hf
+from .models.hf import save_hf, scratch_init
 from .training import Timer, cosine_lr, evaluate, set_lr, sgd
 
 METHODS = ("supervised", "simsiam")
@@ -182,6 +182,7 @@ def pretrain(
         size = dataset.train_images.shape[1]
         model = create_model({"arch": "hf", "hf_config": config.hf_config, "wrap": {"input_size": [3, size, size], "mean": list(CIFAR100_MEAN),
                                                                                     "std": list(CIFAR100_STD)}}, dataset.num_classes)
+        scratch_init(model)
         if not supervised:
             raise ConfigError("a Hugging Face classifier is pre-trained supervised (SimSiam needs a headless encoder)")
     else:

@@ -139,7 +139,7 @@ def markdown_table(summary: Sequence[dict], key: str = "method") -> str:
              "inference GFLOPs per image |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
         search = f"{s['search_seconds']:.1f}" if s["search_seconds"] else "–"
-        inference = f"{s['inference_gflops']:.3f}" if np.isfinite(s.get("inference_gflops", np.nan)) else "–"
+        inference = f"{s['inference_gflops']:.3g}" if np.isfinite(s.get("inference_gflops", np.nan)) else "–"  # 3 significant digits: small models too
         lines.append(f"| {s[key]} | {s['tasks']} | {100 * s['accuracy_mean']:.2f} ± {100 * s['accuracy_std']:.2f} | "
                      f"{s['tflops']:.3f} | {s['seconds']:.1f} | {search} | {s['parameters']:,.0f} | {inference} |")
     return "\n".join(lines)

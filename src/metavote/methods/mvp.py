@@ -58,7 +58,8 @@ def vote_counts(subnets: Sequence[SubNetwork]) -> dict[str, np.ndarray]:
 
 def sample_by_votes(votes: dict[str, np.ndarray], widths: dict[str, int], temperature: float = DEFAULT_TEMPERATURE, seed: int = 0) -> SubNetwork:
     """Per group, ``widths[g]`` units drawn without replacement from softmax(votes / temperature),
-    by Gumbel top-k (equivalent to successive draws without replacement)."""
+    by Gumbel top-k (equivalent to successive draws without replacement), group after group in the
+    order of ``votes`` (MVP passes the model's depth order)."""
     if temperature <= 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")
     rng = np.random.default_rng(seed)
@@ -251,9 +252,10 @@ class MVP(Method):
                                   f"asks for {wanted}: prune at the zoo's ratio")
         elif self.omega == "random":
             rng = np.random.default_rng(seed)
-            subnet = SubNetwork({g: np.sort(rng.choice(n, widths[g], replace=False)) for g, n in subnets[0].sizes.items()}, subnets[0].sizes)
-        else:
-            subnet = sample_by_votes(vote_counts(subnets), widths, self.temperature, seed)
+            subnet = SubNetwork({g.name: np.sort(rng.choice(g.size, widths[g.name], replace=False)) for g in groups}, subnets[0].sizes)
+        else:  # drawn group by group in the model's depth order (not the record files' key order)
+            votes = vote_counts(subnets)
+            subnet = sample_by_votes({g.name: votes[g.name] for g in groups}, widths, self.temperature, seed)
         full = copy.deepcopy(backbone)
         if self.init != "backbone":
             rule = "first" if self.init == "nearest-first" else "mean"

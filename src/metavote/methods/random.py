@@ -40,8 +40,9 @@ class RandomPruning(Method):
             raise ConfigError(f"head must be 'task' or 'new', got {self.head!r}")
 
     def prune(self, backbone, data, zoo, head_rows, costs, seed, prepared, progress):
-        subnet = random_subnetwork(backbone.unit_groups(), self.ratio, seed)
-        model = extract(backbone, subnet)  # a compact copy; the head's rows or imprinting use its own features
+        groups = backbone.unit_groups()
+        subnet = random_subnetwork(groups, self.ratio, seed)
+        model = extract(backbone, subnet, groups)  # a compact copy; the head's rows or imprinting use its own features
         if self.head == "task":
             task_head(model, data, head_rows)
         else:

@@ -30,7 +30,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Backbone(nn.Module):
     """Base class of every model family.
 
-    Subclasses set ``family`` (which methods apply: ``"resnet"``, ``"vit"``), ``classifier_name``
+    Subclasses set ``family`` (a name: ``"resnet"``, ``"vit"``, ``"traced"``; which methods apply
+    follows from :meth:`capabilities`), ``classifier_name``
     (the head module's attribute, ``fc`` or ``head``) and implement ``forward_features``,
     ``forward_head``, ``num_features``, ``unit_groups`` and ``config``.
     """

@@ -165,51 +165,14 @@ def trace_unit_groups(model: nn.Module, example: torch.Tensor, classifier: str |
     ignore = set(ignore)
     skipped: dict[str, str] = {}
 
-    # attention: a group holding the outputs of an attention module's linears that run before the
-    # linear reading them (q, k, v before the output projection) is that module's heads; the
-    # inputs of q, k and v are the token width
-    head_of: dict[str, tuple[str, int]] = {}
-    for proto in protos:
-        owned: dict[tuple[str, int], dict[str, list[str]]] = {}
-        for name, role, _, _ in proto.items:
-            if role != PARAM and isinstance(model.get_submodule(name), nn.Linear) and (found := _head_count(model, name, heads)):
-                owned.setdefault(found, {OUT: [], IN: []})[role].append(name)
-        for found, roles in owned.items():
-            if roles[OUT] and roles[IN] and min(order.get(n, 0) for n in roles[OUT]) < min(order.get(n, 0) for n in roles[IN]):
-                head_of.update(dict.fromkeys(roles[OUT], found))
-    qkv_inputs = set(head_of)
-
-    # grouped convolutions tie the group before them to the group after them
-    parent = list(range(len(protos)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    grouped: dict[str, int] = {}
-    where: dict[tuple[str, str], int] = {}
-    for i, proto in enumerate(protos):
-        for name, role, _, _ in proto.items:
-            where[(name, role)] = i
-            if role != PARAM:
-                m = model.get_submodule(name)
-                if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and not (m.groups == m.in_channels == m.out_channels):
-                    grouped[name] = m.groups
-    for name in grouped:
-        if (name, IN) in where and (name, OUT) in where:
-            parent[root(where[(name, IN)])] = root(where[(name, OUT)])
-    merged: dict[int, list[int]] = {}
-    for i in range(len(protos)):
-        merged.setdefault(root(i), []).append(i)
-
+    head_of = _attention_projections(model, protos, order, heads)
+    grouped = _grouped_convolutions(model, protos)
     groups: list[UnitGroup] = []
-    for members in merged.values():
+    for members in _merged(protos, grouped):
         items = [item for i in members for item in protos[i].items]
         label = min((n for n, r, _, _ in items if r == OUT), key=lambda n: order.get(n, len(order)), default=items[0][0])
         try:
-            if any(r == IN and n in qkv_inputs for n, r, _, _ in items):
+            if any(r == IN and n in head_of for n, r, _, _ in items):
                 raise _Skip("the token width of an attention model (heads and MLP nodes are pruned instead)")
             if any(n in ignore or any(n.startswith(i + ".") for i in ignore) for n, _, _, _ in items):
                 raise _Skip("ignored")
@@ -218,7 +181,7 @@ def trace_unit_groups(model: nn.Module, example: torch.Tensor, classifier: str |
             if owners:
                 group = _head_group(model, items, owners)
             elif convs:
-                group = _grouped_group(model, items, convs, protos, members)
+                group = _grouped_group(model, items, convs)
             else:
                 group = _channel_group(items, protos[members[0]].size)
         except _Skip as why:
@@ -231,21 +194,70 @@ def trace_unit_groups(model: nn.Module, example: torch.Tensor, classifier: str |
         groups.append(_finish(model, group, order))
     groups.sort(key=lambda g: min(module_order[p] for p in g.producers))
     if verify:  # all groups at once (one cut), then one by one only when that fails
-        probe = _perturbed(model)
-        for g in [] if _removal_is_exact(probe, groups, groups, example) else [g for g in groups if not _removal_is_exact(probe, groups, [g], example)]:
-            groups.remove(g)
-            skipped[g.name] = "removing units changes the others' outputs (a normalisation across these channels, such as a LayerNorm)"
+        probe, example = _perturbed(model), example.double()
+        if not _removal_is_exact(probe, groups, groups, example):
+            for g in [g for g in groups if not _removal_is_exact(probe, groups, [g], example)]:
+                groups.remove(g)
+                skipped[g.name] = "removing units changes the others' outputs (a normalisation across these channels, such as a LayerNorm)"
     return Trace(groups, skipped)
+
+
+def _attention_projections(model: nn.Module, protos: list[_Proto], order: Mapping[str, int],
+                           heads: Mapping[str, int]) -> dict[str, tuple[str, int]]:
+    """q, k and v (or a fused qkv), each with its attention module and head count: the linears of
+    an attention module whose outputs share a group with a later linear of the same module reading
+    them (the output projection). Their inputs are the token width."""
+    head_of: dict[str, tuple[str, int]] = {}
+    for proto in protos:
+        owned: dict[tuple[str, int], dict[str, list[str]]] = {}
+        for name, role, _, _ in proto.items:
+            if role != PARAM and isinstance(model.get_submodule(name), nn.Linear) and (found := _head_count(model, name, heads)):
+                owned.setdefault(found, {OUT: [], IN: []})[role].append(name)
+        for found, roles in owned.items():
+            if roles[OUT] and roles[IN] and min(order.get(n, 0) for n in roles[OUT]) < min(order.get(n, 0) for n in roles[IN]):
+                head_of.update(dict.fromkeys(roles[OUT], found))
+    return head_of
+
+
+def _grouped_convolutions(model: nn.Module, protos: list[_Proto]) -> dict[str, int]:
+    """Convolutions with groups (depthwise ones aside, whose inputs are their outputs) and their group counts."""
+    out = {}
+    for proto in protos:
+        for name, role, _, _ in proto.items:
+            m = model.get_submodule(name) if role != PARAM else None
+            if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and not (m.groups == m.in_channels == m.out_channels):
+                out[name] = m.groups
+    return out
+
+
+def _merged(protos: list[_Proto], grouped: Mapping[str, int]) -> list[list[int]]:
+    """The channel sets as unit groups: a grouped convolution ties the set it reads to the set it writes."""
+    parent = list(range(len(protos)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    where = {(name, role): i for i, proto in enumerate(protos) for name, role, _, _ in proto.items}
+    for name in grouped:
+        if (name, IN) in where and (name, OUT) in where:
+            parent[root(where[(name, IN)])] = root(where[(name, OUT)])
+    members: dict[int, list[int]] = {}
+    for i in range(len(protos)):
+        members.setdefault(root(i), []).append(i)
+    return list(members.values())
 
 
 @torch.no_grad()
 def _perturbed(model: nn.Module) -> nn.Module:
-    """A copy with every parameter moved by seeded noise, so that a layer that starts as the
+    """A float64 copy with every parameter moved by seeded noise, so that a layer that starts as the
     identity (a zero-initialised layer scale or response normalisation) shows what it does."""
-    copy_ = copy.deepcopy(model)
+    copy_ = copy.deepcopy(model).double()  # float64: summation order cannot pass for a real difference
     generator = torch.Generator().manual_seed(0)
     for p in copy_.parameters():
-        p.add_(torch.randn(p.shape, generator=generator).to(p.device, p.dtype) * (0.5 * float(p.float().std()) if p.numel() > 1 else 0.5) + 0.1)
+        p.add_(torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.device) * (0.5 * float(p.std()) if p.numel() > 1 else 0.5) + 0.1)
     return copy_
 
 
@@ -265,7 +277,7 @@ def _removal_is_exact(model: nn.Module, groups: list[UnitGroup], tested: list[Un
         got = shrink(model, keep, groups).eval()(example)
     finally:
         model.train(was_training)
-    return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()) + 1e-6))
+    return bool(torch.allclose(got, want, rtol=1e-6, atol=1e-9 * float(want.abs().max()) + 1e-12))
 
 
 class _Skip(Exception):
@@ -305,7 +317,7 @@ def _head_group(model: nn.Module, items, owners: set[tuple[str, int]]) -> UnitGr
     return UnitGroup(owner, count, tuple(slots), kind="head")
 
 
-def _grouped_group(model: nn.Module, items, convs: set[int], protos, members) -> UnitGroup:
+def _grouped_group(model: nn.Module, items, convs: set[int]) -> UnitGroup:
     if len(convs) > 1:
         raise _Skip(f"grouped convolutions of different group counts ({sorted(convs)}) share these channels")
     count = convs.pop()

@@ -1,8 +1,10 @@
 """Physical surgery: cut layers to the kept units (extract, shrink) or silence the dropped ones (mask).
 
-Layers are cut by a table keyed by layer type (Torch-Pruning's pruner box): each entry knows how to
-keep some output and some input indices of its layer. Which indices a group's units are comes from
-its slots, so the same code cuts CNN channels, ViT heads (a ``qkv`` of fewer heads) and MLP nodes.
+Layers are cut by a table keyed by layer type (Torch-Pruning's pruner box, :data:`CUTTERS`): each
+entry cuts its layer in place (on the copy :func:`shrink` made) to some output and some input
+indices, so a subclass keeps its own class and forward; :func:`register_cutter` adds a type, and what
+a cutter leaves is checked. Which indices a group's units are comes from its slots, so the same
+code cuts CNN channels, ViT heads (a ``qkv`` of fewer heads), MLP nodes and bare parameters.
 """
 
 from __future__ import annotations
@@ -161,10 +163,12 @@ def shrink(model: Backbone, keep: Mapping[str, np.ndarray], groups: Sequence[Uni
     return small
 
 
-def extract(backbone: Backbone, subnet: SubNetwork) -> Backbone:
-    """The physically small module of ``subnet`` with the backbone's weights at Omega."""
-    subnet.check(backbone.unit_groups())
-    return shrink(backbone, subnet.kept)
+def extract(backbone: Backbone, subnet: SubNetwork, groups: Sequence[UnitGroup] | None = None) -> Backbone:
+    """The physically small module of ``subnet`` with the backbone's weights at Omega
+    (``groups``: the backbone's unit groups, when the caller has them already)."""
+    groups = groups or backbone.unit_groups()
+    subnet.check(groups)
+    return shrink(backbone, subnet.kept, groups)
 
 
 @torch.no_grad()

@@ -262,6 +262,8 @@ class Zoo:
     def describe(self) -> str:
         """The backbone in a few words: its architecture and size."""
         c = self.model_config
+        if "hf_config" in c:  # a Hugging Face classifier: its model type
+            return f"{c['arch']} {c['hf_config'].get('model_type')}"
         size = f" w{c['width']:g}" if "width" in c else f" d{c['embed_dim']} x{c['depth']}" if "embed_dim" in c else ""
         return f"{c['arch']}{size}"
 
