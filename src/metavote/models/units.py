@@ -57,7 +57,9 @@ class Slot:
         module = model.get_submodule(self.module)
         if self.role == IN:
             return [(f"{self.module}.weight", module.weight, 1)]
-        return [(f"{self.module}.{k}", t, 0) for k, t in module.state_dict(keep_vars=True).items() if k != "num_batches_tracked"]
+        persistent = {k: b for k, b in module._buffers.items() if k not in module._non_persistent_buffers_set}
+        return [(f"{self.module}.{k}", t, 0) for k, t in {**module._parameters, **persistent}.items()  # the state dict's own tensors, in
+                if t is not None and k != "num_batches_tracked"]                                      # its order, without building it
 
     def indices(self, units: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
         """Tensor indices of ``units`` (of a group of ``size`` units), in the order a compact layer holds them."""

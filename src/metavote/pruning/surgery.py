@@ -29,7 +29,7 @@ def _param(p: torch.Tensor | None, idx: Index, dim: int = 0) -> nn.Parameter | N
     """``p`` cut along ``dim`` to ``idx`` (None keeps all), as a new parameter of the same trainability."""
     if p is None or idx is None:
         return p
-    return nn.Parameter(p.detach().index_select(dim, idx.to(p.device)).clone(), requires_grad=p.requires_grad)
+    return nn.Parameter(p.detach().index_select(dim, idx.to(p.device)), requires_grad=p.requires_grad)  # a new tensor
 
 
 def _cut_conv(m: nn.modules.conv._ConvNd, out_idx: Index, in_idx: Index) -> None:
@@ -60,7 +60,7 @@ def _cut_batchnorm(m: nn.modules.batchnorm._BatchNorm, out_idx: Index, in_idx: I
     m.weight, m.bias = _param(m.weight, out_idx), _param(m.bias, out_idx)
     for key in ("running_mean", "running_var"):
         if getattr(m, key) is not None:
-            setattr(m, key, getattr(m, key).index_select(0, out_idx.to(getattr(m, key).device)).clone())
+            setattr(m, key, getattr(m, key).index_select(0, out_idx.to(getattr(m, key).device)))
     m.num_features = len(out_idx)
 
 
