@@ -51,6 +51,8 @@ class PretrainConfig:
     def validate(self) -> None:
         if (self.arch == "hf") != (self.hf_config is not None):
             raise ConfigError("a Hugging Face pre-training needs arch 'hf' and its hf_config, together")
+        if self.hf_config is not None and self.method != "supervised":
+            raise ConfigError("a Hugging Face classifier is pre-trained supervised (SimSiam needs a headless encoder)")
         if self.hf_config is not None and "model_type" not in self.hf_config:
             raise ConfigError("the Hugging Face config needs its model_type (mobilenet_v2, convnext, vit, ...)")
         if self.method not in METHODS:
@@ -183,8 +185,6 @@ def pretrain(
         model = create_model({"arch": "hf", "hf_config": config.hf_config, "wrap": {"input_size": [3, size, size], "mean": list(CIFAR100_MEAN),
                                                                                     "std": list(CIFAR100_STD)}}, dataset.num_classes)
         scratch_init(model)
-        if not supervised:
-            raise ConfigError("a Hugging Face classifier is pre-trained supervised (SimSiam needs a headless encoder)")
     else:
         model = create_model({"arch": config.arch, "width": config.width}, dataset.num_classes if supervised else 0)
     net: nn.Module = model if supervised else SimSiam(model)
