@@ -65,6 +65,81 @@ def test_help_in_a_real_process():
     assert "--width" in proc.stdout and "--fresh" in proc.stdout and proc.stdout.startswith("usage: metavote pretrain")
 
 
+HEAVY = ("torch", "numpy", "transformers", "safetensors", "PIL")
+
+
+def test_the_parser_and_every_help_import_nothing_heavy():
+    """`metavote --help` is instant: building the parser (and printing any help) loads no torch."""
+    code = ("import contextlib, io, sys, metavote.cli\n"
+            "parser = metavote.cli.build_parser()\n"
+            "for argv in ([], ['prune'], ['export'], ['predict'], ['zoo', 'build'], ['study', 'overlap'], ['bench']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "        parser.parse_args([*argv, '--help'])\n"
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stdout
+
+
+def test_the_torch_free_method_keys_equal_the_registry():
+    from metavote.methods import METHODS
+    from metavote.names import METHOD_KEYS
+
+    assert sorted(METHOD_KEYS) == sorted(METHODS) and len(set(METHOD_KEYS)) == len(METHOD_KEYS)
+
+
+def test_import_metavote_is_lazy_and_exports_every_name():
+    code = ("import sys, metavote\n"
+            f"assert not [m for m in sys.modules if m.split('.')[0] in {HEAVY!r}], 'import metavote loaded torch'\n"
+            "from metavote import Zoo, load_pruned, METHODS, wrap_model, MetavoteError\n"
+            "assert all(getattr(metavote, n) is not None for n in metavote.__all__) and set(metavote.__all__) <= set(dir(metavote))\n"
+            "assert metavote.Zoo is Zoo and metavote.data.load_dataset is metavote.load_dataset and 'ifp' in METHODS\n"
+            "print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    import metavote
+
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        metavote.no_such_name  # noqa: B018
+
+
+def _leaf_commands(parser, prefix=()):
+    """Every runnable subcommand: ``("zoo", "build")`` -> its parser."""
+    import argparse
+
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield prefix, parser
+    for action in subs:
+        for name, sub in action.choices.items():
+            yield from _leaf_commands(sub, (*prefix, name))
+
+
+RUN_A_MODEL = [("pretrain",), ("evaluate",), ("zoo", "build"), ("similarity",), ("study", "overlap"), ("prune",), ("bench",), ("ablate",),
+               ("export",), ("predict",), ("demo",)]
+
+
+def test_every_command_that_runs_a_model_takes_threads_and_device():
+    from metavote.cli import build_parser
+
+    commands = dict(_leaf_commands(build_parser()))
+    for name in RUN_A_MODEL:
+        options = {o for a in commands[name]._actions for o in a.option_strings}
+        assert "--threads" in options, name
+        # export runs on the CPU only: its check compares PyTorch with ONNX Runtime's CPU provider
+        assert ("--device" in options) == (name != ("export",)), name
+
+
+@pytest.mark.parametrize("argv", [["export", "--model", "m.safetensors", "--onnx", "."], ["predict", "--model", "m.safetensors", "x.png"]])
+def test_export_and_predict_apply_threads(capsys, monkeypatch, argv):
+    import metavote.training
+
+    calls = []
+    monkeypatch.setattr(metavote.training, "set_threads", calls.append)
+    run_error(capsys, [*argv, "--threads", 3])  # fails after setting the threads (no such model file / a directory)
+    assert calls == [3]
+
+
 # ----------------------------------------------------------------------------- errors
 
 

@@ -342,6 +342,29 @@ def test_image_folder_bad_fraction_and_missing(tmp_path):
         load_image_folder(tmp_path / "nope")
 
 
+def test_image_folder_with_an_image_above_the_decompression_bomb_limit(tmp_path, monkeypatch):
+    """A huge image (a 20000x20000 photo at PIL's default limit; 100x90 under a lowered one) is one
+    DataError naming the file and its size, never PIL's traceback; no cache is written."""
+    import warnings
+
+    root = _image_folder(tmp_path / "pics")  # at most 64x64 = 4096 pixels
+    huge = root / "zebra" / "huge.png"
+    Image.new("RGB", (100, 90)).save(huge)
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4096)  # 9000 pixels: above twice the limit, PIL raises
+    with pytest.raises(DataError) as e:
+        load_image_folder(root, cache_dir=cache)
+    assert str(e.value) == (f"image {huge} is 100x90 pixels, above PIL's decompression-bomb limit of 8,192 pixels; "
+                            "resize it or remove it (or, for a trusted file, raise PIL.Image.MAX_IMAGE_PIXELS)")
+    assert Image.MAX_IMAGE_PIXELS == 4096 and not cache.exists()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # between the limit and twice it PIL warns: under -W error, the same line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(DataError, match=r"huge\.png is 100x90 pixels, above PIL's decompression-bomb limit of 5,000 pixels"):
+            load_image_folder(root, cache_dir=cache)
+    assert not cache.exists()
+
+
 # ----------------------------------------------------------------------------- tasks
 
 

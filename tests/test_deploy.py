@@ -184,3 +184,60 @@ def test_a_token_pruned_vit_exports_to_onnx(tmp_path):
     assert export_onnx(tmp_path / "vit.safetensors", tmp_path / "vit.onnx", check_images=x) <= 1e-4
     with torch.no_grad():
         assert torch.allclose(OnnxModel(tmp_path / "vit.onnx")(x), small(x), atol=1e-4)
+
+
+def tiny_pruned_file(path: Path) -> Path:
+    """A standalone pruned model without a zoo: a random sub-network of a tiny random ResNet, for NEW_CLASSES."""
+    from metavote.deploy import save_pruned
+    from metavote.methods import random_subnetwork
+    from metavote.models import cifar_resnet18
+    from metavote.pruning import extract
+
+    torch.manual_seed(0)
+    net = cifar_resnet18(width=0.125, num_classes=len(NEW_CLASSES))
+    subnet = random_subnetwork(net.unit_groups(), 0.5, 0)
+    return save_pruned(path, extract(net, subnet).eval(), subnet, list(NEW_CLASSES), method="random")
+
+
+def test_an_output_that_cannot_be_written_is_refused_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    import metavote.deploy
+    from metavote.errors import ConfigError
+
+    model = tiny_pruned_file(tmp_path / "m.safetensors")
+    folder, a_file = tmp_path / "existing", tmp_path / "notes.txt"
+    folder.mkdir()
+    a_file.write_text("a file, not a folder")
+    loads = []
+    real_load = metavote.deploy.load_pruned
+    monkeypatch.setattr(metavote.deploy, "load_pruned", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+
+    assert f"--onnx {folder} is a directory" in one_line_error(capsys, ["export", "--model", model, "--onnx", folder])
+    assert f"{a_file} is a file, not a folder" in one_line_error(capsys, ["export", "--model", model, "--onnx", a_file / "m.onnx"])
+    assert f"--hf-folder {folder} exists" in one_line_error(capsys, ["export", "--model", model, "--hf-folder", folder])
+    odd = tmp_path / "dir.safetensors"
+    odd.mkdir()
+    assert "is a directory" in one_line_error(capsys, ["export", "--zoo", tmp_path / "no-zoo", "rec", "--out", odd])
+    with pytest.raises(ConfigError, match="is a directory"):
+        export_onnx(model, folder)
+    assert not loads and not list(folder.iterdir()) and not list(odd.iterdir()) and not list(tmp_path.rglob("*.tmp"))
+
+    # a missing parent folder is made, as for `prune --out`
+    rc, stdout, err = run(capsys, ["export", "--model", model, "--onnx", tmp_path / "new" / "m.onnx", "--threads", 1])
+    assert rc == 0 and (tmp_path / "new" / "m.onnx").is_file(), err
+
+
+def test_an_image_above_pils_decompression_bomb_limit_is_one_line(tmp_path, capsys, monkeypatch):
+    model = tiny_pruned_file(tmp_path / "m.safetensors")
+    photos = write_image_folder(tmp_path / "photos")  # 40x48 images
+    huge = photos / "tram" / "huge.png"
+    Image.new("RGB", (120, 100)).save(huge)
+    # 120x100 is above twice the limit: PIL's DecompressionBombError, as a 20000x20000 photo meets at the default limit
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("METAVOTE_CACHE", str(cache))
+    small = next((photos / "kite").glob("*.png"))
+    for argv in (["predict", "--model", model, small, huge], ["data", "info", "--dataset", photos]):
+        err = one_line_error(capsys, argv)
+        assert f"image {huge} is 120x100 pixels, above PIL's decompression-bomb limit of 10,000 pixels" in err, err
+    assert not cache.exists() or not list(cache.iterdir())
+    assert Image.MAX_IMAGE_PIXELS == 5000  # reading the size in the header left the limit as it was

@@ -15,19 +15,61 @@ Any other classifier: ``metavote.load_backbone("hf_save_pretrained_folder")`` or
 ``metavote.wrap_model(net, input_size=..., mean=..., std=...)`` (units traced from its graph).
 """
 
-from .data import ImageDataset, Task, TaskData, load_dataset, sample_tasks
-from .deploy import export_onnx, load_pruned, predict, save_pruned
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from .errors import MetavoteError
-from .methods import METHODS, Method, PruneResult, create_method
-from .models import (
-    MODELS, Backbone, ResNet, Slot, TracedModel, UnitGroup, VisionTransformer, count_parameters, create_model, head_rows_for, load_backbone,
-    load_hf, locate_backbone, register_model, replace_head, save_weights, trace_unit_groups, wrap_model,
-)
-from .profiles import PROFILES, Profile, get_profile
-from .pruning import SubNetwork, dense_view, extract, mask, register_cutter, shrink, target_widths
-from .similarity import EmbeddingSimilarity, LEEPSimilarity, Similarity, WordNetSimilarity, make_similarity, nearest
-from .training import Costs, evaluate, select_device, set_threads
-from .zoo import Zoo, ZooRecord, build_zoo
+
+if TYPE_CHECKING:  # what type checkers see; at run time each name is imported on first use (``__getattr__`` below)
+    from .data import ImageDataset, Task, TaskData, load_dataset, sample_tasks
+    from .deploy import export_onnx, load_pruned, predict, save_pruned
+    from .methods import METHODS, Method, PruneResult, create_method
+    from .models import (
+        MODELS, Backbone, ResNet, Slot, TracedModel, UnitGroup, VisionTransformer, count_parameters, create_model, head_rows_for, load_backbone,
+        load_hf, locate_backbone, register_model, replace_head, save_weights, trace_unit_groups, wrap_model,
+    )
+    from .profiles import PROFILES, Profile, get_profile
+    from .pruning import SubNetwork, dense_view, extract, mask, register_cutter, shrink, target_widths
+    from .similarity import EmbeddingSimilarity, LEEPSimilarity, Similarity, WordNetSimilarity, make_similarity, nearest
+    from .training import Costs, evaluate, select_device, set_threads
+    from .zoo import Zoo, ZooRecord, build_zoo
+
+# each public name -> its module, imported on first use (PEP 562): `import metavote` and `metavote --help` load no torch
+_EXPORTS: dict[str, str] = {name: module for module, names in {
+    "data": ("ImageDataset", "Task", "TaskData", "load_dataset", "sample_tasks"),
+    "deploy": ("export_onnx", "load_pruned", "predict", "save_pruned"),
+    "methods": ("METHODS", "Method", "PruneResult", "create_method"),
+    "models": ("MODELS", "Backbone", "ResNet", "Slot", "TracedModel", "UnitGroup", "VisionTransformer", "count_parameters", "create_model",
+               "head_rows_for", "load_backbone", "load_hf", "locate_backbone", "register_model", "replace_head", "save_weights",
+               "trace_unit_groups", "wrap_model"),
+    "profiles": ("PROFILES", "Profile", "get_profile"),
+    "pruning": ("SubNetwork", "dense_view", "extract", "mask", "register_cutter", "shrink", "target_widths"),
+    "similarity": ("EmbeddingSimilarity", "LEEPSimilarity", "Similarity", "WordNetSimilarity", "make_similarity", "nearest"),
+    "training": ("Costs", "evaluate", "select_device", "set_threads"),
+    "zoo": ("Zoo", "ZooRecord", "build_zoo"),
+}.items() for name in names}
+
+
+def __getattr__(name: str):
+    """A public name (or a submodule, as ``metavote.data``), imported on first use."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("_"):
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __version__ = "0.2.0"
 

@@ -46,9 +46,11 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="cifar100", help="dataset name, or the path of an image folder (default: cifar100)")
 
 
-def _add_threads(p: argparse.ArgumentParser) -> None:
+def _add_threads(p: argparse.ArgumentParser, device: bool = True) -> None:
+    """``--threads`` and (for a command that can run its model off the CPU) ``--device``."""
     p.add_argument("--threads", type=int, help="torch threads (default: $METAVOTE_THREADS or every core)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    if device:
+        p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -173,13 +175,21 @@ def cmd_zoo_ls(args: argparse.Namespace) -> None:
         records = zoo.records(method=args.method, status=None if args.status == "any" else args.status)
         meta = zoo.meta
         backbone = zoo.describe()
-    print(f"zoo {args.zoo}: backbone {backbone} ({str(meta.get('fingerprint'))[:12]}), {len(records)} record(s)")
-    print(f"{'record':<22} {'status':<7} {'acc':>6} {'TFLOPs':>7} {'secs':>6}  classes")
+        layers = {z.root: f"L{i}" for i, z in enumerate(zoo.layers, 1)}
+        state = f"read-only: {zoo.read_only}" if zoo.read_only else ""
+    print(f"zoo {args.zoo}: backbone {backbone} ({str(meta.get('fingerprint'))[:12]}), {len(records)} record(s)" + (f" ({state})" if state else ""))
+    for root, name in layers.items():
+        print(f"  layered on {name} = {root} (read-only)")
+    origin = (lambda r: layers.get(r.origin, "own")) if layers else None
+    print(f"{'record':<22} {'status':<7} {'acc':>6} {'TFLOPs':>7} {'secs':>6}  " + ("from  " if origin else "") + "classes")
+    lines = []
     for r in records:
         acc = f"{r.accuracy:.2%}" if r.accuracy is not None else "-"
         tf = f"{r.flops / 1e12:.2f}" if r.flops is not None else "-"
         secs = f"{r.seconds:.0f}" if r.seconds is not None else "-"
-        print(f"{r.record_id:<22} {r.status:<7} {acc:>6} {tf:>7} {secs:>6}  {', '.join(r.task.classes)}")
+        lines.append(f"{r.record_id:<22} {r.status:<7} {acc:>6} {tf:>7} {secs:>6}  " + (f"{origin(r):<5} " if origin else "")
+                     + ", ".join(r.task.classes))
+    print("\n".join(lines))
 
 
 def cmd_zoo_show(args: argparse.Namespace) -> None:
@@ -197,6 +207,40 @@ def cmd_zoo_show(args: argparse.Namespace) -> None:
         print(f"  size      {count_parameters(model):,} parameters, {subnet.kept_fraction():.1%} of units kept")
         for name, idx in subnet.kept.items():
             print(f"  {name:<16} {len(idx):>4}/{subnet.sizes[name]:<4} {' '.join(map(str, idx[:12]))}{' ...' if len(idx) > 12 else ''}")
+
+
+def _size(n: int) -> str:
+    return f"{n:,} bytes" + (f" ({n / 2**20:.1f} MiB)" if n >= 2**20 else "")
+
+
+def cmd_zoo_pack(args: argparse.Namespace) -> None:
+    from .zoo import pack_zoo, read_manifest
+
+    out = pack_zoo(args.zoo, args.out)
+    manifest = read_manifest(out)
+    records = manifest["records"]
+    print(f"packed {len(records)} record(s) of zoo {args.zoo} ({sum(r['size'] for r in records):,} bytes of weights) into {out}: "
+          f"{_size(out.stat().st_size)}, backbone {manifest['backbone']['config']['arch']} {manifest['backbone']['fingerprint'][:12]}")
+
+
+def cmd_zoo_unpack(args: argparse.Namespace) -> None:
+    from .zoo import unpack_bundle
+
+    fingerprint = None
+    if args.backbone:
+        from .models import load_backbone, locate_backbone
+
+        fingerprint = load_backbone(locate_backbone(args.backbone))[1]["fingerprint"]
+    report = unpack_bundle(args.bundle, args.zoo, fingerprint, args.replace)
+    fp = report.fingerprint[:12]
+    if not report.merged:
+        print(f"unpacked {len(report.added)} record(s) ({_size(report.bytes)}) of backbone {fp} into the new zoo {report.path}")
+        return
+    print(f"merged bundle {args.bundle} into zoo {report.path} (backbone {fp}): added {len(report.added)} record(s), "
+          f"skipped {len(report.skipped)} it already held; checked {_size(report.bytes)}")
+    if report.kept:
+        print(f"kept the zoo's own version of {len(report.kept)} record(s) that differ from the bundle's "
+              f"({', '.join(report.kept[:5])}{' ...' if len(report.kept) > 5 else ''}); pass --replace to take the bundle's")
 
 
 def _zoo_context(args: argparse.Namespace, need_backbone: bool):
@@ -259,7 +303,7 @@ def cmd_data_fashion_mnist(args: argparse.Namespace) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    from .experiments import context, prune
+    from .experiments import context, prune, with_layer
     from .methods import get_method_class
     from .models import count_parameters
     from .training import set_threads
@@ -269,7 +313,11 @@ def cmd_prune(args: argparse.Namespace) -> None:
         raise ConfigError("name the task: --classes a,b,c (of the zoo's dataset), or --dataset FOLDER for all classes of an image folder")
     if args.out is not None:
         _check_model_out(args.out)
-    ctx = context(args.zoo, args.data, args.backbone, args.device, args.dataset)
+    ctx = context(args.zoo, args.data, args.backbone, args.device, args.dataset, read_only=args.zoo_read_only or None)
+    if not args.no_save and (ctx.zoo.read_only or args.save_to):
+        ctx = with_layer(ctx, args.save_to)
+        print(f"note: zoo {args.zoo} is read-only ({ctx.zoo.layers[0].read_only}); new records go to the layer {ctx.zoo.root} on it"
+              if not args.save_to else f"note: new records go to {ctx.zoo.root}, layered on {args.zoo}")
     classes = _csv(args.classes) if args.classes else list(ctx.dataset.classes)
     task = ctx.dataset.task(classes)
     same = [r for r in ctx.zoo.records() if r.task.id == task.id]
@@ -291,14 +339,17 @@ def cmd_prune(args: argparse.Namespace) -> None:
     if args.no_save:
         return
     if get_method_class(result.method).builds_zoo:
-        print(f"  saved to zoo {args.zoo} as {task.id}.{result.method}")
+        print(f"  saved to zoo {ctx.zoo.root} as {task.id}.{result.method}")
     else:
         print(f"  not saved: {result.method} keeps every unit, so the zoo has nothing to record")
 
 
 def _check_model_out(path: str) -> None:
+    from .files import check_output
+
     if Path(path).suffix != ".safetensors":
         raise ConfigError(f"--out must name a .safetensors file, got {path}")
+    check_output(path, "--out")
 
 
 def _budget(args: argparse.Namespace) -> dict:
@@ -329,8 +380,11 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from .deploy import export_hf, export_onnx, export_record
+    from .files import check_output
+    from .training import set_threads
     from .zoo import Zoo
 
+    set_threads(args.threads)
     if bool(args.zoo) == bool(args.model):
         raise ConfigError("give --zoo Z RECORD --out FILE.safetensors (a standalone model), or --model FILE.safetensors --onnx OUT.onnx")
     if args.zoo:
@@ -344,16 +398,20 @@ def cmd_export(args: argparse.Namespace) -> None:
     if bool(args.onnx) == bool(args.hf_folder):
         raise ConfigError("--model needs --onnx OUT.onnx or --hf-folder DIR")
     if args.hf_folder:
+        check_output(args.hf_folder, "--hf-folder", folder=True)
         print(f"wrote {export_hf(args.model, args.hf_folder)}, a save_pretrained folder (transformers loads it; checked against the model)")
         return
+    check_output(args.onnx, "--onnx")
     diff = export_onnx(args.model, args.onnx)
     print(f"wrote {args.onnx}; ONNX Runtime and PyTorch agree to {diff:.1e} (largest logit difference on 16 images)")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from .deploy import predict
+    from .training import set_threads
 
-    for image, top in zip(args.images, predict(args.model, args.images, args.top_k)):
+    set_threads(args.threads)
+    for image, top in zip(args.images, predict(args.model, args.images, args.top_k, args.device)):
         print(f"{image}: " + ", ".join(f"{name} {p:.1%}" for name, p in top))
 
 
@@ -367,10 +425,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .methods import METHODS
+    """The parser; it imports nothing heavy (no torch), so ``--help`` is instant."""
+    from .names import METHOD_KEYS
     from .profiles import PROFILES
 
-    methods, profiles = sorted(METHODS), list(PROFILES)
+    methods, profiles = sorted(METHOD_KEYS), list(PROFILES)
     parser = argparse.ArgumentParser(prog="metavote", description="Meta-Vote Pruning of pre-trained models for downstream tasks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -464,6 +523,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("record", help="record id or task id")
     p.add_argument("--method")
     p.set_defaults(func=cmd_zoo_show)
+    p = zoo.add_parser("pack", help="write a zoo (its ok records, checked) into one bundle file to ship it; the zoo is only read")
+    p.add_argument("zoo", metavar="DIR", help="the zoo folder (a read-only one too)")
+    p.add_argument("out", metavar="OUT", help="the bundle file to write (an uncompressed tar, e.g. zoo.tar)")
+    p.set_defaults(func=cmd_zoo_pack)
+    p = zoo.add_parser("unpack", help="unpack a bundle into a new zoo, or merge it into a zoo of the same backbone (every file checked)")
+    p.add_argument("bundle", metavar="FILE", help="a bundle written by `metavote zoo pack`")
+    p.add_argument("zoo", metavar="DIR", help="the zoo folder: new, empty, or a zoo of the bundle's backbone")
+    p.add_argument("--backbone", metavar="FILE", help="refuse the bundle unless its records were made from this backbone")
+    p.add_argument("--replace", action="store_true", help="when merging: take the bundle's version of records the zoo holds in another")
+    p.set_defaults(func=cmd_zoo_unpack)
 
     p = sub.add_parser("similarity", help="the k nearest zoo tasks to a task, with their scores")
     p.add_argument("--zoo", required=True)
@@ -494,7 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_study_overlap)
 
     def zoo_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--zoo", required=True, help="a zoo built by `metavote zoo build`")
+        p.add_argument("--zoo", required=True, help="a zoo built by `metavote zoo build` (DIR?mode=ro opens it read-only)")
+        p.add_argument("--zoo-read-only", action="store_true", help="open the zoo without writing anything into it "
+                       "(automatic when its folder cannot be written)")
         p.add_argument("--data", help="data root (default: $METAVOTE_DATA, then ../shared/data)")
         p.add_argument("--dataset", help="dataset name or image folder of the tasks (default: the dataset the zoo's tasks come from)")
         p.add_argument("--backbone", help="the backbone the zoo was built from (default: the shared one)")
@@ -504,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--iterations", type=int, help="iterations J (overrides the profile; IFP's upper bound runs 10 J)")
         p.add_argument("--lr", type=float, help="learning rate (overrides the profile)")
         p.add_argument("--batch-size", type=int, help="batch size (overrides the profile)")
-        p.add_argument("--temperature", type=float, help="MVP: softmax temperature tau of the votes (default 0.1; 0.5 before issue 14)")
+        p.add_argument("--temperature", type=float, help="MVP: softmax temperature tau of the votes (default 0.1; the tau-0.5 figures of BENCHMARKS.md need 0.5)")
         _add_threads(p)
         p.add_argument("--quiet", action="store_true")
 
@@ -514,8 +585,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the pruned model as a standalone FILE.safetensors (no zoo or backbone needed to load it)")
     p.add_argument("--method", choices=methods, default="mvp")
     p.add_argument("--neighbours", type=int, help="MVP: nearest zoo tasks that vote (default 3; nearest: 1)")
-    p.add_argument("--similarity", choices=["leep", "wordnet", "embedding"], help="MVP and nearest: neighbour search (default leep)")
+    p.add_argument("--similarity", choices=["ann", "leep", "wordnet", "embedding"],
+                   help="MVP and nearest: neighbour search (default ann: LEEP on few images over the nearest records by task "
+                        "embedding; leep: exhaustive LEEP)")
     p.add_argument("--no-save", action="store_true", help="do not add the result to the zoo")
+    p.add_argument("--save-to", help="a zoo layered on a read-only --zoo that takes the new record (default: runs/layers/<zoo name>); "
+                   "both vote from then on, and `--zoo SAVE_TO` alone opens the stack")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("bench", help="the main table: MVP vs IFP (J, 10J) vs random on test tasks disjoint from the zoo")
@@ -547,12 +622,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="a standalone pruned model (.safetensors) to export")
     p.add_argument("--onnx", help="with --model: the .onnx file to write (needs `pip install 'metavote[onnx]'`)")
     p.add_argument("--hf-folder", help="with --model (a pruned Hugging Face ViT or DeiT): a save_pretrained folder with the pruned sizes")
+    _add_threads(p, device=False)  # the export and its check run on the CPU: ONNX Runtime's CPU provider is the reference
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="top-k classes of image files by a pruned model (.safetensors or .onnx)")
     p.add_argument("--model", required=True, help="a standalone pruned model (.safetensors) or its ONNX export (.onnx)")
     p.add_argument("images", nargs="+", help="image files (any size: resized as in training)")
     p.add_argument("--top-k", type=int, default=3)
+    _add_threads(p)  # an .onnx model runs in ONNX Runtime on the CPU, on --threads threads
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="the main job on its embedded default (see README)")

@@ -351,9 +351,29 @@ def decode_images(files: Sequence[Path], size: int) -> np.ndarray:
                 im = im.resize((w, h), Image.BILINEAR)
                 left, top = (w - size) // 2, (h - size) // 2
                 out[i] = np.asarray(im.crop((left, top, left + size, top + size)))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # the warning: under `-W error`
+            raise DataError(_too_many_pixels(f, isinstance(e, Image.DecompressionBombError))) from e
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"cannot decode image {f} ({e})") from e
     return out
+
+
+def _too_many_pixels(path: Path, error: bool) -> str:
+    """One line on an image above PIL's decompression-bomb limit (twice ``Image.MAX_IMAGE_PIXELS`` for
+    ``error``, else the limit itself), with its size read from its header."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # opening reads the header only; restored at once
+    try:
+        with Image.open(path) as im:
+            size = f"{im.width}x{im.height} pixels"
+    except Exception:  # noqa: BLE001 - the message is the point, the size is a courtesy
+        size = "too large"
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    return (f"image {path} is {size}, above PIL's decompression-bomb limit of {limit * (2 if error else 1):,} pixels; "
+            "resize it or remove it (or, for a trusted file, raise PIL.Image.MAX_IMAGE_PIXELS)")
 
 
 def load_image_folder(

@@ -32,10 +32,11 @@ from safetensors.torch import save_file
 
 from .data import decode_images, to_float
 from .errors import CheckpointError, ConfigError, MetavoteError, one_line
-from .files import atomic_path
+from .files import atomic_path, check_output
 from .models import Backbone, create_model
 from .models.hf import save_hf
 from .pruning import SubNetwork, shrink
+from .training import select_device
 
 if TYPE_CHECKING:
     from .data import Task
@@ -58,6 +59,7 @@ def save_pruned(path: str | os.PathLike, model: Backbone, subnet: SubNetwork, cl
     ratio, iterations, accuracy, neighbours, backbone fingerprint, task, ...) must be JSON data."""
     if len(classes) != model.num_classes:
         raise ConfigError(f"{len(classes)} class names for a {model.num_classes}-way model")
+    check_output(path, "model file")
     meta = {"format": FORMAT, "config": model.config, "classes": list(classes), "input_size": list(model.input_size),
             "mean": model.pretrained_cfg["mean"], "std": model.pretrained_cfg["std"]} | info
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()} | subnet.to_tensors()
@@ -80,6 +82,7 @@ def save_result(path: str | os.PathLike, result: PruneResult, task: Task, backbo
 
 def export_record(zoo: Zoo, key: str, out: str | os.PathLike, method: str | None = None) -> Path:
     """A zoo record (by record id or task id) as a standalone file."""
+    check_output(out, "model file")
     record = zoo.get(key, method)
     model, subnet = zoo.load(record)
     return save_pruned(out, model, subnet, record.task.classes, **_provenance(
@@ -121,6 +124,7 @@ def load_pruned(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
 def export_hf(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """A standalone pruned Hugging Face model as a ``save_pretrained`` folder that transformers loads
     as it is, where its config can say the kept sizes (:func:`~metavote.models.hf.save_hf`)."""
+    check_output(out, "Hugging Face folder", folder=True)
     model = load_pruned(model_path)
     if model.config.get("arch") != "hf":
         raise ConfigError(f"{model_path} is a {model.config.get('arch')} model, not a Hugging Face one; export it with --onnx")
@@ -148,6 +152,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, check_ima
     size; output ``logits``; class names and input size in the model's metadata), then run ONNX
     Runtime and PyTorch on ``check_images`` (default: 16 seeded random images) and return the
     largest absolute difference of the logits. Above ``tolerance`` nothing is written."""
+    check_output(out, "ONNX file")
     onnx, ort = _onnx_packages()
     model = load_pruned(model_path)
     meta = model.pruned_meta
@@ -164,7 +169,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, check_ima
         onnx.save(proto, str(tmp))
         with torch.no_grad():
             expected = model(x).numpy()
-        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        session = _session(ort, tmp)
         got = session.run(["logits"], {"image": x.numpy()})[0]
         diff = float(np.abs(got - expected).max())
         if not diff <= tolerance:
@@ -208,6 +213,13 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
+def _session(ort, path: str | os.PathLike):
+    """An ONNX Runtime session on the CPU, on as many threads as torch uses (``set_threads``, ``--threads``)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxModel:
     """An exported model in ONNX Runtime, with the class names and input size it carries."""
 
@@ -217,7 +229,7 @@ class OnnxModel:
         if not path.is_file():
             raise CheckpointError(f"model file {path} does not exist")
         try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self.session = _session(ort, path)
         except Exception as e:  # onnxruntime raises its own exception types
             raise CheckpointError(f"{path} is not a readable ONNX model ({one_line(e)})") from e
         props = self.session.get_modelmeta().custom_metadata_map
@@ -233,28 +245,34 @@ class OnnxModel:
 # ----------------------------------------------------------------------------- predict
 
 
-def open_model(path: str | os.PathLike) -> tuple[object, list[str], tuple[int, ...]]:
+def open_model(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> tuple[object, list[str], tuple[int, ...]]:
     """``(callable on a float NCHW batch, class names, input size)`` of a ``.safetensors`` pruned
-    model or an exported ``.onnx`` file."""
+    model (on ``device``; ``None``: CUDA when available) or an exported ``.onnx`` file (ONNX Runtime's CPU)."""
     if Path(path).suffix.lower() == ".onnx":
+        if device is not None and torch.device(device).type != "cpu":
+            raise ConfigError(f"{path} runs in ONNX Runtime on the CPU, not on {device}; leave out the device or predict with the .safetensors model")
         onnx_model = OnnxModel(path)
         return onnx_model, onnx_model.classes, onnx_model.input_size
-    model = load_pruned(path)
+    model = load_pruned(path, select_device(device))
     return model, model.pruned_meta["classes"], tuple(model.pruned_meta["input_size"])
 
 
 @torch.no_grad()
-def predict(model_path: str | os.PathLike, images: Sequence[str | os.PathLike], top_k: int = 3) -> list[list[tuple[str, float]]]:
+def predict(model_path: str | os.PathLike, images: Sequence[str | os.PathLike], top_k: int = 3,
+            device: str | torch.device | None = "cpu") -> list[list[tuple[str, float]]]:
     """Per image file, the ``top_k`` classes with their probabilities. Images of any size are
-    resized as in training (shorter side to the input size, centre crop)."""
+    resized as in training (shorter side to the input size, centre crop). A ``.safetensors`` model
+    runs on ``device`` (``None``: CUDA when available), an ``.onnx`` one on the CPU."""
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1, got {top_k}")
-    model, classes, size = open_model(model_path)
+    model, classes, size = open_model(model_path, device)
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:
         raise ConfigError(f"no such image file: {', '.join(missing)}")
     x = to_float(torch.from_numpy(decode_images([Path(p) for p in images], size[-1])))
-    probs = torch.softmax(model(x).float(), dim=1)
+    if isinstance(model, torch.nn.Module):
+        x = x.to(next(model.parameters()).device)
+    probs = torch.softmax(model(x).float(), dim=1).cpu()
     k = min(top_k, len(classes))
     top = probs.topk(k, dim=1)
     return [[(classes[int(i)], float(p)) for p, i in zip(ps, idx)] for ps, idx in zip(top.values, top.indices)]

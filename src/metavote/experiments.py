@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .methods import PruneResult, create_method, get_method_class, method_settings
 from .models import count_parameters, head_rows_for, load_backbone, locate_backbone, replace_head
 from .profiles import get_profile
+from .search import ZooSearch
 from .training import evaluate, latency, select_device, set_threads
 from .zoo import Zoo, build_zoo
 
@@ -37,19 +38,31 @@ def zoo_dataset(zoo: Zoo, dataset: str | os.PathLike | None = None, data: str | 
 
 
 def context(zoo_path: str | os.PathLike, data: str | os.PathLike | None = None, backbone: str | os.PathLike | None = None,
-            device: str | torch.device | None = None, dataset: str | os.PathLike | None = None) -> BenchContext:
+            device: str | torch.device | None = None, dataset: str | os.PathLike | None = None,
+            read_only: bool | None = None) -> BenchContext:
     """Open a zoo with a dataset and the backbone it was built from (checked by fingerprint); the
     backbone and every zoo model it loads go to ``device`` (default: CUDA when available).
 
     ``dataset`` (a name or an image folder; ``data`` is its root) defaults to the dataset the zoo's
-    tasks come from, as ``zoo build`` recorded it."""
+    tasks come from, as ``zoo build`` recorded it. ``read_only`` as :class:`~metavote.zoo.Zoo`'s."""
     device = select_device(device)
-    zoo = Zoo(zoo_path, device=device)
+    zoo = Zoo(zoo_path, device=device, read_only=read_only)
     loaded = zoo_dataset(zoo, dataset, data)
     model, meta = load_backbone(locate_backbone(backbone), dataset=loaded)
     if meta["fingerprint"] != zoo.fingerprint:
         raise ConfigError(f"the backbone is not the one zoo {zoo_path} was built from; pass the right one with --backbone")
     return BenchContext(model.to(device), meta.get("classes"), loaded, zoo)
+
+
+DEFAULT_LAYERS = Path("runs") / "layers"
+"""Where ``prune`` puts the records of a task pruned from a read-only zoo, unless told (``--save-to``)."""
+
+
+def with_layer(ctx: BenchContext, save_to: str | os.PathLike | None = None) -> BenchContext:
+    """``ctx`` with its zoo under a writable layer (:meth:`~metavote.zoo.Zoo.layer`) at ``save_to``
+    (default ``runs/layers/<zoo folder name>``), which takes new records while both vote."""
+    top = Zoo.layer(ctx.zoo, save_to or DEFAULT_LAYERS / ctx.zoo.root.resolve().name)
+    return dataclasses.replace(ctx, zoo=top)
 
 
 def prune(ctx: BenchContext, classes: Sequence[str] | None = None, method: str = "mvp", profile_name: str = "cpu", save: bool = True,
@@ -70,7 +83,9 @@ def prune(ctx: BenchContext, classes: Sequence[str] | None = None, method: str =
                    progress=progress)
     if save and cls.builds_zoo:
         ctx.zoo.note_dataset(ctx.dataset.name, ctx.dataset.source or ctx.dataset.name, ctx.dataset.source)
-        ctx.zoo.add(task, result)
+        record = ctx.zoo.add(task, result)
+        with ZooSearch(ctx.zoo, ctx.backbone, ctx.dataset) as search:
+            search.add([record])  # its task embedding, stored once
     if out is not None:
         save_result(out, result, task, ctx.zoo.fingerprint)
     return result, task

@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import ConfigError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -29,6 +31,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def check_output(path: str | os.PathLike, what: str = "output", folder: bool = False) -> Path:
+    """Refuse in one line, before any work, an output ``path`` that cannot be written: a folder where
+    a file goes (with ``folder``: anything that exists, as a new folder goes there), or a parent that
+    is a file or not writable. Missing parent folders are fine: :func:`atomic_path` creates them."""
+    path = Path(path)
+    if folder and path.exists():
+        raise ConfigError(f"{what} {path} exists; choose a new folder")
+    if not folder and path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory; give the path of the file to write, not a folder")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"{what} {path} cannot be written: {parent} is a file, not a folder")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path} cannot be written: no permission to write in {parent}")
+    return path
 
 
 def _umask() -> int:

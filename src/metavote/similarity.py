@@ -82,6 +82,15 @@ def target_sample(target: TaskData, per_class: int | None) -> tuple[np.ndarray, 
     return target.train_images[pick], labels[pick]
 
 
+@torch.no_grad()
+def class_means(backbone: Backbone, images: np.ndarray, labels: np.ndarray, n: int) -> torch.Tensor:
+    """Per-class mean of the backbone's features over ``images`` (labels 0..n-1), L2-normalised: (n, D)."""
+    device = next(backbone.parameters()).device
+    feats = torch.cat([backbone.eval().features(x.to(device)).float().cpu() for x, _ in iterate_eval(images, labels)])
+    y = torch.as_tensor(labels)
+    return F.normalize(torch.stack([feats[y == c].mean(0) for c in range(n)]), dim=1)
+
+
 # ----------------------------------------------------------------------------- WordNet
 
 WORDNET_HELP = (
@@ -262,24 +271,17 @@ class EmbeddingSimilarity(Similarity):
         self.backbone, self.dataset, self.per_class = backbone.eval(), dataset, per_class
         self._means: dict[str, torch.Tensor] = {}
 
-    @torch.no_grad()
-    def _class_means(self, images: np.ndarray, labels: np.ndarray, n: int) -> torch.Tensor:
-        device = next(self.backbone.parameters()).device
-        feats = torch.cat([self.backbone.features(x.to(device)).float().cpu() for x, _ in iterate_eval(images, labels)])
-        y = torch.as_tensor(labels)
-        return F.normalize(torch.stack([feats[y == c].mean(0) for c in range(n)]), dim=1)
-
     def source_means(self, classes: Sequence[str]) -> torch.Tensor:
         todo = [c for c in classes if c not in self._means]
         if todo:
             sub = self.dataset.subset(todo, max_train_per_class=self.per_class)
-            for c, m in zip(todo, self._class_means(sub.train_images, sub.train_labels, len(todo))):
+            for c, m in zip(todo, class_means(self.backbone, sub.train_images, sub.train_labels, len(todo))):
                 self._means[c] = m
         return torch.stack([self._means[c] for c in classes])
 
     def scores(self, zoo, records, target, costs=None):
         images, labels = target_sample(target, self.per_class)
-        t = self._class_means(images, labels, target.task.n_way)
+        t = class_means(self.backbone, images, labels, target.task.n_way)
         if costs is not None:
             costs.add_steps(self.backbone, 1, len(images), backward=False, training=False)
         self.source_means(sorted({c for r in records for c in r.task.classes}))

@@ -6,7 +6,8 @@ zoo is made; the upper bound). ``mvp.py``: Meta-Vote Pruning, and its start with
 (the lower bound). ``ahnp.py``: automatic head and node pruning (how a ViT zoo is made). ``uvc.py`` and
 ``power.py``: the paper's ViT baselines (UVC; PoWER-BERT on patch tokens). ``mest.py``,
 ``dlth.py`` and ``reptile.py``: its CNN baselines (MEST; DLTH's random sparse network
-transformation; IHT-based Reptile), over ``sparse.py`` (training with units switched off). A new method is a new file with a ``@register``-ed subclass, imported here.
+transformation; IHT-based Reptile), over ``sparse.py`` (training with units switched off). A new method is a new file with a ``@register``-ed subclass, imported here, and its key in
+``metavote/names.py`` (the command line's choices, read without importing torch).
 """
 
 from .ahnp import AHNP, ScoreGates

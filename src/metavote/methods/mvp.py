@@ -31,20 +31,22 @@ from ..errors import ConfigError
 from ..models.base import Backbone, replace_head
 from ..models.units import UnitGroup
 from ..pruning import SubNetwork, TensorIndex, dense_view, shrink, target_widths
+from ..search import ZooSearch
 from ..similarity import Similarity, make_similarity, nearest
 from ..training import Costs, Timer, frozen, imprint_head, make_optimizer, optimizer_step, recalibrate_bn
 from ..zoo import ZooRecord
 from .base import Method, register
 
 OMEGAS = ("vote", "random", "nearest")
+SIMILARITIES = ("ann", "leep", "wordnet", "embedding")
 INITS = ("neighbours", "nearest-first", "backbone")
 HEADS = ("auto", "pretrained", "neighbours", "imprint")
 DEFAULT_TEMPERATURE = 0.1
 """tau: at 0.1 a unit with one vote more is e^10 ≈ 22 000 times likelier, so sampling is a majority
-vote whose ties are broken at random. It was 0.5 until issue 14 (a unit kept by one neighbour only
-e^2 ≈ 7 times likelier than one kept by none, so many unvoted units were drawn): the colder vote won
-on validation tasks with each zoo measured, +0.7 points at J = 20 (18 of 30 tasks ahead) with the
-CPU profile's IFP J = 200 zoo, +1.8 (26 of 30) with an IFP J = 1000 zoo, +1.5 (10 of 16) on the CPU
+vote whose ties are broken at random. At 0.5 a unit kept by one neighbour is only e^2 ≈ 7 times
+likelier than one kept by none, so many unvoted units are drawn: the colder vote won on validation
+tasks with each zoo measured, +0.7 points at J = 20 (18 of 30 tasks ahead) with the CPU profile's
+IFP J = 200 zoo, +1.8 (26 of 30) with an IFP J = 1000 zoo, +1.5 (10 of 16) on the CPU
 ViT zoo (BENCHMARKS.md)."""
 
 
@@ -140,7 +142,9 @@ class Neighbourhood:
 class MVP(Method):
     """Meta-Vote Pruning of the backbone for a new task from its nearest zoo tasks.
 
-    ``neighbours``: how many to find (N) by ``similarity`` (``leep``, ``wordnet`` or ``embedding``),
+    ``neighbours``: how many to find (N) by ``similarity`` (``ann``: LEEP on few images over the
+    nearest records by stored task embedding, :class:`~metavote.search.ZooSearch`; ``leep``:
+    exhaustive LEEP over every record; ``wordnet`` or ``embedding``),
     among the zoo's records of ``zoo_method`` (default: the method the zoo was built with, IFP or
     AHNP; MVP's own results are not voted on; the target's own record never counts), or the records
     to use. ``preselect``: LEEP ranks only
@@ -202,7 +206,9 @@ class MVP(Method):
             raise ConfigError(f"neighbours must be >= 1, got {self.neighbours}")
         if not isinstance(self.neighbours, int) and not self.neighbours:
             raise ConfigError("MVP needs at least one neighbour record")
-        self._measures: dict = {}  # built once: the embedding caches its class means
+        if self.similarity not in SIMILARITIES:
+            raise ConfigError(f"similarity must be one of {', '.join(SIMILARITIES)}, got {self.similarity!r}")
+        self._measures: dict = {}  # built once: the embedding caches its class means, the search its index
 
     def settings(self) -> dict:
         out = super().settings()
@@ -217,6 +223,12 @@ class MVP(Method):
             self._measures[name] = make_similarity(name, backbone=backbone, dataset=self.dataset)
         return self._measures[name]
 
+    def _search(self, zoo, backbone: Backbone) -> ZooSearch:
+        key = ("ann", id(zoo), id(backbone))
+        if key not in self._measures:
+            self._measures[key] = ZooSearch(zoo, backbone, self.dataset)
+        return self._measures[key]
+
     def prepare(self, backbone, data, zoo, progress=False) -> Neighbourhood:
         groups = backbone.unit_groups()
         target_widths(groups, self.ratio)  # rejects a bad ratio before the search
@@ -227,9 +239,12 @@ class MVP(Method):
                 pool = zoo.records(method=source)
                 if not pool:
                     raise ConfigError(f"zoo {zoo.root} has no records of method {source}; build it with `metavote zoo build`")
-                pre = self._measure("embedding", backbone) if self.preselect else None
-                ranked = nearest(zoo, data, self.neighbours, self._measure(self.similarity, backbone), preselect=pre, records=pool,
-                                 costs=search_costs)
+                if self.similarity == "ann":
+                    ranked = self._search(zoo, backbone).nearest(data, self.neighbours, pool, costs=search_costs)
+                else:
+                    pre = self._measure("embedding", backbone) if self.preselect else None
+                    ranked = nearest(zoo, data, self.neighbours, self._measure(self.similarity, backbone), preselect=pre, records=pool,
+                                     costs=search_costs)
                 records, scores, how = [r for r, _ in ranked], [s for _, s in ranked], self.similarity
             else:
                 records, scores, how = list(self.neighbours), [float("nan")] * len(self.neighbours), "given"

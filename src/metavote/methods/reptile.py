@@ -118,7 +118,7 @@ class IHTReptile(Method):
             raise ConfigError(f"the zoo holds no tasks of {self.dataset.name} with at most {n_way} classes to meta-train on")
         digest = hashlib.sha256(json.dumps({"settings": self.meta_settings(), "tasks": [t.id for t in tasks], "n_way": n_way,
                                             "backbone": str(zoo.meta.get("fingerprint"))}, sort_keys=True).encode()).hexdigest()[:16]
-        path = zoo.root / "meta" / f"{self.key}-{digest}.safetensors"
+        path = zoo.cache_dir / "meta" / f"{self.key}-{digest}.safetensors"
         if path.exists():
             return self._load(path, backbone, n_way)
         meta = self.meta_train(backbone, tasks, n_way, progress)

@@ -10,6 +10,14 @@ temporary name and renamed, *then* its row is inserted in one SQLite transaction
 busy timeout). A crash between the two leaves an orphan file and no row: the zoo stays readable
 and the task is simply redone. Each row stores the file's SHA-256, checked on load.
 
+A zoo opens **read-only** when its folder cannot be written (or has no write permission bit:
+a folder marked read-only counts even for root), when asked (``Zoo(root, read_only=True)``) or
+when its path ends in ``?mode=ro`` (``file:`` prefix allowed): nothing in the folder is created or
+changed, and any write is refused in one line. New records then go to a **layer**, a writable zoo
+of the same backbone stacked on top (:meth:`Zoo.layer`): it votes with its own records and the
+read-only ones beneath, and remembers where they are, so ``Zoo(layer)`` alone opens the stack.
+Every record says which folder it came from (:attr:`ZooRecord.origin`).
+
 Builders that share a zoo claim a task before training it (:meth:`Zoo.claim`, one transaction):
 a claim names its owner, host and pid and holds a lease that the owner's heartbeat renews. A
 claim is live until its lease runs out, or at once when its owner was a process of this host that
@@ -19,13 +27,16 @@ no longer exists (a killed builder); then another builder may take the task.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import socket
 import sqlite3
+import stat
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -77,6 +88,8 @@ class ZooRecord:
     sha256: str | None = None
     error: str | None = None
     created: float = 0.0
+    origin: Path | None = field(default=None, compare=False)
+    """The zoo folder holding the record's file (in a layered zoo, the layer it came from)."""
 
     @property
     def task_id(self) -> str:
@@ -121,38 +134,78 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
 
 
+def zoo_location(spec: str | os.PathLike) -> tuple[Path, bool]:
+    """``DIR``, ``DIR?mode=ro`` or ``file:DIR?mode=ro`` -> (the folder, whether read-only was asked)."""
+    text = os.fspath(spec)
+    if text.startswith("file:"):
+        text = text[len("file:"):]
+    path, _, query = text.partition("?")
+    if not query:
+        return Path(path), False
+    mode = urllib.parse.parse_qs(query).get("mode", [""])[-1]
+    if mode not in ("ro", "rw") or set(urllib.parse.parse_qs(query)) != {"mode"}:
+        raise ZooError(f"unknown zoo option {query!r} in {spec}; the only one is mode=ro (read-only) or mode=rw")
+    return Path(path), mode == "ro"
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why ``folder`` (an existing zoo) cannot be written, or None: the file system or the
+    permissions refuse it, or no write bit is set on the folder or its index (a folder marked
+    read-only, which root could otherwise write)."""
+    index = folder / INDEX
+    if not os.access(folder, os.W_OK) or (index.exists() and not os.access(index, os.W_OK)):
+        return "its folder cannot be written"
+    for path in (folder, index):
+        if path.exists() and not stat.S_IMODE(path.stat().st_mode) & 0o222:
+            return f"{path.name if path is index else 'its folder'} is marked read-only"
+    return None
+
+
 class Zoo:
     """A zoo folder bound to one backbone.
 
     ``Zoo(root, backbone_meta)`` creates the folder if needed and refuses a zoo made from another
     backbone; ``Zoo(root)`` opens an existing zoo whatever its backbone. Models it loads are put on
-    ``device`` (default the CPU; :meth:`to` changes it).
+    ``device`` (default the CPU; :meth:`to` changes it). ``read_only`` (default: when the folder
+    cannot be written or ``root`` ends in ``?mode=ro``) opens it without creating or changing a file.
     """
 
-    def __init__(self, root: str | os.PathLike, backbone_meta: dict | None = None, device: str | torch.device = "cpu") -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike, backbone_meta: dict | None = None, device: str | torch.device = "cpu",
+                 read_only: bool | None = None) -> None:
+        self.root, asked = zoo_location(root)
         self.device = torch.device(device)
         self._skeletons: dict[tuple, Backbone] = {}
         index = self.root / INDEX
         if not index.exists():
-            if backbone_meta is None:
+            if backbone_meta is None or read_only or asked:
                 raise ZooError(f"{self.root} is not a zoo (no {INDEX}); build one with `metavote zoo build`")
             if self.root.exists() and any(p.name != "records" and not p.name.startswith(INDEX) for p in self.root.iterdir()):
                 raise ZooError(f"{self.root} exists, is not empty and is not a zoo; choose a new folder")
-        (self.root / "records").mkdir(parents=True, exist_ok=True)
+        why = "opened read-only" if read_only or asked else (unwritable(self.root) if index.exists() and read_only is None else None)
+        self.read_only: str | None = why
+        """Why the zoo cannot be written (None when it can)."""
         try:
-            self._conn = sqlite3.connect(index, timeout=60, isolation_level=None)
-            self._conn.execute("PRAGMA busy_timeout = 60000")
-            self._use_wal()
-            self._conn.executescript(SCHEMA)
+            if why:
+                self._conn = sqlite3.connect(self._read_only_uri(index), uri=True, isolation_level=None)
+                self._conn.execute("SELECT COUNT(*) FROM records").fetchone()
+            else:
+                (self.root / "records").mkdir(parents=True, exist_ok=True)
+                self._conn = sqlite3.connect(index, timeout=60, isolation_level=None)
+                self._conn.execute("PRAGMA busy_timeout = 60000")
+                self._use_wal()
+                self._conn.executescript(SCHEMA)
         except sqlite3.DatabaseError as e:
             raise ZooError(f"{index} is not a readable zoo index ({e})") from e
         self.meta = self._read_meta()
+        self.layers = self._open_layers()
+        """The read-only zoos under this one, whose records vote too (see :meth:`layer`)."""
         if backbone_meta is not None:
             config = backbone_meta.get("config") or {"arch": backbone_meta["arch"], "width": float(backbone_meta["width"])}
             wanted = {"fingerprint": backbone_meta["fingerprint"], "arch": config["arch"], "config": config,
                       "dataset": backbone_meta.get("dataset")}
             if not self.meta:
+                if why:
+                    raise ZooError(f"zoo {self.root} is read-only ({why}) and has no backbone recorded")
                 self._write_meta(wanted)
                 self.meta = self._read_meta()
             elif self.meta["fingerprint"] != wanted["fingerprint"]:
@@ -161,6 +214,57 @@ class Zoo:
                     f"({self.describe()}), not from the given {wanted['fingerprint'][:12]}; "
                     "use a new zoo folder for a new backbone"
                 )
+
+    @staticmethod
+    def _read_only_uri(index: Path) -> str:
+        """An SQLite URI that reads ``index`` and writes nothing beside it: immutable when no
+        write-ahead log is pending (a cleanly closed zoo), else read-only on the existing log."""
+        wal = index.with_name(index.name + "-wal")
+        pending = wal.exists() and wal.stat().st_size > 0
+        return f"file:{urllib.parse.quote(str(index.resolve()))}?mode=ro" + ("" if pending else "&immutable=1")
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise ZooError(f"zoo {self.root} is read-only ({self.read_only}); put new records in a zoo layered on it "
+                           "(`--save-to DIR`, or Zoo.layer in Python)")
+
+    def _open_layers(self) -> list[Zoo]:
+        layers = []
+        for path in self.meta.get("layers") or []:
+            if not (Path(path) / INDEX).exists():
+                raise ZooError(f"zoo {self.root} is layered on {path}, which is not a zoo any more; put it back or re-create the layer")
+            lower = Zoo(path, device=self.device, read_only=True)
+            if lower.fingerprint != self.fingerprint:
+                raise ZooError(f"zoo {self.root} is layered on {path}, which holds another backbone's records")
+            layers.append(lower)
+        return layers
+
+    @classmethod
+    def layer(cls, base: Zoo, root: str | os.PathLike, device: str | torch.device | None = None) -> Zoo:
+        """A writable zoo at ``root`` stacked on ``base`` (typically read-only: a published zoo):
+        created with ``base``'s backbone if new, or an existing zoo of the same backbone to which
+        ``base`` is added. Its records and ``base``'s vote together; new records go to ``root``."""
+        top = cls(root, {"fingerprint": base.fingerprint, "config": base.model_config, "arch": base.model_config["arch"],
+                         "dataset": base.meta.get("dataset")}, device=device or base.device, read_only=False)
+        below = [str(z.root.resolve()) for z in (base, *base.layers)]
+        known = list(top.meta.get("layers") or [])
+        if top.root.resolve() in {Path(p) for p in below}:
+            raise ZooError(f"zoo {root} cannot be layered on itself")
+        new = [p for p in below if p not in known]
+        if new:
+            with top._conn:
+                top._conn.execute("BEGIN IMMEDIATE")
+                top._conn.execute("INSERT OR REPLACE INTO meta VALUES ('layers', ?)", (json.dumps(known + new),))
+            if "method" not in top.meta and "method" in base.meta:
+                top._write_meta({"method": base.meta["method"]})
+            top.meta = top._read_meta()
+            top.close_layers()
+            top.layers = top._open_layers()
+        return top
+
+    def close_layers(self) -> None:
+        for lower in self.layers:
+            lower.close()
 
     def _use_wal(self, patience: float = 60.0) -> None:
         """Put the index in WAL mode (it stays so in the file). Switching needs the database to
@@ -182,6 +286,7 @@ class Zoo:
         return {k: json.loads(v) for k, v in self._conn.execute("SELECT key, value FROM meta")}
 
     def _write_meta(self, meta: dict) -> None:
+        self._writable()
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             for k, v in meta.items():
@@ -190,6 +295,8 @@ class Zoo:
     def to(self, device: str | torch.device) -> Zoo:
         """Load models onto ``device`` from now on; returns the zoo."""
         self.device = torch.device(device)
+        for lower in self.layers:
+            lower.to(device)
         return self
 
     @property
@@ -205,7 +312,7 @@ class Zoo:
     def source_method(self) -> str:
         """The method whose records make the zoo's voting pool: the one ``build_zoo`` built it with
         (IFP for a CNN zoo, AHNP for a ViT zoo), or :data:`DEFAULT_ZOO_METHOD` for zoos built before it was recorded."""
-        return self.meta.get("method") or DEFAULT_ZOO_METHOD
+        return self.meta.get("method") or next((z.meta["method"] for z in self.layers if "method" in z.meta), DEFAULT_ZOO_METHOD)
 
     def set_source_method(self, key: str) -> None:
         """Record the zoo's building method, the first time only."""
@@ -219,11 +326,15 @@ class Zoo:
         how it was given (a name or a folder path), "path": absolute folder path or None, "data":
         the data root given or None}``. For zoos built before datasets were recorded: the datasets
         their records name, to be found by name under the data roots."""
+        found: dict[str, dict] = {}
+        for lower in self.layers:  # the layers' datasets first: the zoo's own tasks came later
+            for name, entry in lower.datasets.items():
+                found.setdefault(name, entry)
         recorded = self.meta.get("datasets")
         if recorded:
-            return dict(recorded)
+            return found | {k: v for k, v in recorded.items() if k not in found}
         names = [r[0] for r in self._conn.execute("SELECT dataset FROM records GROUP BY dataset ORDER BY MIN(created)")]
-        return {name: {"source": name, "path": None, "data": None} for name in names}  # found by name under the data roots
+        return found | {n: {"source": n, "path": None, "data": None} for n in names if n not in found}  # found by name under the data roots
 
     def note_dataset(self, name: str, source: str | os.PathLike, path: str | os.PathLike | None = None,
                      data: str | os.PathLike | None = None) -> None:
@@ -232,6 +343,7 @@ class Zoo:
         seen (a zoo may hold tasks of several datasets)."""
         if name in (self.meta.get("datasets") or {}):
             return
+        self._writable()
         entry = {"source": str(source), "path": str(Path(path).resolve()) if path is not None else None,
                  "data": str(Path(data).resolve()) if data is not None else None}
         with self._conn:
@@ -267,7 +379,17 @@ class Zoo:
         size = f" w{c['width']:g}" if "width" in c else f" d{c['embed_dim']} x{c['depth']}" if "embed_dim" in c else ""
         return f"{c['arch']}{size}"
 
+    @property
+    def cache_dir(self) -> Path:
+        """A folder for what is derived from the zoo (meta-trained weights, search indexes): the
+        zoo's own when it can be written, else one in the user's cache, keyed by the zoo's folder."""
+        if not self.read_only:
+            return self.root
+        key = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:16]
+        return Path(os.environ.get("METAVOTE_CACHE", Path.home() / ".cache" / "metavote")) / "zoos" / f"{self.root.name}-{key}"
+
     def close(self) -> None:
+        self.close_layers()
         self._conn.close()
 
     def __enter__(self) -> Zoo:
@@ -280,6 +402,7 @@ class Zoo:
     def add(self, task: Task, result: PruneResult) -> ZooRecord:
         """Store a pruning result (compact weights + Omega) for ``task``; replaces an earlier record
         of the same task and method."""
+        self._writable()
         rid = record_id(task, result.method)
         path = self.root / "records" / f"{rid}.safetensors"
         tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in result.model.state_dict().items()}
@@ -295,16 +418,23 @@ class Zoo:
 
     def add_failure(self, task: Task, method: str, params: dict, error: str) -> ZooRecord:
         """Record that pruning ``task`` failed (a later build retries it)."""
+        self._writable()
         record = ZooRecord(record_id(task, method), task, method, params, "failed", error=error, created=time.time())
         self._put(record)
         return record
 
     def _put(self, r: ZooRecord) -> None:
-        row = (r.record_id, r.task.id, r.task.dataset, json.dumps(list(r.task.classes)), r.task.n_way, r.method,
-               json.dumps(r.params), r.status, r.accuracy, r.flops, r.seconds, r.file, r.sha256, r.error, r.created)
+        self.put_records([r])
+
+    def put_records(self, records: Sequence[ZooRecord]) -> None:
+        """Insert (or replace) index rows whose files are already in ``records/``, in one
+        transaction: how bundles and synthetic zoos fill an index."""
+        self._writable()
+        rows = [(r.record_id, r.task.id, r.task.dataset, json.dumps(list(r.task.classes)), r.task.n_way, r.method, json.dumps(r.params),
+                 r.status, r.accuracy, r.flops, r.seconds, r.file, r.sha256, r.error, r.created) for r in records]
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.execute(f"INSERT OR REPLACE INTO records VALUES ({', '.join('?' * len(row))})", row)
+            self._conn.executemany(f"INSERT OR REPLACE INTO records VALUES ({', '.join('?' * 15)})", rows)
 
     # -- claims
     def claim(self, rid: str, owner: str, lease: float, retry_failed_before: float | None = None) -> str:
@@ -316,6 +446,7 @@ class Zoo:
         is retried only when recorded before ``retry_failed_before``) or ``"busy"`` (another
         builder's claim is live). A claim whose lease ran out, or whose owner on this host is gone,
         is taken over."""
+        self._writable()
         now = time.time()
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -340,6 +471,7 @@ class Zoo:
 
     def heartbeat(self, owner: str, lease: float) -> int:
         """Renew every claim of ``owner`` for ``lease`` seconds from now; returns how many it holds."""
+        self._writable()
         now = time.time()
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -347,6 +479,7 @@ class Zoo:
 
     def release(self, owner: str, rid: str | None = None) -> None:
         """Drop ``owner``'s claim on ``rid`` (or all of its claims)."""
+        self._writable()
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             if rid is None:
@@ -356,11 +489,19 @@ class Zoo:
 
     def claims(self, live: bool = True) -> list[Claim]:
         """The claims in the index, oldest first (by default only live ones: the tasks being built now)."""
+        if not self._has_table("claims"):  # a read-only zoo from before claims
+            return []
         found = [Claim(*row) for row in self._conn.execute("SELECT * FROM claims ORDER BY started")]
         return [c for c in found if c.live] if live else found
 
+    def _has_table(self, name: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
     def remove(self, rid: str) -> None:
         record = self.get(rid)
+        if record.origin != self.root:
+            raise ZooError(f"record {rid} belongs to zoo {record.origin}, a read-only layer under {self.root}")
+        self._writable()
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.execute("DELETE FROM records WHERE record_id = ?", (rid,))
@@ -369,15 +510,29 @@ class Zoo:
 
     # -- reading
     def records(self, method: str | None = None, dataset: str | None = None, status: str | None = "ok") -> list[ZooRecord]:
-        """Records, oldest first, filtered by method, dataset and status (``None`` = any)."""
+        """Records, oldest first, filtered by method, dataset and status (``None`` = any); in a
+        layered zoo, the layers' records first, each replaced by this zoo's record of the same id."""
         query, args = "SELECT * FROM records WHERE 1=1", []
         for col, val in (("method", method), ("dataset", dataset), ("status", status)):
             if val is not None:
                 query += f" AND {col} = ?"
                 args.append(val)
-        return [self._row(r) for r in self._conn.execute(query + " ORDER BY created", args)]
+        own = [self._row(r) for r in self._conn.execute(query + " ORDER BY created", args)]
+        if not self.layers:
+            return own
+        mine = {r.record_id for r in own}
+        below = {r.record_id: r for z in reversed(self.layers) for r in z.records(method, dataset, status) if r.record_id not in mine}
+        return list(below.values()) + own
+
+    def version(self) -> tuple:
+        """Changes whenever a record of the zoo or its layers is added, replaced or removed (cheap:
+        no row is read), so derived indexes know when to refresh."""
+        own = self._conn.execute("SELECT COUNT(*), MAX(created) FROM records WHERE status = 'ok'").fetchone()
+        return (tuple(own), *(z.version() for z in self.layers))
 
     def __len__(self) -> int:
+        if self.layers:
+            return len(self.records())
         return self._conn.execute("SELECT COUNT(*) FROM records WHERE status = 'ok'").fetchone()[0]
 
     def __iter__(self) -> Iterator[ZooRecord]:
@@ -387,20 +542,26 @@ class Zoo:
         """A record by record id, or by task id (with ``method`` when a task has several records)."""
         rows = self._conn.execute("SELECT * FROM records WHERE record_id = ? OR task_id = ?", (key, key)).fetchall()
         found = [self._row(r) for r in rows if method is None or r[5] == method]
+        if not found and self.layers:
+            found = [r for r in self.records(status=None) if key in (r.record_id, r.task_id) and (method is None or r.method == method)]
         if not found:
             raise ZooError(f"no record {key!r} in zoo {self.root}")
         if len(found) > 1:
             raise ZooError(f"task {key} has records of several methods ({', '.join(r.method for r in found)}); name one")
         return found[0]
 
-    @staticmethod
-    def _row(r: tuple) -> ZooRecord:
-        return ZooRecord(r[0], Task(r[2], tuple(json.loads(r[3]))), r[5], json.loads(r[6]), r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14])
+    def _row(self, r: tuple) -> ZooRecord:
+        return ZooRecord(r[0], Task(r[2], tuple(json.loads(r[3]))), r[5], json.loads(r[6]), r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14],
+                         origin=self.root)
+
+    def record_path(self, record: ZooRecord) -> Path:
+        """Where the record's file lives (its own layer's folder)."""
+        return (record.origin or self.root) / "records" / (record.file or "")
 
     def _tensors(self, record: ZooRecord) -> dict[str, torch.Tensor]:
         if record.status != "ok" or not record.file:
             raise ZooError(f"record {record.record_id} has no weights (status {record.status}: {record.error})")
-        path = self.root / "records" / record.file
+        path = self.record_path(record)
         if not path.exists():
             raise ZooError(f"record {record.record_id}: file {path} is missing; rebuild it (`metavote zoo build` redoes it)")
         if file_digest(path) != record.sha256:
@@ -413,7 +574,7 @@ class Zoo:
 
     def verify(self, record: ZooRecord) -> bool:
         """True when the record's file exists and matches its checksum."""
-        path = self.root / "records" / (record.file or "")
+        path = self.record_path(record)
         return record.status == "ok" and path.is_file() and file_digest(path) == record.sha256
 
     def subnetwork(self, record: ZooRecord) -> SubNetwork:

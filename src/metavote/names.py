@@ -1,0 +1,10 @@
+"""Registry keys known without importing torch: the command line's ``choices`` (``metavote --help``
+stays instant). tests/test_cli.py checks that they equal the real registry, ``metavote.methods.METHODS``;
+a new method adds its key here too. (Profile names come from :mod:`metavote.profiles`, itself torch-free.)
+"""
+
+from __future__ import annotations
+
+METHOD_KEYS: tuple[str, ...] = (
+    "ahnp", "dlth", "ifp", "iht-reptile", "mest", "mvp", "nearest", "power", "random", "random-paper", "uvc",
+)
