@@ -10,9 +10,12 @@ means, 50 images per class), so the index sees the structure of a real zoo. Meas
   opening it again from its file; its recall of the exact top ``C`` (HNSW only);
 - a pre-selection query (median and 95th percentile over 200 targets);
 - ``metavote zoo ls`` (a subprocess, output to /dev/null) and reading every row (``Zoo.records``);
-- ``prune``'s whole search on a real target: the target's embedding, the query, loading the
-  candidates' record files and LEEP on them, as MVP runs it (wall seconds);
-- the memory (peak resident set) of the process after each size.
+- ``prune``'s whole search on a real target, as MVP runs it: the target's embedding, the query,
+  reading the candidates' rows and record files and LEEP on them (wall seconds; no other row is read);
+- the memory (peak resident set) of the process after each size;
+- with ``--libraries``, the ANN libraries side by side on the largest size's vectors: faiss
+  (exact and HNSW) and usearch (HNSW) when installed (``pip install usearch``; hnswlib has no
+  wheel here and needs a compiler): build seconds, query milliseconds, recall of the exact top 8.
 
     python benchmarks/zoo_scale.py --source runs/zoo-cpu --sizes 10000 100000
 """
@@ -75,6 +78,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/scale", help="where the synthetic zoos go")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--libraries", action="store_true", help="also compare the ANN libraries on the largest size's vectors")
     args = ap.parse_args()
     set_threads(args.threads)
     ctx = context(args.source, device="cpu")
@@ -97,7 +101,7 @@ def main() -> None:
         search.close()
         reopened = ZooSearch(zoo, ctx.backbone, dataset)
         _, reopen = timed(reopened.index)
-        allowed = {r.record_id for r in records}
+        allowed = lambda rid: rid.endswith(".ifp")  # noqa: E731  MVP's filter: the zoo's IFP records
         position = {r.record_id: i for i, r in enumerate(records)}
         latencies, recall = [], []
         for q in queries:
@@ -105,7 +109,7 @@ def main() -> None:
             latencies.append(seconds)
             recall.append(len({position[h] for h in hits} & set(np.argsort(-(vectors @ q))[:8])) / 8)
         costs = Costs()
-        _, prune_search = timed(lambda: reopened.nearest(target, 3, records, costs=costs))
+        _, prune_search = timed(lambda: reopened.nearest(target, 3, method="ifp", costs=costs))
         ls = time.perf_counter()
         subprocess.run([sys.executable, "-m", "metavote.cli", "zoo", "ls", "--zoo", str(root)], check=True, stdout=subprocess.DEVNULL)
         ls = time.perf_counter() - ls
@@ -114,8 +118,8 @@ def main() -> None:
                      "open_index_s": reopen, "query_ms_median": 1e3 * float(np.median(latencies)),
                      "query_ms_p95": 1e3 * float(np.percentile(latencies, 95)), "recall_at_8": float(np.mean(recall)),
                      "zoo_ls_s": ls, "prune_search_s": prune_search, "prune_search_tflops": costs.tflops, "peak_rss_mb": rss,
-                     "index_mb": sum(f.stat().st_size for f in zoo.cache_dir.glob("search-*")) / 2**20,
-                     "index_sqlite_mb": (root / "index.sqlite").stat().st_size / 2**20,
+                     "index_mb": sum(f.stat().st_size for f in zoo.cache_dir.glob("search.faiss*")) / 2**20,
+                     "index_sqlite_mb": sum(f.stat().st_size for f in root.glob("index.sqlite*")) / 2**20,
                      "embeddings_mb": (zoo.cache_dir / "search.sqlite").stat().st_size / 2**20})
         reopened.close()
         zoo.close()
@@ -127,7 +131,43 @@ def main() -> None:
                        f"{r['build_index_s']:.1f}", f"{r['open_index_s']:.2f}", f"{r['query_ms_median']:.2f} / {r['query_ms_p95']:.2f}",
                        f"{r['recall_at_8']:.1%}", f"{r['zoo_ls_s']:.1f}", f"{r['prune_search_s']:.2f}", f"{r['peak_rss_mb']:.0f}",
                        f"{r['index_sqlite_mb']:.0f} / {r['embeddings_mb']:.0f} / {r['index_mb']:.0f}"] for r in rows])
-    save("zoo_scale", rows, table + f"\n\nExact index up to {EXACT_LIMIT:,} records, HNSW (M 32, efSearch 128) above; {args.threads} thread(s).")
+    notes = f"\n\nExact index up to {EXACT_LIMIT:,} records, HNSW (M 32, efSearch 128) above; {args.threads} thread(s)."
+    if args.libraries:
+        libs = compare_libraries(vectors, queries, args.threads)
+        notes += "\n\n" + md_table(["library", "index", "build (s)", "query median (ms)", "recall@8 vs exact"],
+                                    [[r["library"], r["index"], f"{r['build_s']:.1f}", f"{r['query_ms']:.3f}", f"{r['recall']:.1%}"] for r in libs])
+        rows.append({"libraries": libs})
+    save("zoo_scale", rows, table + notes)
+
+
+def compare_libraries(vectors: np.ndarray, queries: list[np.ndarray], threads: int) -> list[dict]:
+    """faiss (exact, HNSW) and usearch (HNSW, if installed) on the same unit vectors."""
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    exact = [set(np.argsort(-(vectors @ q))[:8]) for q in queries]
+    out = []
+
+    def record(library, kind, build, search):
+        found, t = [], time.perf_counter()
+        for q in queries:
+            found.append(set(search(q)))
+        out.append({"library": library, "index": kind, "build_s": build, "query_ms": 1e3 * (time.perf_counter() - t) / len(queries),
+                    "recall": float(np.mean([len(f & e) / 8 for f, e in zip(found, exact)]))})
+
+    flat, build = timed(lambda: (lambda i: (i.add(vectors), i)[1])(faiss.IndexFlatIP(vectors.shape[1])))
+    record("faiss", "exact (IndexFlatIP)", build, lambda q: flat.search(q[None], 8)[1][0])
+    hnsw, build = timed(lambda: (lambda i: (i.add(vectors), i)[1])(faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)))
+    hnsw.hnsw.efSearch = 128
+    record("faiss", "HNSW (M 32, efSearch 128)", build, lambda q: hnsw.search(q[None], 8)[1][0])
+    try:
+        from usearch.index import Index
+    except ImportError:
+        return out
+    index = Index(ndim=vectors.shape[1], metric="ip", dtype="f32", connectivity=32, expansion_search=128)
+    _, build = timed(lambda: index.add(np.arange(len(vectors)), vectors, threads=threads))
+    record("usearch", "HNSW (connectivity 32, expansion 128)", build, lambda q: index.search(q, 8, threads=1).keys)
+    return out
 
 
 if __name__ == "__main__":

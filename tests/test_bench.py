@@ -150,12 +150,16 @@ def test_cli_prune_saves_to_the_zoo_and_reports_bad_input(ctx, capsys):
     task = bench_tasks(ctx.dataset, ctx.zoo, 1)[0]
     common = ["--zoo", str(zoo), "--data", data, "--backbone", backbone, "--classes", ",".join(task.classes), "--quiet"]
     tiny = ["--ratio", "0.5", "--iterations", "2", "--batch-size", "8"]
-    assert main(["prune", *common, *tiny, "--neighbours", "2"]) == 0
+    assert main(["prune", *common, *tiny, "--neighbours", "2", "--method", "mvp"]) == 0
     out = capsys.readouterr().out
-    assert "mvp on" in out and "neighbours (leep" in out and f"saved to zoo {zoo} as {task.id}.mvp" in out
+    assert "mvp on" in out and "neighbours (ann" in out and f"saved to zoo {zoo} as {task.id}.mvp" in out
     assert Zoo(zoo).get(task.id, "mvp").params["iterations"] == 2
-    assert main(["prune", *common, *tiny, "--neighbours", "2"]) == 0
-    assert "the zoo already holds this task" in capsys.readouterr().out
+    assert main(["prune", *common, *tiny]) == 0  # no method named: the zoo holds r = 0.5 records, so the nearest one
+    out = capsys.readouterr().out
+    assert "the zoo already holds this task" in out and "method: nearest (the zoo's records are pruned at r = 0.5" in out
+    assert "nearest on" in out
+    assert main(["prune", *common, "--ratio", "0.75", "--iterations", "2", "--batch-size", "8", "--neighbours", "2"]) == 0
+    assert "method: mvp (the zoo's records are pruned at r = 0.5, not 0.75" in capsys.readouterr().out
     for bad, message in ((["--ratio", "1.5", "--iterations", "2", "--batch-size", "8"], "pruning ratio must be in (0, 1)"),
                          (["--ratio", "0.5", "--iterations", "2", "--batch-size", "500"], "fewer than one batch of 500"),
                          ([*tiny, "--neighbours", "50"], "fewer than the 50 neighbours"),

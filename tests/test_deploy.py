@@ -77,7 +77,8 @@ def test_prune_an_image_folder_of_new_classes_then_export_and_predict(tmp_path, 
     backbone = zoo.root.parent / "backbone.safetensors"
     folder = write_image_folder(tmp_path / "photos")
     out = tmp_path / "deploy" / "photos.safetensors"
-    rc, stdout, err = run(capsys, ["prune", "--zoo", zoo.root, "--backbone", backbone, "--dataset", folder, "--out", out, *BUDGET])
+    rc, stdout, err = run(capsys, ["prune", "--zoo", zoo.root, "--backbone", backbone, "--dataset", folder, "--out", out, "--method", "mvp",
+                                   *BUDGET])
     assert rc == 0, err
     assert "kite, otter, tram" in stdout and "imprint" in stdout and out.exists()
     assert Zoo(zoo.root).records(method="mvp")[0].task.dataset == "photos"  # the record names its own dataset

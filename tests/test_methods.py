@@ -84,7 +84,7 @@ def test_cli_choices_come_from_the_registries():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices
     prune = next(a for a in sub["prune"]._actions if a.dest == "method")
-    assert prune.choices == sorted(METHODS) and prune.default == "mvp"
+    assert prune.choices == ["auto", *sorted(METHODS)] and prune.default == "auto"
     build = next(a for a in next(a for a in sub["zoo"]._actions if a.dest == "zoo_command").choices["build"]._actions if a.dest == "method")
     assert build.choices == sorted(METHODS) and build.default == "ifp"
     profile = next(a for a in sub["bench"]._actions if a.dest == "profile")

@@ -318,8 +318,9 @@ def test_shared_cifar100_and_backbone_accuracy():
     assert meta["classes"] == ds.classes  # filled from the dataset the file names
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
-    try:
-        acc = evaluate(model, ds.test_images, ds.test_labels)
+    try:  # the first 20 test images of every class: 2000 images, a standard error of 1 point
+        pick = np.concatenate([np.flatnonzero(ds.test_labels == c)[:20] for c in range(100)])
+        acc = evaluate(model, ds.test_images[pick], ds.test_labels[pick])
     finally:
         torch.set_num_threads(threads)
-    assert abs(acc - float(meta["test_acc"])) <= 0.01, (acc, meta["test_acc"])
+    assert abs(acc - float(meta["test_acc"])) <= 0.031, (acc, meta["test_acc"])

@@ -73,7 +73,7 @@ def test_mvp_end_to_end(small_zoo):
     result = MVP(neighbours=2, ratio=0.5, iterations=6, batch_size=8).run(backbone, data, zoo, None)
     assert result.subnet.widths() == target_widths(backbone.unit_groups(), 0.5)
     assert len(result.params["neighbours"]) == 2 and target_task.id not in result.params["neighbours"]
-    assert result.params["similarity"] == "leep" and result.params["head"] in ("neighbours", "imprint")
+    assert result.params["similarity"] == "ann" and result.params["head"] in ("neighbours", "imprint")
     skeleton = extract(backbone, result.subnet)
     assert {k: v.shape for k, v in skeleton.state_dict().items() if not k.startswith("fc.")} == \
            {k: v.shape for k, v in result.model.state_dict().items() if not k.startswith("fc.")}

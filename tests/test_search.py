@@ -67,7 +67,7 @@ def test_a_read_only_zoo_is_used_and_layered_without_a_file_changing(ctx, tmp_pa
 
     task = bench_tasks(ctx.dataset, Zoo(root), 1)[0]
     layer = tmp_path / "mine"
-    prune = ["prune", "--zoo", str(root), *cli_common(root), "--classes", ",".join(task.classes), *TINY, "--neighbours", "2"]
+    prune = ["prune", "--zoo", str(root), *cli_common(root), "--classes", ",".join(task.classes), *TINY, "--neighbours", "2", "--method", "mvp"]
     assert main([*prune, "--save-to", str(layer)]) == 0
     out = capsys.readouterr().out
     assert f"saved to zoo {layer} as {task.id}.mvp" in out
@@ -147,15 +147,16 @@ def test_embeddings_are_stored_once_and_the_index_follows_the_zoo(ctx, monkeypat
     search = ZooSearch(ctx.zoo, ctx.backbone, ctx.dataset, candidates=2)
     index = search.index()
     assert index.kind == "exact" and len(index) == 6
-    assert (ctx.zoo.root / STORE).exists() and list(ctx.zoo.root.glob("search-exact-*.faiss"))
+    assert (ctx.zoo.root / STORE).exists() and (ctx.zoo.root / INDEX_FILE).exists()
     search.close()
 
     def no_embedding(*args, **kwargs):
         raise AssertionError("an embedding was computed again")
 
     monkeypatch.setattr(TaskEmbedder, "records", no_embedding)
+    monkeypatch.setattr(ZooSearch, "embeddings", no_embedding)
     again = ZooSearch(ctx.zoo, ctx.backbone, ctx.dataset, candidates=2)
-    assert again.index().ids == index.ids  # from the store and the index file: nothing recomputed
+    assert again.index().ids == index.ids  # from the index file and its ids: no embedding read or computed
     target = ctx.dataset.load_task(bench_tasks(ctx.dataset, ctx.zoo, 1)[0])
     found = again.nearest(target, 2)
     assert len(found) == 2 and target.task.id not in {r.task.id for r, _ in found}
@@ -174,7 +175,7 @@ def test_embeddings_are_stored_once_and_the_index_follows_the_zoo(ctx, monkeypat
 def test_a_damaged_index_is_rebuilt_and_a_foreign_store_is_one_line(ctx, capsys):
     with ZooSearch(ctx.zoo, ctx.backbone, ctx.dataset) as search:
         search.index()
-    [file] = ctx.zoo.root.glob("search-exact-*.faiss")
+    file = ctx.zoo.root / INDEX_FILE
     file.write_bytes(b"not an index")
     with ZooSearch(ctx.zoo, ctx.backbone, ctx.dataset) as search, pytest.warns(UserWarning, match="unreadable.*rebuilding"):
         assert len(search.index()) == 6
@@ -183,12 +184,13 @@ def test_a_damaged_index_is_rebuilt_and_a_foreign_store_is_one_line(ctx, capsys)
     with sqlite3.connect(ctx.zoo.root / STORE) as conn:  # embeddings of another dimension under the same key
         conn.execute("UPDATE embeddings SET dim = 7")
     conn.close()
+    file.unlink()  # (the index is derived: without it the embeddings are read)
     with ZooSearch(ctx.zoo, ctx.backbone, ctx.dataset) as search, pytest.raises(SearchError, match="dimension 7, the backbone gives"):
         search.index()
     zoo = ctx.zoo.root
     task = bench_tasks(ctx.dataset, ctx.zoo, 1)[0]
     assert main(["prune", "--zoo", str(zoo), *cli_common(zoo), "--classes", ",".join(task.classes), *TINY, "--neighbours", "2",
-                 "--similarity", "ann"]) == 2
+                 "--similarity", "ann", "--method", "mvp"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "delete the file to recompute them" in err
 
@@ -200,9 +202,35 @@ def test_the_hnsw_index_finds_the_nearest_vectors(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((500, 16)).astype(np.float32)
     ids = [f"r{i}" for i in range(500)]
-    index = VectorIndex(ids, vectors, tmp_path / INDEX_FILE)
-    assert index.kind == "hnsw" and len(list(tmp_path.glob("search-hnsw-*.faiss"))) == 1
+    index = VectorIndex.build(ids, vectors, tmp_path / INDEX_FILE, stamp="s1")
+    assert index.kind == "hnsw" and (tmp_path / INDEX_FILE).exists()
     q = vectors[42] + 0.01 * rng.standard_normal(16).astype(np.float32)
     assert index.query(q, 1)[0][0] == "r42"
-    reopened = VectorIndex(ids, vectors, tmp_path / INDEX_FILE)
-    assert reopened.query(q, 5) == index.query(q, 5)
+    reopened = VectorIndex.open(tmp_path / INDEX_FILE, "s1", dim=16)
+    assert reopened.kind == "hnsw" and reopened.query(q, 5) == index.query(q, 5)
+    assert VectorIndex.open(tmp_path / INDEX_FILE, "s2") is None and VectorIndex.open(tmp_path / INDEX_FILE, "s1", dim=8) is None  # stale
+
+
+# ----------------------------------------------------------------------------- the demo
+
+
+def test_the_demo_prunes_from_a_read_only_zoo_and_leaves_it_untouched(small_zoo, tmp_path, capsys, monkeypatch):
+    """`metavote demo` on a published zoo (here the tiny one, marked read-only like ../shared):
+    MVP and the nearest record against random and IFP at several budgets, with the FLOPs ratio."""
+    from metavote.experiments import demo
+
+    zoo, dataset, folder, _ = small_zoo
+    zoo.close()
+    make_read_only(zoo.root)
+    before = listing(zoo.root)
+    monkeypatch.setenv("METAVOTE_CACHE", str(tmp_path / "cache"))
+    figures = demo(dataset=str(folder), backbone=zoo.root.parent / "backbone.safetensors", zoo=zoo.root, out=tmp_path / "demo",
+                   threads=1, device="cpu", reference=(2, 4), ratio=0.5, iterations=2, batch_size=8)
+    out = capsys.readouterr().out
+    assert f"zoo {zoo.root} (read-only): 6 records" in out
+    for row in ("MVP                 2", "nearest record      2", "random              2", "IFP                 4"):
+        assert row in out, out
+    assert "FLOPs ratio at equal accuracy" in out and "counting its neighbour search" in out
+    assert {"MVP ratio", "nearest record ratio", "MVP ratio with search"} <= set(figures)
+    assert figures["MVP ratio with search"] < figures["MVP ratio"]  # the search's FLOPs count against it
+    assert listing(zoo.root) == before and not (tmp_path / "demo").exists()  # nothing written, no zoo built

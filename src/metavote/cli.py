@@ -303,7 +303,7 @@ def cmd_data_fashion_mnist(args: argparse.Namespace) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    from .experiments import context, prune, with_layer
+    from .experiments import context, default_method, prune, with_layer
     from .methods import get_method_class
     from .models import count_parameters
     from .training import set_threads
@@ -319,6 +319,11 @@ def cmd_prune(args: argparse.Namespace) -> None:
         print(f"note: zoo {args.zoo} is read-only ({ctx.zoo.layers[0].read_only}); new records go to the layer {ctx.zoo.root} on it"
               if not args.save_to else f"note: new records go to {ctx.zoo.root}, layered on {args.zoo}")
     classes = _csv(args.classes) if args.classes else list(ctx.dataset.classes)
+    if args.method == "auto":
+        from .profiles import get_profile
+
+        args.method, why = default_method(ctx.zoo, args.ratio if args.ratio is not None else get_profile(args.profile).ratio)
+        print(f"method: {args.method} ({why}; --method mvp votes as the paper does)")
     task = ctx.dataset.task(classes)
     same = [r for r in ctx.zoo.records() if r.task.id == task.id]
     if same:
@@ -418,7 +423,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .experiments import demo
 
-    demo(data=args.data, backbone=args.backbone, out=args.out, threads=args.threads, device=args.device)
+    demo(data=args.data, backbone=args.backbone, out=args.out, zoo=args.zoo, threads=args.threads, device=args.device)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -583,7 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     zoo_args(p)
     p.add_argument("--classes", help="the task's classes, comma-separated (default with --dataset: all its classes)")
     p.add_argument("--out", help="also write the pruned model as a standalone FILE.safetensors (no zoo or backbone needed to load it)")
-    p.add_argument("--method", choices=methods, default="mvp")
+    p.add_argument("--method", choices=["auto", *methods], default="auto",
+                   help="auto (default): the nearest record when the zoo's records are pruned at the ratio asked, else mvp "
+                        "(the paper's vote, which makes any ratio); see README")
     p.add_argument("--neighbours", type=int, help="MVP: nearest zoo tasks that vote (default 3; nearest: 1)")
     p.add_argument("--similarity", choices=["ann", "leep", "wordnet", "embedding"],
                    help="MVP and nearest: neighbour search (default ann: LEEP on few images over the nearest records by task "
@@ -635,7 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job on its embedded default (see README)")
     p.add_argument("--data", help="data root (default: $METAVOTE_DATA, then ../shared/data)")
     p.add_argument("--backbone", help="pre-trained backbone (default: ../shared/pretrained/cifar100_resnet18_w0.5.safetensors)")
-    p.add_argument("--out", default="runs/demo", help="where the demo writes its zoo and results")
+    p.add_argument("--zoo", help="the zoo to prune from, opened read-only (default: $METAVOTE_ZOO, then the published "
+                   "../shared/zoos/cifar100-resnet18w0.5-ifp1000; without one a 6-task zoo is built under --out)")
+    p.add_argument("--out", default="runs/demo", help="where the demo writes a zoo when it builds one")
     _add_threads(p)
     p.set_defaults(func=cmd_demo)
     return parser

@@ -24,7 +24,7 @@ from .methods import PruneResult, create_method, get_method_class, method_settin
 from .models import count_parameters, head_rows_for, load_backbone, locate_backbone, replace_head
 from .profiles import get_profile
 from .search import ZooSearch
-from .training import evaluate, latency, select_device, set_threads
+from .training import Timer, evaluate, select_device, set_threads
 from .zoo import Zoo, build_zoo
 
 
@@ -65,16 +65,29 @@ def with_layer(ctx: BenchContext, save_to: str | os.PathLike | None = None) -> B
     return dataclasses.replace(ctx, zoo=top)
 
 
-def prune(ctx: BenchContext, classes: Sequence[str] | None = None, method: str = "mvp", profile_name: str = "cpu", save: bool = True,
+def default_method(zoo: Zoo, ratio: float) -> tuple[str, str]:
+    """The method ``prune`` uses when none is named, and why: the nearest record when the zoo's
+    records were pruned at ``ratio`` (its start is one sub-network trained as a whole, and it was
+    ahead of MVP on every zoo measured), else MVP, whose vote makes a sub-network of any ratio."""
+    ratios = sorted({float(r.params["ratio"]) for r in zoo.records(method=zoo.source_method) if "ratio" in r.params})
+    if any(abs(r - ratio) < 1e-9 for r in ratios):
+        return "nearest", f"the zoo's records are pruned at r = {ratio:g}, so the nearest one is kept as it is"
+    held = ", ".join(f"{r:g}" for r in ratios) or "unknown"
+    return "mvp", f"the zoo's records are pruned at r = {held}, not {ratio:g}: the vote makes a sub-network of the ratio asked"
+
+
+def prune(ctx: BenchContext, classes: Sequence[str] | None = None, method: str = "auto", profile_name: str = "cpu", save: bool = True,
           progress: bool = True, out: str | os.PathLike | None = None, **settings) -> tuple[PruneResult, Task]:
     """Prune the backbone for the task of ``classes`` of ``ctx.dataset`` (default: all its classes;
-    new classes are welcome: their head is imprinted) with a registered method (``mvp``, ``ifp``,
-    ``random``, ...) at a profile's budget; ``settings`` (ratio, iterations, lr, batch_size and the
+    new classes are welcome: their head is imprinted) with a registered method (``mvp``, ``nearest``,
+    ``ifp``, ``random``, ...; ``auto``: :func:`default_method`) at a profile's budget; ``settings`` (ratio, iterations, lr, batch_size and the
     method's own, e.g. neighbours, similarity, temperature) override it. With ``save`` the result
     joins the zoo as a record of its method (if the method prunes units: PoWER's tokens are not a
     record); with ``out`` it is also written as a standalone model file (:func:`~metavote.deploy.load_pruned`)."""
     budget = {k: settings.pop(k) for k in ("ratio", "iterations", "lr", "batch_size") if k in settings}
     p = get_profile(profile_name, temperature=settings.pop("temperature", None))
+    if method == "auto":
+        method = default_method(ctx.zoo, budget.get("ratio", p.ratio))[0]
     cls = get_method_class(method)
     extra = {"dataset": ctx.dataset} if "dataset" in method_settings(method) else {}  # MVP's embedding similarity
     m = create_method(method, **p.settings(method, **({"iterations": p.iterations} | budget)), **settings, **extra)
@@ -204,66 +217,106 @@ def budget_notes(rows: Sequence[dict], reference: str = "IFP") -> str:
     return "\n".join(lines)
 
 
+PUBLISHED_ZOO = "cifar100-resnet18w0.5-ifp1000"
+"""The published zoo the demo uses when it is there: 20 CIFAR-100 tasks pruned by IFP at J = 1000."""
+
+
+def published_zoo(path: str | os.PathLike | None = None) -> Path | None:
+    """``path``, ``$METAVOTE_ZOO``, or ``../shared/zoos/<PUBLISHED_ZOO>`` when it exists (else None)."""
+    places = [Path(p) for p in (path, os.environ.get("METAVOTE_ZOO")) if p]
+    places += [Path.cwd().parent / "shared" / "zoos" / PUBLISHED_ZOO, Path(__file__).resolve().parents[3] / "shared" / "zoos" / PUBLISHED_ZOO]
+    return next((p for p in places if (p / "index.sqlite").exists()), None)
+
+
 def demo(
     data: str | os.PathLike | None = None,
     backbone: str | os.PathLike | None = None,
     out: str | os.PathLike = "runs/demo",
+    zoo: str | os.PathLike | None = None,
     zoo_tasks: int = 6,
     threads: int | None = None,
     device: str | torch.device | None = None,
+    reference: Sequence[int] = (50, 100, 200),
+    dataset: str | os.PathLike = "cifar100",
+    **overrides,
 ) -> dict:
-    """The whole path on the CPU profile: load CIFAR-100 and the pre-trained backbone, build (or
-    reuse) a small zoo with IFP, MVP-prune a new task from its 3 nearest zoo tasks, and compare it
-    with random pruning and IFP at the same iterations and with IFP at 10x the iterations.
-    Measured from scratch (new virtual environment, new zoo): 5.3 min on 2 idle cores (14.8 min
-    while an ablation shared them). Returns the printed figures as a dict.
+    """What MVP is for, in about two minutes on 2 cores: a new CIFAR-100 task pruned at r = 0.8
+    with J = 20 iterations from a zoo, by MVP (the paper's vote) and by the nearest record, against
+    random pruning at J and conventional pruning (IFP) at each of ``reference`` iterations; it
+    prints accuracy, training FLOPs and wall time (the search included) and the FLOPs ratio at
+    equal accuracy (IFP's FLOPs for the same accuracy, interpolated, over the method's).
+
+    The zoo is ``zoo``, else the published one (:func:`published_zoo`), opened read-only: nothing
+    is written into it (its search embeddings go to the user's cache). Without one, a small zoo
+    of ``zoo_tasks`` tasks is built under ``out`` first (IFP at the CPU profile's J = 200), which
+    takes minutes more and gives MVP fewer, weaker neighbours. ``dataset`` (a name or an image
+    folder) and ``overrides`` of the CPU profile's budget (ratio, iterations, lr, batch_size) make
+    small runs. Returns the printed figures.
     """
     set_threads(threads)
     device = select_device(device)
     out = Path(out)
-    dataset = load_dataset("cifar100", data)
+    name = str(dataset)
+    dataset = load_dataset(name, data)
     path = locate_backbone(backbone)
     model, meta = load_backbone(path, dataset=dataset)
     model.to(device)
     print(f"backbone {path.name}: {meta['arch']} width {meta['width']:g}, {count_parameters(model):,} parameters, "
-          f"CIFAR-100 top-1 {meta.get('test_acc', float('nan')):.2%} (from its metadata)")
+          f"{dataset.name} top-1 {meta.get('test_acc', float('nan')):.2%} (from its metadata)")
 
-    p = get_profile("cpu")
-    ifp = create_method("ifp", **p.settings("ifp"))
-    tasks = sample_tasks(dataset, 5, zoo_tasks + 1, seed=2026)
-    zoo_tasks_, target = tasks[:-1], tasks[-1]
-    print(f"\n[1/2] zoo of {len(zoo_tasks_)} tasks in {out / 'zoo'} ({ifp.label}, CPU profile: {ifp.settings()})")
-    report = build_zoo(out / "zoo", zoo_tasks_, path, ifp, "cifar100", data, device=device)
-    zoo = Zoo(out / "zoo", device=device)
-    for r in zoo.records(method=ifp.key):
-        print(f"  {r.record_id}  {r.accuracy:.2%}  {', '.join(r.task.classes)}")
-    print(f"  built {len(report.done)}, reused {len(report.skipped)}, failed {len(report.failed)}")
+    p = get_profile("cpu", **overrides)
+    found = published_zoo(zoo)
+    if found is not None:
+        z = Zoo(found, device=device, read_only=True)
+        print(f"\n[1/2] zoo {found} (read-only): {len(z)} records, {z.describe()}, pruned by IFP at "
+              f"J = {z.records()[0].params.get('iterations')} (`metavote zoo ls --zoo {found}`)")
+        target = sample_tasks(dataset, 5, 1, seed=2026, exclude=[r.task for r in z.records(status=None)])[0]
+    else:
+        ifp = create_method("ifp", **p.settings("ifp"))
+        tasks = sample_tasks(dataset, 5, zoo_tasks + 1, seed=2026)
+        zoo_tasks_, target = tasks[:-1], tasks[-1]
+        print(f"\n[1/2] no published zoo found: building one of {len(zoo_tasks_)} tasks in {out / 'zoo'} ({ifp.label}, CPU profile)")
+        report = build_zoo(out / "zoo", zoo_tasks_, path, ifp, name, data, device=device)
+        print(f"  built {len(report.done)}, reused {len(report.skipped)}, failed {len(report.failed)}")
+        z = Zoo(out / "zoo", device=device)
+
+    with Timer() as indexing, ZooSearch(z, model, dataset) as search:
+        search.index()  # the records' task embeddings: computed once per zoo, then read from the cache
+    print(f"  search index: {len(z)} task embeddings ready in {indexing.seconds:.1f} s ({z.cache_dir})")
 
     j = p.iterations
-    print(f"\n[2/2] pruning a new task at r={p.ratio} on {device}: {target}")
+    print(f"\n[2/2] a new task at r = {p.ratio}, J = {j} on {device}: {target}")
     task_data = dataset.load_task(target)
     rows = head_rows_for(meta["classes"], target.classes)
     dense = replace_head(copy.deepcopy(model), target.n_way, rows)
-    dense_acc = evaluate(dense, task_data.test_images, task_data.test_labels)
-    print(f"  dense backbone with the task's head rows: {dense_acc:.2%} ({count_parameters(dense):,} parameters)")
-    methods = main_methods(dataclasses.replace(p, extra=()), dataset)  # MVP at J, IFP at 10 J, IFP at J, random at J (the bench adds the baselines)
-    results = {}
-    for method in methods:
-        result = method.run(model, task_data, zoo, rows, progress=True)
-        results[method.label] = result
-        extra = ""
-        if method.name == "MVP":
-            extra = f"; neighbours {', '.join(result.params['neighbours'])} found by LEEP in {result.params['search_seconds']:.1f} s"
-        print(f"  {method.label:<14} {result.accuracy:7.2%}   {result.costs.tflops:7.3f} training TFLOPs   {result.costs.seconds:5.1f} s{extra}")
-    mvp_result, upper = results[methods[0].label], results[methods[1].label]
-    speedup = latency(dense) / latency(mvp_result.model)
-    figures = {
-        "dense_accuracy": dense_acc, **{f"{k} accuracy": v.accuracy for k, v in results.items()},
-        **{f"{k} tflops": v.costs.tflops for k, v in results.items()},
-        "parameters": count_parameters(mvp_result.model), "parameter_ratio": count_parameters(dense) / count_parameters(mvp_result.model),
-        "speedup": speedup,
-    }
-    print(f"  MVP used {upper.costs.flops / max(mvp_result.costs.flops, 1):.0f}x fewer training FLOPs than IFP at {10 * j} iterations")
-    print(f"  pruned model: {figures['parameters']:,} parameters ({figures['parameter_ratio']:.0f}x fewer), "
-          f"{speedup:.1f}x faster inference at batch 128")
+    print(f"  dense backbone with the task's head rows: {evaluate(dense, task_data.test_images, task_data.test_labels):.2%} "
+          f"({count_parameters(dense):,} parameters)")
+    runs = [("MVP", create_method("mvp", **p.settings("mvp"), dataset=dataset), j),
+            ("nearest record", create_method("nearest", **p.settings("nearest"), dataset=dataset), j),
+            ("random", create_method("random", **p.settings("random")), j)]
+    runs += [("IFP", create_method("ifp", **p.settings("ifp", iterations=n)), n) for n in reference]
+    print(f"  {'method':<16} {'J':>4} {'accuracy':>9} {'training TFLOPs':>16} {'search TFLOPs':>14} {'wall s':>7}")
+    results, table = {}, []
+    for name, method, n in runs:
+        with Timer() as wall:
+            result = method.run(model, task_data, z, rows, progress=False)
+        search = result.params.get("search_tflops", 0.0)
+        results[f"{name} J={n}"] = result
+        table.append({"family": name, "x": n, "accuracy": result.accuracy, "tflops": result.costs.tflops, "search_tflops": search})
+        print(f"  {name:<16} {n:>4} {result.accuracy:>9.2%} {result.costs.tflops:>16.3f} {search:>14.4f} {wall.seconds:>7.1f}")
+    figures = {"target": target.id, "zoo": str(z.root), **{f"{k} accuracy": v.accuracy for k, v in results.items()},
+               **{f"{k} tflops": v.costs.tflops for k, v in results.items()}}
+    print(f"\n  FLOPs ratio at equal accuracy: IFP's training FLOPs for the same accuracy (interpolated between J = "
+          f"{', '.join(map(str, reference))}) over the method's")
+    for name in ("MVP", "nearest record"):
+        plain, searched = flops_ratio(table, name), flops_ratio(table, name, search=True)
+        for a, b in zip(plain, searched):
+            bound = a["bound"].replace("=", "")
+            figures[f"{name} ratio"], figures[f"{name} ratio with search"] = a["ratio"], b["ratio"]
+            print(f"  {name:<16} {bound}{a['ratio']:.1f}x ({bound}{b['ratio']:.1f}x counting its neighbour search); IFP needs "
+                  f"{bound}{a['reference_iterations']:.0f} iterations for its {a['accuracy']:.2%}")
+    mvp_model = results[f"MVP J={j}"].model
+    figures["parameter_ratio"] = count_parameters(dense) / count_parameters(mvp_model)
+    print(f"  the pruned models: {count_parameters(mvp_model):,} parameters ({figures['parameter_ratio']:.0f}x fewer than the dense model)")
+    z.close()
     return figures

@@ -19,11 +19,11 @@ the zoo's records is a one-off cost of the zoo, like building it.
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
 import sqlite3
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -145,51 +145,59 @@ class EmbeddingStore:
 
 class VectorIndex:
     """Inner-product nearest neighbours over unit vectors with faiss: exact (``IndexFlatIP``) up to
-    :data:`EXACT_LIMIT` vectors, HNSW (``M`` links, ``ef_search`` at query time) above. Saved to
-    ``path`` with a digest of the ids it holds; a stale or unreadable file is rebuilt."""
+    :data:`EXACT_LIMIT` vectors, HNSW (``M`` links, ``ef_search`` at query time) above.
 
-    def __init__(self, ids: Sequence[str], vectors: np.ndarray, path: str | os.PathLike | None = None, m: int = 32,
-                 ef_search: int = 128) -> None:
-        faiss = _faiss()
-        self.ids = list(ids)
-        self.path = Path(path) if path is not None else None
-        digest = hashlib.sha256("\n".join(self.ids).encode()).hexdigest()[:16]
-        self.kind = "exact" if len(self.ids) <= EXACT_LIMIT else "hnsw"
-        self.index = self._load(digest, vectors.shape[1] if len(vectors) else 0)
-        if self.index is None:
-            vectors = np.ascontiguousarray(normalise(vectors))
-            self.index = faiss.IndexFlatIP(vectors.shape[1]) if self.kind == "exact" else faiss.IndexHNSWFlat(vectors.shape[1], m, faiss.METRIC_INNER_PRODUCT)
-            self.index.add(vectors)
-            self._save(digest)
-        if self.kind == "hnsw":
+    :meth:`build` saves it to ``path`` with a sidecar ``<path>.ids.json`` holding its ids and a
+    ``stamp`` (what it was built from: the embedder and the zoo's version), so :meth:`open`
+    needs neither the zoo's rows nor the embeddings; a stale or unreadable file is rebuilt."""
+
+    def __init__(self, ids: Sequence[str], index, kind: str, ef_search: int = 128) -> None:
+        self.ids, self.index, self.kind = list(ids), index, kind
+        if kind == "hnsw":
             self.index.hnsw.efSearch = ef_search
 
-    def _file(self, digest: str) -> Path | None:
-        return None if self.path is None else self.path.with_name(f"{self.path.stem}-{self.kind}-{digest}{self.path.suffix}")
+    @classmethod
+    def build(cls, ids: Sequence[str], vectors: np.ndarray, path: str | os.PathLike | None = None, stamp: str = "",
+              m: int = 32, ef_search: int = 128) -> VectorIndex:
+        faiss = _faiss()
+        vectors = np.ascontiguousarray(normalise(vectors))
+        kind = "exact" if len(ids) <= EXACT_LIMIT else "hnsw"
+        index = faiss.IndexFlatIP(vectors.shape[1]) if kind == "exact" else faiss.IndexHNSWFlat(vectors.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+        index.add(vectors)
+        out = cls(ids, index, kind, ef_search)
+        if path is not None:
+            out._save(Path(path), stamp)
+        return out
 
-    def _load(self, digest: str, dim: int):
-        file = self._file(digest)
-        if file is None or not file.exists():
+    @classmethod
+    def open(cls, path: str | os.PathLike, stamp: str, dim: int | None = None, ef_search: int = 128) -> VectorIndex | None:
+        """The index saved at ``path`` if it was built from ``stamp``, reads back whole and holds
+        vectors of dimension ``dim`` (when given), else None."""
+        path = Path(path)
+        sidecar = path.with_name(path.name + ".ids.json")
+        try:
+            saved = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            return None
+        if saved.get("stamp") != stamp or not path.exists():
             return None
         try:
-            index = _faiss().read_index(str(file))
+            index = _faiss().read_index(str(path))
         except RuntimeError as e:
-            warnings.warn(f"search index {file} is unreadable ({str(e).splitlines()[0][:120]}); rebuilding it", stacklevel=3)
+            warnings.warn(f"search index {path} is unreadable ({str(e).splitlines()[0][:120]}); rebuilding it", stacklevel=3)
             return None
-        if index.ntotal != len(self.ids) or index.d != dim:
+        if index.ntotal != len(saved["ids"]) or (dim is not None and index.d != dim):
             return None
-        return index
+        return cls(saved["ids"], index, saved["kind"], ef_search)
 
-    def _save(self, digest: str) -> None:
-        file = self._file(digest)
-        if file is None:
-            return
-        file.parent.mkdir(parents=True, exist_ok=True)
-        for old in file.parent.glob(f"{self.path.stem}-*{self.path.suffix}"):
-            old.unlink(missing_ok=True)  # one index per store: the ids changed
-        tmp = file.with_name(f".{file.name}.tmp")
-        _faiss().write_index(self.index, str(tmp))
-        os.replace(tmp, file)
+    def _save(self, path: Path, stamp: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for file, write in ((path, lambda tmp: _faiss().write_index(self.index, str(tmp))),
+                            (path.with_name(path.name + ".ids.json"),
+                             lambda tmp: tmp.write_text(json.dumps({"stamp": stamp, "kind": self.kind, "ids": self.ids})))):
+            tmp = file.with_name(f".{file.name}.tmp")
+            write(tmp)
+            os.replace(tmp, file)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -217,8 +225,8 @@ class ZooSearch:
 
     name = "ann"
 
-    def __init__(self, zoo: Zoo, backbone: Backbone, dataset: ImageDataset | None = None, candidates: int = 8,
-                 embed_images: int = 10, leep_images: int = 10) -> None:
+    def __init__(self, zoo: Zoo, backbone: Backbone, dataset: ImageDataset | None = None, candidates: int = 20,
+                 embed_images: int = 2, leep_images: int = 5) -> None:
         if candidates < 1 or embed_images < 1 or leep_images < 1:
             raise SimilarityError("candidates, embed_images and leep_images must be >= 1")
         self.zoo, self.backbone = zoo, backbone
@@ -254,9 +262,12 @@ class ZooSearch:
     def index(self) -> VectorIndex:
         """The ANN index over every ok record of the zoo (built or refreshed on first use)."""
         version = self.zoo.version()
-        if self._index is None or self._version != version:  # reading every row is the slow part of a large zoo
-            records = self.zoo.records()
-            self._index = VectorIndex([r.record_id for r in records], self.embeddings(records), self.zoo.cache_dir / INDEX_FILE)
+        if self._index is None or self._version != version:
+            path, stamp = self.zoo.cache_dir / INDEX_FILE, json.dumps([self.embedder.key, version])
+            self._index = VectorIndex.open(path, stamp, self.backbone.num_features)
+            if self._index is None:  # reading every row and embedding is the slow part of a large zoo: only when it changed
+                records = self.zoo.records()
+                self._index = VectorIndex.build([r.record_id for r in records], self.embeddings(records), path, stamp)
             self._version = version
         return self._index
 
@@ -264,27 +275,36 @@ class ZooSearch:
         """Embed new records as they join the zoo (the index follows on the next query)."""
         self.embeddings(records)
 
-    def preselect(self, vector: np.ndarray, allowed: set[str], n: int) -> list[str]:
-        """The ``n`` records of ``allowed`` nearest to ``vector`` in the index."""
+    def preselect(self, vector: np.ndarray, allowed: Callable[[str], bool], n: int) -> list[str]:
+        """The ``n`` records whose ids pass ``allowed`` nearest to ``vector`` in the index."""
         index = self.index()
         k = n
         while True:
-            hits = [rid for rid, _ in index.query(vector, k) if rid in allowed]
+            hits = [rid for rid, _ in index.query(vector, k) if allowed(rid)]
             if len(hits) >= n or k >= len(index):
                 return hits[:n]
             k = min(4 * k, len(index))
 
-    def nearest(self, target: TaskData, k: int = 3, records: Sequence[ZooRecord] | None = None, exclude_target: bool = True,
-                costs: Costs | None = None) -> list[tuple[ZooRecord, float]]:
-        """The ``k`` records (of ``records``, default all) most similar to ``target`` by LEEP among
-        the index's top ``candidates``, best first, with their LEEP scores."""
-        pool = {r.record_id: r for r in (records if records is not None else self.zoo.records())}
-        if exclude_target:
-            pool = {rid: r for rid, r in pool.items() if r.task.id != target.task.id}
-        if len(pool) < k:
-            raise SimilarityError(f"the zoo has {len(pool)} candidate record(s), fewer than the {k} neighbours asked for")
+    def nearest(self, target: TaskData, k: int = 3, records: Sequence[ZooRecord] | None = None, method: str | None = None,
+                exclude_target: bool = True, costs: Costs | None = None) -> list[tuple[ZooRecord, float]]:
+        """The ``k`` records most similar to ``target`` by LEEP among the index's top
+        ``candidates``, best first, with their LEEP scores: among ``records``, or else the zoo's
+        records of ``method`` (default any), read from the index only as candidates, so the cost
+        of a query does not grow with the zoo beyond the ANN's."""
+        own = target.task.id if exclude_target else None
+        if records is not None:
+            pool = {r.record_id: r for r in records if r.task.id != own}
+            available, allowed = len(pool), pool.__contains__
+        else:
+            suffix = f".{method}" if method else ""
+            excluded = sum(r.status == "ok" for r in self.zoo.find(own, method)) if own else 0
+            available = self.zoo.count(method) - excluded
+            allowed = lambda rid: rid.endswith(suffix) and not (own and rid.startswith(f"{own}."))  # noqa: E731  ids are <task>.<method>
+        if available < k:
+            raise SimilarityError(f"the zoo has {available} candidate record(s), fewer than the {k} neighbours asked for")
         vector = self.embedder.target(target, self.embed_images, costs)
-        chosen = [pool[rid] for rid in self.preselect(vector, set(pool), max(self.candidates, k))]
+        ids = self.preselect(vector, allowed, max(self.candidates, k))
+        chosen = [pool[rid] for rid in ids] if records is not None else [self.zoo.get(rid) for rid in ids]
         scores = LEEPSimilarity(self.leep_images).scores(self.zoo, chosen, target, costs)
         order = np.argsort(-scores, kind="stable")[:k]
         return [(chosen[i], float(scores[i])) for i in order]

@@ -177,7 +177,7 @@ class MVP(Method):
     needs_zoo = True
 
     neighbours: int | Sequence[ZooRecord] = 3
-    similarity: str = "leep"
+    similarity: str = "ann"
     temperature: float = DEFAULT_TEMPERATURE
     preselect: bool = False
     zoo_method: str | None = None
@@ -236,12 +236,12 @@ class MVP(Method):
         with Timer() as search:
             if isinstance(self.neighbours, int):
                 source = self.zoo_method or zoo.source_method
-                pool = zoo.records(method=source)
-                if not pool:
+                if not zoo.count(source):
                     raise ConfigError(f"zoo {zoo.root} has no records of method {source}; build it with `metavote zoo build`")
-                if self.similarity == "ann":
-                    ranked = self._search(zoo, backbone).nearest(data, self.neighbours, pool, costs=search_costs)
+                if self.similarity == "ann":  # reads only the candidates' rows: a large zoo costs no more
+                    ranked = self._search(zoo, backbone).nearest(data, self.neighbours, method=source, costs=search_costs)
                 else:
+                    pool = zoo.records(method=source)
                     pre = self._measure("embedding", backbone) if self.preselect else None
                     ranked = nearest(zoo, data, self.neighbours, self._measure(self.similarity, backbone), preselect=pre, records=pool,
                                      costs=search_costs)

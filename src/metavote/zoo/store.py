@@ -182,6 +182,7 @@ class Zoo:
             if self.root.exists() and any(p.name != "records" and not p.name.startswith(INDEX) for p in self.root.iterdir()):
                 raise ZooError(f"{self.root} exists, is not empty and is not a zoo; choose a new folder")
         why = "opened read-only" if read_only or asked else (unwritable(self.root) if index.exists() and read_only is None else None)
+        self._frozen_version: tuple | None = None
         self.read_only: str | None = why
         """Why the zoo cannot be written (None when it can)."""
         try:
@@ -435,6 +436,7 @@ class Zoo:
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(f"INSERT OR REPLACE INTO records VALUES ({', '.join('?' * 15)})", rows)
+            self._bump()
 
     # -- claims
     def claim(self, rid: str, owner: str, lease: float, retry_failed_before: float | None = None) -> str:
@@ -505,6 +507,7 @@ class Zoo:
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.execute("DELETE FROM records WHERE record_id = ?", (rid,))
+            self._bump()
         if record.file:
             (self.root / "records" / record.file).unlink(missing_ok=True)
 
@@ -525,10 +528,23 @@ class Zoo:
         return list(below.values()) + own
 
     def version(self) -> tuple:
-        """Changes whenever a record of the zoo or its layers is added, replaced or removed (cheap:
-        no row is read), so derived indexes know when to refresh."""
-        own = self._conn.execute("SELECT COUNT(*), MAX(created) FROM records WHERE status = 'ok'").fetchone()
-        return (tuple(own), *(z.version() for z in self.layers))
+        """Changes whenever a record of the zoo or its layers is added, replaced or removed, so
+        derived indexes know when to refresh. Cheap: a counter every write bumps (a read-only zoo,
+        or one written before the counter, is counted once)."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+        if row is not None:
+            own = (int(json.loads(row[0])),)
+        elif self.read_only and self._frozen_version is not None:
+            own = self._frozen_version
+        else:
+            own = tuple(self._conn.execute("SELECT COUNT(*), MAX(created) FROM records WHERE status = 'ok'").fetchone())
+            if self.read_only:
+                self._frozen_version = own
+        return (own, *(z.version() for z in self.layers))
+
+    def _bump(self) -> None:
+        """Count one more write (inside the writer's transaction)."""
+        self._conn.execute("INSERT INTO meta VALUES ('version', '1') ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
     def __len__(self) -> int:
         if self.layers:
@@ -540,15 +556,30 @@ class Zoo:
 
     def get(self, key: str, method: str | None = None) -> ZooRecord:
         """A record by record id, or by task id (with ``method`` when a task has several records)."""
-        rows = self._conn.execute("SELECT * FROM records WHERE record_id = ? OR task_id = ?", (key, key)).fetchall()
-        found = [self._row(r) for r in rows if method is None or r[5] == method]
-        if not found and self.layers:
-            found = [r for r in self.records(status=None) if key in (r.record_id, r.task_id) and (method is None or r.method == method)]
+        found = self.find(key, method)
         if not found:
             raise ZooError(f"no record {key!r} in zoo {self.root}")
         if len(found) > 1:
             raise ZooError(f"task {key} has records of several methods ({', '.join(r.method for r in found)}); name one")
         return found[0]
+
+    def find(self, key: str, method: str | None = None) -> list[ZooRecord]:
+        """The records (any status) of ``key``, a record or task id, of ``method`` if given: this
+        zoo's, else those of the first layer holding one."""
+        rows = self._conn.execute("SELECT * FROM records WHERE record_id = ? OR task_id = ?", (key, key)).fetchall()
+        found = [self._row(r) for r in rows if method is None or r[5] == method]
+        for lower in self.layers:
+            if found:
+                break
+            found = lower.find(key, method)
+        return found
+
+    def count(self, method: str | None = None) -> int:
+        """How many ok records (of ``method``) the zoo and its layers hold, without reading them."""
+        if self.layers:
+            return len(self.records(method=method))
+        query = "SELECT COUNT(*) FROM records WHERE status = 'ok'" + (" AND method = ?" if method else "")
+        return self._conn.execute(query, (method,) if method else ()).fetchone()[0]
 
     def _row(self, r: tuple) -> ZooRecord:
         return ZooRecord(r[0], Task(r[2], tuple(json.loads(r[3]))), r[5], json.loads(r[6]), r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14],
