@@ -271,3 +271,26 @@ def test_costs_are_counted_once_per_distinct_cost():
     model.keep = 12
     costs.add_steps(model, 2, 4, backward=False)
     assert full == 2 * 4 * 48 * 10 and costs.flops == full + 2 * (2 * 4 * 12 * 10)
+
+
+def test_threads_follow_the_cores_other_processes_leave_free(monkeypatch):
+    """free_cores counts each allowed core's busy share between two /proc/stat samples."""
+    import io
+
+    from metavote import training
+
+    snapshots = iter([
+        "cpu  0 0 0 0 0 0 0 0\ncpu0 100 0 0 100 0 0 0 0\ncpu1 100 0 0 100 0 0 0 0\ncpu2 0 0 0 0 0 0 0 0\n",
+        # cpu0 spent the interval busy, cpu1 idle; cpu2 is not ours
+        "cpu  0 0 0 0 0 0 0 0\ncpu0 200 0 0 100 0 0 0 0\ncpu1 100 0 0 200 0 0 0 0\ncpu2 900 0 0 0 0 0 0 0\n",
+    ])
+    monkeypatch.setattr(training, "open", lambda *a, **k: io.StringIO(next(snapshots)), raising=False)
+    monkeypatch.setattr(training.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(training.time, "sleep", lambda s: None)
+    assert training.free_cores() == 1
+    monkeypatch.setenv("METAVOTE_THREADS", "2")  # an explicit count wins
+    threads = training.torch.get_num_threads()
+    try:
+        assert training.set_threads() == 2 and training.set_threads(1) == 1
+    finally:
+        training.torch.set_num_threads(threads)

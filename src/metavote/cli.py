@@ -48,7 +48,7 @@ def _add_data(p: argparse.ArgumentParser) -> None:
 
 def _add_threads(p: argparse.ArgumentParser, device: bool = True) -> None:
     """``--threads`` and (for a command that can run its model off the CPU) ``--device``."""
-    p.add_argument("--threads", type=int, help="torch threads (default: $METAVOTE_THREADS or every core)")
+    p.add_argument("--threads", type=int, help="torch threads (default: $METAVOTE_THREADS, else the cores other processes leave free)")
     if device:
         p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
