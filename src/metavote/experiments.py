@@ -69,7 +69,7 @@ def default_method(zoo: Zoo, ratio: float) -> tuple[str, str]:
     """The method ``prune`` uses when none is named, and why: the nearest record when the zoo's
     records were pruned at ``ratio`` (its start is one sub-network trained as a whole, and it was
     ahead of MVP on every zoo measured), else MVP, whose vote makes a sub-network of any ratio."""
-    ratios = sorted({float(r.params["ratio"]) for r in zoo.records(method=zoo.source_method) if "ratio" in r.params})
+    ratios = sorted(float(r) for r in zoo.param_values("ratio", zoo.source_method))
     if any(abs(r - ratio) < 1e-9 for r in ratios):
         return "nearest", f"the zoo's records are pruned at r = {ratio:g}, so the nearest one is kept as it is"
     held = ", ".join(f"{r:g}" for r in ratios) or "unknown"

@@ -43,27 +43,27 @@ def free_cores(sample: float = 0.1) -> int:
     operator: measured beside one busy process on 2 cores, ``prune`` took 13.8 s on 2 threads and
     10.1 s on 1 (BENCHMARKS.md, "A busy machine")."""
     cores = available_cores()
-
-    def idle_and_total() -> tuple[list[int], list[int]]:
-        idle, total = [], []
-        with open("/proc/stat") as f:
-            for line in f:
-                name, *fields = line.split()
-                if name.startswith("cpu") and name != "cpu" and int(name[3:]) in allowed:
-                    values = [int(v) for v in fields]
-                    idle.append(values[3] + values[4])  # idle + iowait
-                    total.append(sum(values[:8]))
-        return idle, total
-
     try:
         allowed = os.sched_getaffinity(0)
-        i0, t0 = idle_and_total()
+        before = _cpu_times(allowed)
         time.sleep(sample)
-        i1, t1 = idle_and_total()
+        after = _cpu_times(allowed)
     except (AttributeError, OSError, ValueError):
         return cores
-    busy = sum(1 - (b - a) / max(d - c, 1) for a, b, c, d in zip(i0, i1, t0, t1))
-    return max(1, min(cores, round(len(i0) - busy)))
+    busy = sum(1 - (i1 - i0) / max(t1 - t0, 1) for (i0, t0), (i1, t1) in zip(before, after))
+    return max(1, min(cores, round(len(before) - busy)))
+
+
+def _cpu_times(cores: set[int]) -> list[tuple[int, int]]:
+    """(idle + iowait, total) jiffies of each of ``cores``, from ``/proc/stat``."""
+    out = []
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name != "cpu" and int(name[3:]) in cores:
+                values = [int(v) for v in fields[:8]]
+                out.append((values[3] + values[4], sum(values)))
+    return out
 
 
 def set_threads(threads: int | None = None) -> int:

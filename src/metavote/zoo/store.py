@@ -574,6 +574,13 @@ class Zoo:
             found = lower.find(key, method)
         return found
 
+    def param_values(self, key: str, method: str | None = None) -> set:
+        """The distinct values of setting ``key`` among the ok records (of ``method``) of the zoo
+        and its layers, read by SQLite without loading the rows."""
+        query = "SELECT DISTINCT json_extract(params, ?) FROM records WHERE status = 'ok'" + (" AND method = ?" if method else "")
+        own = {v for (v,) in self._conn.execute(query, (f"$.{key}", method) if method else (f"$.{key}",)) if v is not None}
+        return own.union(*(z.param_values(key, method) for z in self.layers))
+
     def count(self, method: str | None = None) -> int:
         """How many ok records (of ``method``) the zoo and its layers hold, without reading them."""
         if self.layers:
