@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 		echo "note: WordNet not installed (run apt-get install wordnet-base wordnet-sense-index as root); WordNet tests will skip"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,ray,onnx,hf]'
+	$(BIN)/pip install --quiet -e '.[dev,ray,onnx,hf,openvino]'
 	touch $@
 
 demo: $(VENV)/.installed

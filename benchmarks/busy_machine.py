@@ -1,12 +1,18 @@
-"""`metavote prune` alone and beside a busy process, for each thread setting.
+"""`metavote prune` and a short `metavote bench` alone and beside a busy process, for each thread setting.
 
-Each run is a fresh `metavote prune --method random --no-save` subprocess (a 5-way CIFAR-100 task,
-the CPU profile, J = 20) on the published zoo (read-only), timed by its wall clock. Settings:
-the default, `--threads 1`, and the default threads with OpenMP's waiting forced active or passive
-(`OMP_WAIT_POLICY`). Neighbours: nothing, a plain busy loop (one process spinning), or a one-thread
-zoo build (`zoo build --workers 1 --threads 1` into a temporary folder).
+``--command prune``: each run is a fresh `metavote prune --method random --no-save` subprocess (a
+5-way CIFAR-100 task, the CPU profile, J = 20) on the published zoo (read-only), timed by its wall
+clock. Settings: the default, `--threads 1`, and the default threads with OpenMP's waiting forced
+active or passive (`OMP_WAIT_POLICY`).
 
-    python benchmarks/busy_machine.py [--zoo ../shared/zoos/cifar100-resnet18w0.5-ifp1000] [--repeats 2]   # from the project root
+``--command bench``: each run is a fresh short bench (`metavote bench --tasks 1 --no-baselines
+--iterations 10`: MVP, IFP at 10 and 100 iterations, random, on one test task, into a new
+folder). Settings: the default, `--threads 1` and `--threads 2`.
+
+Neighbours: nothing, a plain busy loop (one process spinning), or a one-thread zoo build (`zoo
+build --workers 1 --threads 1` into a temporary folder).
+
+    python benchmarks/busy_machine.py [--command prune|bench] [--zoo ../shared/zoos/cifar100-resnet18w0.5-ifp1000] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -23,10 +29,13 @@ import numpy as np
 from _common import md_table, save
 
 SETTINGS = {
-    "default": ([], {}),
-    "--threads 1": (["--threads", "1"], {}),
-    "OMP_WAIT_POLICY=ACTIVE": ([], {"OMP_WAIT_POLICY": "ACTIVE"}),
-    "OMP_WAIT_POLICY=PASSIVE": ([], {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "prune": {
+        "default": ([], {}),
+        "--threads 1": (["--threads", "1"], {}),
+        "OMP_WAIT_POLICY=ACTIVE": ([], {"OMP_WAIT_POLICY": "ACTIVE"}),
+        "OMP_WAIT_POLICY=PASSIVE": ([], {"OMP_WAIT_POLICY": "PASSIVE"}),
+    },
+    "bench": {"default": ([], {}), "--threads 1": (["--threads", "1"], {}), "--threads 2": (["--threads", "2"], {})},
 }
 
 
@@ -40,11 +49,14 @@ def zoo_build(folder: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def prune_seconds(zoo: str, extra: list[str], env: dict) -> float:
-    cmd = [sys.executable, "-m", "metavote.cli", "prune", "--zoo", zoo, "--classes", "apple,bus,forest,lion,rose", "--method", "random",
-           "--no-save", "--quiet", *extra]
+def run_seconds(command: str, zoo: str, extra: list[str], env: dict) -> float:
+    """Wall seconds of one fresh `metavote` process running ``command``."""
+    if command == "prune":
+        cmd = ["prune", "--zoo", zoo, "--classes", "apple,bus,forest,lion,rose", "--method", "random", "--no-save", "--quiet"]
+    else:
+        cmd = ["bench", "--zoo", zoo, "--tasks", "1", "--no-baselines", "--iterations", "10", "--quiet", "--out", tempfile.mkdtemp()]
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=os.environ | env)
+    subprocess.run([sys.executable, "-m", "metavote.cli", *cmd, *extra], check=True, stdout=subprocess.DEVNULL, env=os.environ | env)
     return time.perf_counter() - t
 
 
@@ -52,6 +64,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--zoo", default="../shared/zoos/cifar100-resnet18w0.5-ifp1000")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--command", choices=sorted(SETTINGS), default="prune")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,17 +73,17 @@ def main() -> None:
             if proc is not None:
                 time.sleep(15)  # let the neighbour start its work
             try:
-                for name, (extra, env) in SETTINGS.items():
-                    times = [prune_seconds(args.zoo, extra, env) for _ in range(args.repeats)]
+                for name, (extra, env) in SETTINGS[args.command].items():
+                    times = [run_seconds(args.command, args.zoo, extra, env) for _ in range(args.repeats)]
                     rows.append({"beside": neighbour, "setting": name, "seconds": times})
                     print(neighbour, name, times, flush=True)
             finally:
                 if proc is not None:
                     proc.kill()
                     proc.wait()
-    table = md_table(["beside", "setting", "prune wall s (median)", "runs"],
+    table = md_table(["beside", "setting", f"{args.command} wall s (median)", "runs"],
                      [[r["beside"], r["setting"], f"{np.median(r['seconds']):.1f}", " ".join(f"{s:.1f}" for s in r["seconds"])] for r in rows])
-    save("busy_machine", rows, table)
+    save("busy_machine" if args.command == "prune" else "busy_machine_bench", rows, table)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def test_settings_are_keyword_only_validated_and_named():
         with pytest.raises(ConfigError, match=match):
             create_method("ifp", **bad)
     assert "temperature" in method_settings("mvp") and "importance" not in method_settings("mvp")
-    assert ifp.settings() == {"ratio": 0.8, "iterations": 200, "lr": 0.005, "batch_size": 64, "seed": None, "optimizer": "sgd", "refresh_bn": 5,
+    assert ifp.settings() == {"ratio": 0.8, "iterations": 200, "lr": 0.005, "batch_size": 64, "seed": None, "optimizer": "sgd", "refresh_bn": 5, "align": 1,
                               "importance": "activation",
                               "step_fraction": 0.2, "prune_until": 0.6, "importance_batches": 2}
 

@@ -322,13 +322,13 @@ def cmd_prune(args: argparse.Namespace) -> None:
     if args.method == "auto":
         from .profiles import get_profile
 
-        args.method, why = default_method(ctx.zoo, args.ratio if args.ratio is not None else get_profile(args.profile).ratio)
+        args.method, why = default_method(ctx.zoo, args.ratio if args.ratio is not None else get_profile(args.profile).ratio, args.align or 1)
         print(f"method: {args.method} ({why}; --method mvp votes as the paper does)")
     task = ctx.dataset.task(classes)
     same = [r for r in ctx.zoo.records() if r.task.id == task.id]
     if same:
         print(f"note: the zoo already holds this task ({', '.join(r.record_id for r in same)}); it is left out of its own neighbours")
-    own = {"neighbours": args.neighbours, "similarity": args.similarity}  # MVP's settings
+    own = {"neighbours": args.neighbours, "similarity": args.similarity, "align": args.align}  # MVP's settings, and any method's align
     result, task = prune(ctx, classes, args.method, args.profile, save=not args.no_save, progress=not args.quiet, out=args.out,
                          **{k: v for k, v in (_budget(args) | own).items() if v is not None})
     print(f"{result.method} on {task}: test accuracy {result.accuracy:.2%}")
@@ -384,7 +384,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .deploy import export_hf, export_onnx, export_record
+    from .deploy import CALIBRATION_IMAGES, export_hf, export_int8, export_onnx, export_record
     from .files import check_output
     from .training import set_threads
     from .zoo import Zoo
@@ -392,6 +392,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     set_threads(args.threads)
     if bool(args.zoo) == bool(args.model):
         raise ConfigError("give --zoo Z RECORD --out FILE.safetensors (a standalone model), or --model FILE.safetensors --onnx OUT.onnx")
+    if not args.int8 and (args.data is not None or args.calibration is not None):
+        raise ConfigError("--data and --calibration go with --int8 (the images an int8 export is calibrated and scored on)")
+    if args.int8 and not args.onnx:
+        raise ConfigError("--int8 goes with --model FILE.safetensors --onnx OUT.onnx: an int8 model is an ONNX file")
     if args.zoo:
         if not args.record or not args.out:
             raise ConfigError("export from a zoo needs the record id (or task id) and --out FILE.safetensors")
@@ -407,6 +411,12 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"wrote {export_hf(args.model, args.hf_folder)}, a save_pretrained folder (transformers loads it; checked against the model)")
         return
     check_output(args.onnx, "--onnx")
+    if args.int8:
+        report = export_int8(args.model, args.onnx, args.data, CALIBRATION_IMAGES if args.calibration is None else args.calibration)
+        scores = (f"int8 top-1 {report.accuracy:.1%} vs fp32 {report.fp32_accuracy:.1%} on the task's {report.test_images} test images "
+                  f"(same top-1 class on {report.agreement:.1%})" if report.test_images else "the task has no test images to score it on")
+        print(f"wrote {args.onnx}, int8 (calibrated on {report.calibration_images} training images); {scores}")
+        return
     diff = export_onnx(args.model, args.onnx)
     print(f"wrote {args.onnx}; ONNX Runtime and PyTorch agree to {diff:.1e} (largest logit difference on 16 images)")
 
@@ -416,7 +426,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .training import set_threads
 
     set_threads(args.threads)
-    for image, top in zip(args.images, predict(args.model, args.images, args.top_k, args.device)):
+    for image, top in zip(args.images, predict(args.model, args.images, args.top_k, args.device, args.runtime)):
         print(f"{image}: " + ", ".join(f"{name} {p:.1%}" for name, p in top))
 
 
@@ -595,6 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--similarity", choices=["ann", "leep", "wordnet", "embedding"],
                    help="MVP and nearest: neighbour search (default ann: LEEP on few images over the nearest records by task "
                         "embedding; leep: exhaustive LEEP)")
+    p.add_argument("--align", type=int, help="kept widths in multiples of this, at no more FLOPs than the ratio's (8: 1.8x faster "
+                   "at batch 1 in ONNX Runtime here, and 2.6 points less accurate for MVP at J = 20, see BENCHMARKS.md; "
+                   "default 1: round((1 - r) n) per layer, the paper's)")
     p.add_argument("--no-save", action="store_true", help="do not add the result to the zoo")
     p.add_argument("--save-to", help="a zoo layered on a read-only --zoo that takes the new record (default: runs/layers/<zoo name>); "
                    "both vote from then on, and `--zoo SAVE_TO` alone opens the stack")
@@ -621,13 +634,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/ablations", help="folder for the figure and <name>/ tables (resumes from it)")
     p.set_defaults(func=cmd_ablate)
 
-    p = sub.add_parser("export", help="a zoo record as a standalone model file, or a standalone model as ONNX (checked)")
+    p = sub.add_parser("export", help="a zoo record as a standalone model file, or a standalone model as ONNX (checked; fp32 or int8)")
     p.add_argument("record", nargs="?", help="with --zoo: the record id or task id")
     p.add_argument("--zoo", help="the zoo holding the record")
     p.add_argument("--method", help="with --zoo: the record's method, when a task has several")
     p.add_argument("--out", help="with --zoo: the standalone FILE.safetensors to write")
     p.add_argument("--model", help="a standalone pruned model (.safetensors) to export")
     p.add_argument("--onnx", help="with --model: the .onnx file to write (needs `pip install 'metavote[onnx]'`)")
+    p.add_argument("--int8", action="store_true",
+                   help="with --onnx: write OUT.onnx as an int8 model (ONNX Runtime static quantisation calibrated on the task's "
+                        "training images) and print its top-1 against the fp32 model's on the task's test split; without --int8 "
+                        "OUT.onnx is the fp32 model")
+    p.add_argument("--data", help="with --int8: the data root holding the model's dataset (default: $METAVOTE_DATA, then ../shared/data)")
+    p.add_argument("--calibration", type=int, metavar="N", help="with --int8: training images to calibrate on (default 128, seeded)")
     p.add_argument("--hf-folder", help="with --model (a pruned Hugging Face ViT or DeiT): a save_pretrained folder with the pruned sizes")
     _add_threads(p, device=False)  # the export and its check run on the CPU: ONNX Runtime's CPU provider is the reference
     p.set_defaults(func=cmd_export)
@@ -636,7 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a standalone pruned model (.safetensors) or its ONNX export (.onnx)")
     p.add_argument("images", nargs="+", help="image files (any size: resized as in training)")
     p.add_argument("--top-k", type=int, default=3)
-    _add_threads(p)  # an .onnx model runs in ONNX Runtime on the CPU, on --threads threads
+    p.add_argument("--runtime", choices=["onnxruntime", "openvino"], default="onnxruntime",
+                   help="what runs an .onnx model (default: onnxruntime; openvino needs `pip install 'metavote[openvino]'`)")
+    _add_threads(p)  # an .onnx model runs in ONNX Runtime or OpenVINO on the CPU, on --threads threads
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="the main job on its embedded default (see README)")

@@ -20,8 +20,10 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,8 +32,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .data import decode_images, to_float
-from .errors import CheckpointError, ConfigError, MetavoteError, one_line
+from .data import Task, TaskData, decode_images, load_dataset, to_float
+from .errors import CheckpointError, ConfigError, DataError, DataNotFoundError, MetavoteError, TaskError, one_line
 from .files import atomic_path, check_output
 from .models import Backbone, create_model
 from .models.hf import save_hf
@@ -39,7 +41,6 @@ from .pruning import SubNetwork, shrink
 from .training import select_device
 
 if TYPE_CHECKING:
-    from .data import Task
     from .methods import PruneResult
     from .zoo import Zoo
 
@@ -184,7 +185,7 @@ def _export(model: Backbone, x: torch.Tensor, path: Path, source) -> None:
     errors = []
     for dynamo in (False, True):
         try:
-            with _quiet_exporter():
+            with _quiet("torch.onnx"):
                 if dynamo:
                     program = torch.onnx.export(model, (x,), dynamo=True, input_names=["image"], output_names=["logits"],
                                                 dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), external_data=False,
@@ -200,9 +201,10 @@ def _export(model: Backbone, x: torch.Tensor, path: Path, source) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
-    """The exporter logs a line per missing torchvision operator and warns about its internals."""
-    logger = logging.getLogger("torch.onnx")
+def _quiet(logger_name: str | None):
+    """Errors only from ``logger_name`` and no warnings, for the block: the exporter logs a line per
+    missing torchvision operator and warns about its internals; the quantiser logs advice to the root logger."""
+    logger = logging.getLogger(logger_name)
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
@@ -232,40 +234,309 @@ class OnnxModel:
             self.session = _session(ort, path)
         except Exception as e:  # onnxruntime raises its own exception types
             raise CheckpointError(f"{path} is not a readable ONNX model ({one_line(e)})") from e
-        props = self.session.get_modelmeta().custom_metadata_map
-        if props.get("metavote.format") != FORMAT:
-            raise CheckpointError(f"{path} is an ONNX model but not one exported by metavote (no class names in its metadata)")
-        self.classes = json.loads(props["classes"])
-        self.input_size = tuple(json.loads(props["input_size"]))
+        self.classes, self.input_size = _exported_meta(path, self.session.get_modelmeta().custom_metadata_map)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(["logits"], {"image": x.numpy()})[0])
 
 
+def _exported_meta(path: Path, props: dict[str, str]) -> tuple[list[str], tuple[int, ...]]:
+    """The class names and input size in an exported model's metadata (``export_onnx`` writes them)."""
+    if props.get("metavote.format") != FORMAT:
+        raise CheckpointError(f"{path} is an ONNX model but not one exported by metavote (no class names in its metadata)")
+    return json.loads(props["classes"]), tuple(json.loads(props["input_size"]))
+
+
+# ----------------------------------------------------------------------------- OpenVINO
+
+
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def _openvino():
+    """The ``openvino`` package, or one line saying how to install it."""
+    try:
+        import openvino
+    except ImportError as e:
+        raise ConfigError("the OpenVINO runtime needs the optional package: pip install 'metavote[openvino]'") from e
+    return openvino
+
+
+class OpenVinoModel:
+    """An exported ``.onnx`` model compiled by OpenVINO for the CPU, with the class names and input
+    size it carries. It reads the ONNX file itself (no conversion step, no ``onnx`` package: OpenVINO
+    keeps the ONNX metadata in the model's ``rt_info``) and takes any batch size, as the file does.
+
+    ``threads``: ``INFERENCE_NUM_THREADS`` (default: as many as torch uses, as for ONNX Runtime),
+    with the latency performance hint (one request at a time, all threads on it)."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        ov = _openvino()
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"model file {path} does not exist")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+        except Exception as e:  # OpenVINO raises RuntimeError and its own types
+            raise CheckpointError(f"{path} is not a readable ONNX model ({one_line(e)})") from e
+        props = {k: model.get_rt_info(["framework", k]).astype(str) for k in ("metavote.format", "classes", "input_size")
+                 if model.has_rt_info(["framework", k])}
+        self.classes, self.input_size = _exported_meta(path, props)
+        self.threads = threads or torch.get_num_threads()
+        try:
+            self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY"})
+        except Exception as e:
+            raise CheckpointError(f"OpenVINO cannot compile {path} for the CPU ({one_line(e)}); run it with ONNX Runtime") from e
+        self.request = self.compiled.create_infer_request()
+        self._ov = ov
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # One request, reused, reading the batch in place and copying the logits out of its output
+        # (the next call overwrites it). At batch 1 (a 5-way ResNet-18 w0.5 record, 1 thread) this was
+        # the fastest way in, by ~5 % over ``compiled(...)`` and ~20 % over ``request.infer({...})``,
+        # which copies the input: Python dispatch is a visible share of a small model's time.
+        # The shared tensor does not keep its array alive: ``image`` must outlive ``infer``.
+        image = x.detach().cpu().float().contiguous().numpy()
+        self.request.set_input_tensor(self._ov.Tensor(image, shared_memory=True))
+        self.request.infer()
+        return torch.from_numpy(self.request.get_output_tensor().data.copy())
+
+
+# ----------------------------------------------------------------------------- int8
+
+# Static quantisation in ONNX Runtime's QDQ format, calibrated on the task's own training images.
+# Measured on three CIFAR-100 5-way ResNet-18 (w0.5, 80 % pruned) records on an AVX2 CPU without
+# VNNI (ORT 1.32), as the share of the 500 test images whose int8 top-1 is the fp32 top-1, weights
+# per channel, MinMax calibration on 128 images:
+#   activations, weights                           agreement         in ORT's optimised graph
+#   uint8, uint8 (U8U8)                            99.4  97.4  99.0  all 20 Conv and 8 Add as QLinear ops
+#   int8, int8 (S8S8, ORT's default)               99.6  97.2  99.4  only 8 of the 20 Conv in int8 on this CPU
+#   uint8, int8 with reduce_range (7-bit weights)  98.6  94.8  98.0  all in int8
+#   uint8, int8                                    80.4  67.2  94.8  all in int8: AVX2's u8*s8 instruction saturates
+# Speed on the same CPU (benchmarks/latency.py, BENCHMARKS.md "Batch-1 latency like with like"): OpenVINO runs
+# int8 weights (S8S8, U8S8) as int8 kernels, 2-4x faster than fp32 at batch 128; it runs U8U8 no faster than fp32.
+# ONNX Runtime ran none of them faster than fp32 on a pruned model. So S8S8, ORT's default: as close to fp32
+# as any, and fast where the model is run in int8 (``predict --runtime openvino``). On a CPU with VNNI, U8S8
+# (no reduce_range) is ORT's fast path: ``quantize_onnx(..., activations="uint8")``. 8 to 2500 calibration
+# images (two seeds each) gave the same test top-1 within 1 point, without a trend (one image is 0.2); 128
+# costs under a second. MinMax calibration was as good as Percentile or Entropy.
+CALIBRATION_IMAGES = 128
+CALIBRATION_BATCH = 32
+PRECISIONS = {"int8": "QInt8", "uint8": "QUInt8"}
+
+
+@dataclass(frozen=True)
+class Int8Export:
+    """What :func:`export_int8` wrote and measured on the task's test split: the int8 model's top-1,
+    the fp32 model's, and the share of test images on which their top-1 classes agree (``None``
+    when the task has no test images)."""
+
+    path: Path
+    accuracy: float | None
+    fp32_accuracy: float | None
+    agreement: float | None
+    test_images: int
+    calibration_images: int
+
+
+def export_int8(model_path: str | os.PathLike, out: str | os.PathLike, data: str | os.PathLike | None = None,
+                calibration_images: int = CALIBRATION_IMAGES, seed: int = 0, **quantize_options) -> Int8Export:
+    """Export a standalone pruned model to an int8 ONNX file (same input, output and metadata as
+    :func:`export_onnx`'s, plus ``precision: int8``): the fp32 export (checked against PyTorch as
+    ``export --onnx`` checks it), statically quantised by :func:`quantize_onnx` on ``calibration_images``
+    training images of the model's task (a seeded sample; ``quantize_options`` go to it), then both
+    scored on the task's test split.
+
+    The task's dataset is found as training finds it (``data``: a data root, or the dataset's own
+    folder; default ``$METAVOTE_DATA``, then ``../shared/data``)."""
+    if calibration_images < 1:
+        raise ConfigError(f"calibration_images must be >= 1, got {calibration_images}")
+    check_output(out, "ONNX file")
+    _onnx_packages()
+    _, meta = read_pruned(model_path)
+    task_data = _task_data(model_path, meta, data)
+    size = tuple(meta["input_size"])
+    train = task_data.train_images
+    if not len(train):
+        raise ConfigError(f"the task of {model_path} has no training images to calibrate int8 on")
+    pick = np.sort(np.random.default_rng(seed).choice(len(train), min(calibration_images, len(train)), replace=False))
+    calibration = _model_input(train[pick], size)
+    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix="metavote-int8-") as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        # checked on export_onnx's own random images: on real ones a fitted model's logits reach ~100, where its
+        # absolute tolerance of 1e-4 is tight (1.4e-4 was seen on a tiny fitted ResNet)
+        export_onnx(model_path, fp32)
+        quantize_onnx(fp32, out, calibration, **quantize_options)
+        fp32_top1 = _onnx_top1(fp32, task_data.test_images)
+    int8_top1 = _onnx_top1(out, task_data.test_images)
+    labels, n = task_data.test_labels, len(task_data.test_labels)
+    return Int8Export(out, float(np.mean(int8_top1 == labels)) if n else None, float(np.mean(fp32_top1 == labels)) if n else None,
+                      float(np.mean(int8_top1 == fp32_top1)) if n else None, n, len(pick))
+
+
+def quantize_onnx(fp32_onnx: str | os.PathLike, out: str | os.PathLike, calibration: np.ndarray, *, activations: str = "int8",
+                  weights: str = "int8", per_channel: bool = True, reduce_range: bool = False,
+                  batch_size: int = CALIBRATION_BATCH) -> Path:
+    """Statically quantise a metavote ONNX model (input ``image``, output ``logits``) to 8-bit
+    ``activations`` and ``weights`` (each ``uint8`` or ``int8``; weights per channel unless told) in
+    the QDQ format, with activation ranges calibrated (MinMax) on ``calibration``: uint8 NHWC images
+    (resized to the model's input size when they are not at it) or float32 NCHW in [0, 1].
+    ``reduce_range`` quantises weights to 7 bits (ORT's advice against saturation for uint8
+    activations with int8 weights on CPUs without VNNI). The model is pre-processed by ONNX Runtime
+    first (shape inference, graph optimisation) where that works. The metadata is kept, with
+    ``precision: int8``; the file is written atomically, and only once ONNX Runtime runs it."""
+    for name, value in (("activations", activations), ("weights", weights)):
+        if value not in PRECISIONS:
+            raise ConfigError(f"{name} must be one of {', '.join(PRECISIONS)}, got {value!r}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    check_output(out, "ONNX file")
+    onnx, ort = _onnx_packages()
+    from onnxruntime import quantization
+
+    proto = onnx.load(str(fp32_onnx))
+    props = {p.key: p.value for p in proto.metadata_props}
+    size = tuple(json.loads(props["input_size"])) if "input_size" in props else None
+    x = _model_input(calibration, size)
+    if not len(x):
+        raise ConfigError("int8 calibration needs at least one image")
+    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix="metavote-int8-") as tmp, _quiet(None), atomic_path(out) as target:
+        source = Path(tmp) / "pre.onnx"
+        try:  # in the temporary folder: when its shape inference fails, ONNX Runtime leaves files in the working directory
+            with contextlib.chdir(tmp):
+                quantization.quant_pre_process(str(Path(fp32_onnx).resolve()), str(source.resolve()))
+        except Exception as e:  # pre-processing is an optimisation: quantise the model as it is
+            logging.getLogger(__name__).info("ONNX Runtime's quantisation pre-processing failed (%s); quantising without it", one_line(e))
+            source = Path(fp32_onnx)
+        try:
+            quantization.quantize_static(
+                str(source), str(target), _calibration_reader(x, batch_size),
+                quant_format=quantization.QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
+                activation_type=getattr(quantization.QuantType, PRECISIONS[activations]),
+                weight_type=getattr(quantization.QuantType, PRECISIONS[weights]),
+                calibrate_method=quantization.CalibrationMethod.MinMax)
+        except Exception as e:  # the quantiser raises many types; the user gets one line
+            raise ExportError(f"int8 quantisation of {fp32_onnx} failed: {one_line(e, 200)}") from e
+        quantized = onnx.load(str(target))
+        del quantized.metadata_props[:]
+        for key, value in (props | {"precision": "int8"}).items():
+            entry = quantized.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(quantized, str(target))
+        try:
+            _session(ort, target).run(["logits"], {"image": x[:2]})
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ExportError(f"ONNX Runtime cannot run the int8 model of {fp32_onnx}: {one_line(e, 200)}") from e
+    return out
+
+
+def onnx_accuracy(onnx_path: str | os.PathLike, images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> float:
+    """Top-1 accuracy of an exported model (fp32 or int8) in ONNX Runtime on uint8 NHWC images
+    (converted batch by batch, resized to its input size when they are not at it) or float NCHW ones."""
+    if len(images) != len(labels) or not len(labels):
+        raise ConfigError(f"onnx_accuracy needs as many labels as images, and some: got {len(images)} images, {len(labels)} labels")
+    return float(np.mean(_onnx_top1(onnx_path, images, batch_size) == np.asarray(labels)))
+
+
+def _onnx_top1(onnx_path: str | os.PathLike, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The top-1 class index per image of an exported model in ONNX Runtime."""
+    model = OnnxModel(onnx_path)
+    top1 = [model(torch.from_numpy(_model_input(images[i:i + batch_size], model.input_size))).argmax(1).numpy()
+            for i in range(0, len(images), batch_size)]
+    return np.concatenate(top1) if top1 else np.zeros(0, dtype=np.int64)
+
+
+def _model_input(images: np.ndarray, size: Sequence[int] | None = None) -> np.ndarray:
+    """float32 NCHW in [0, 1] from uint8 NHWC images (resized, as ``predict`` does, to ``size`` when
+    they are not at it), or float NCHW images as they are."""
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ConfigError(f"images must be uint8 NHWC or float NCHW arrays, got shape {images.shape}")
+    if images.dtype != np.uint8:
+        return np.ascontiguousarray(images, dtype=np.float32)
+    x = to_float(torch.from_numpy(np.ascontiguousarray(images)))
+    if size is not None and tuple(x.shape[-2:]) != tuple(size[-2:]):
+        x = torch.nn.functional.interpolate(x, size=tuple(size[-2:]), mode="bilinear", align_corners=False, antialias=True)
+    return x.numpy()
+
+
+def _task_data(model_path: str | os.PathLike, meta: dict, data: str | os.PathLike | None) -> TaskData:
+    """The train and test images of the task a standalone model was pruned for, or one line saying why not."""
+    if not meta.get("task"):
+        raise ConfigError(f"{model_path} does not say which task it was pruned for, so there are no training images to calibrate "
+                          "int8 on; write the model with `metavote prune --out` or `metavote export --zoo`")
+    try:
+        task = Task.from_dict(meta["task"])
+    except (KeyError, TypeError, TaskError) as e:
+        raise ConfigError(f"{model_path}: the task in its metadata is unreadable ({one_line(e)})") from e
+    try:
+        try:
+            dataset = load_dataset(task.dataset, data)
+        except DataNotFoundError:
+            if data is None or Path(data).name != task.dataset or not Path(data).is_dir():
+                raise
+            dataset = load_dataset(str(data))  # --data names the dataset's own folder
+        return dataset.load_task(task)
+    except (DataNotFoundError, DataError, TaskError) as e:
+        hint = "" if "--data" in str(e) else "; pass --data DIR, the data root that holds it"
+        raise ConfigError(f"int8 calibration needs the training images of {model_path}'s task ({task.dataset}: "
+                          f"{', '.join(task.classes)}): {one_line(e)}{hint}") from e
+
+
+def _calibration_reader(images: np.ndarray, batch_size: int):
+    """An ONNX Runtime ``CalibrationDataReader`` over float NCHW images, in batches of ``batch_size``."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rewind()
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"image": batch}
+
+        def rewind(self) -> None:
+            self.batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
+
+    return Reader()
+
+
 # ----------------------------------------------------------------------------- predict
 
 
-def open_model(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> tuple[object, list[str], tuple[int, ...]]:
+def open_model(path: str | os.PathLike, device: str | torch.device | None = "cpu",
+               runtime: str = "onnxruntime") -> tuple[object, list[str], tuple[int, ...]]:
     """``(callable on a float NCHW batch, class names, input size)`` of a ``.safetensors`` pruned
-    model (on ``device``; ``None``: CUDA when available) or an exported ``.onnx`` file (ONNX Runtime's CPU)."""
+    model (on ``device``; ``None``: CUDA when available) or an exported ``.onnx`` file on the CPU, in
+    ``runtime``: ``"onnxruntime"`` (:class:`OnnxModel`) or ``"openvino"`` (:class:`OpenVinoModel`)."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if Path(path).suffix.lower() == ".onnx":
+        name = "OpenVINO" if runtime == "openvino" else "ONNX Runtime"
         if device is not None and torch.device(device).type != "cpu":
-            raise ConfigError(f"{path} runs in ONNX Runtime on the CPU, not on {device}; leave out the device or predict with the .safetensors model")
-        onnx_model = OnnxModel(path)
+            raise ConfigError(f"{path} runs in {name} on the CPU, not on {device}; leave out the device or predict with the .safetensors model")
+        onnx_model = OpenVinoModel(path) if runtime == "openvino" else OnnxModel(path)
         return onnx_model, onnx_model.classes, onnx_model.input_size
+    if runtime != "onnxruntime":
+        raise ConfigError(f"runtime {runtime} runs an exported .onnx model, not {path}; export it first "
+                          f"(metavote export --model {path} --onnx OUT.onnx)")
     model = load_pruned(path, select_device(device))
     return model, model.pruned_meta["classes"], tuple(model.pruned_meta["input_size"])
 
 
 @torch.no_grad()
 def predict(model_path: str | os.PathLike, images: Sequence[str | os.PathLike], top_k: int = 3,
-            device: str | torch.device | None = "cpu") -> list[list[tuple[str, float]]]:
+            device: str | torch.device | None = "cpu", runtime: str = "onnxruntime") -> list[list[tuple[str, float]]]:
     """Per image file, the ``top_k`` classes with their probabilities. Images of any size are
     resized as in training (shorter side to the input size, centre crop). A ``.safetensors`` model
-    runs on ``device`` (``None``: CUDA when available), an ``.onnx`` one on the CPU."""
+    runs on ``device`` (``None``: CUDA when available), an ``.onnx`` one on the CPU in ``runtime``
+    (``"onnxruntime"`` or ``"openvino"``, see :func:`open_model`)."""
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1, got {top_k}")
-    model, classes, size = open_model(model_path, device)
+    model, classes, size = open_model(model_path, device, runtime)
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:
         raise ConfigError(f"no such image file: {', '.join(missing)}")

@@ -65,10 +65,13 @@ def with_layer(ctx: BenchContext, save_to: str | os.PathLike | None = None) -> B
     return dataclasses.replace(ctx, zoo=top)
 
 
-def default_method(zoo: Zoo, ratio: float) -> tuple[str, str]:
+def default_method(zoo: Zoo, ratio: float, align: int = 1) -> tuple[str, str]:
     """The method ``prune`` uses when none is named, and why: the nearest record when the zoo's
     records were pruned at ``ratio`` (its start is one sub-network trained as a whole, and it was
-    ahead of MVP on every zoo measured), else MVP, whose vote makes a sub-network of any ratio."""
+    ahead of MVP on every zoo measured), else MVP, whose vote makes a sub-network of any ratio
+    (and of aligned widths, ``align`` > 1)."""
+    if align > 1:
+        return "mvp", f"widths in multiples of {align} are drawn by the vote; a record keeps its own"
     ratios = sorted(float(r) for r in zoo.param_values("ratio", zoo.source_method))
     if any(abs(r - ratio) < 1e-9 for r in ratios):
         return "nearest", f"the zoo's records are pruned at r = {ratio:g}, so the nearest one is kept as it is"
@@ -87,7 +90,7 @@ def prune(ctx: BenchContext, classes: Sequence[str] | None = None, method: str =
     budget = {k: settings.pop(k) for k in ("ratio", "iterations", "lr", "batch_size") if k in settings}
     p = get_profile(profile_name, temperature=settings.pop("temperature", None))
     if method == "auto":
-        method = default_method(ctx.zoo, budget.get("ratio", p.ratio))[0]
+        method = default_method(ctx.zoo, budget.get("ratio", p.ratio), settings.get("align") or 1)[0]
     cls = get_method_class(method)
     extra = {"dataset": ctx.dataset} if "dataset" in method_settings(method) else {}  # MVP's embedding similarity
     m = create_method(method, **p.settings(method, **({"iterations": p.iterations} | budget)), **settings, **extra)

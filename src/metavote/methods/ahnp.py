@@ -117,6 +117,7 @@ class AHNP(Method):
     """
 
     key = "ahnp"
+    aligns = False
     name = "AHNP"
     requires = frozenset({"units", "heads"})
 

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..pruning import extract, target_widths
+from ..pruning import extract
 from ..training import finetune, make_optimizer, optimizer_step
 from .base import Method, check_fraction, register, task_head
 from .random import random_subnetwork
@@ -67,8 +67,9 @@ class DLTH(Method):
         model = copy.deepcopy(backbone)
         task_head(model, data, head_rows)
         groups = model.unit_groups()
-        subnet = (random_subnetwork(groups, self.ratio, seed) if self.pick == "random"
-                  else magnitude_subnetwork(model, groups, target_widths(groups, self.ratio)))
+        widths = self.widths(model, groups)
+        subnet = (random_subnetwork(groups, self.ratio, seed, widths) if self.pick == "random"
+                  else magnitude_subnetwork(model, groups, widths))
         ticket = UnitMask(model, groups, subnet)  # on: the units kept; off: the units to remove
         ramp = math.ceil(self.ramp * j)
         dense = min(j, ramp + math.floor(self.hold * j))

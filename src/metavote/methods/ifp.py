@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from ..data import Augment, BatchLoader
-from ..pruning import SubNetwork, get_importance, keep_top, pruning_schedule, shrink, target_widths
+from ..pruning import SubNetwork, get_importance, keep_top, pruning_schedule, shrink
 from ..training import cosine_lr, make_optimizer, train_steps
 from .base import Method, check_fraction, register, task_head
 
@@ -53,7 +53,7 @@ class IFP(Method):
         task_head(model, data, head_rows)
         groups = model.unit_groups()
         subnet = SubNetwork.full(groups)
-        steps = pruning_schedule({g.name: g.size for g in groups}, target_widths(groups, self.ratio), self.step_fraction)
+        steps = pruning_schedule({g.name: g.size for g in groups}, self.widths(model, groups), self.step_fraction)
         every = max(1, math.floor(self.prune_until * j / max(len(steps), 1)))
         prune_at = {every * (k + 1): widths for k, widths in enumerate(steps)}
         device = next(model.parameters()).device

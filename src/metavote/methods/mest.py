@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..pruning import extract, target_widths, unit_norms
+from ..pruning import extract, unit_norms
 from ..training import cosine_lr, make_optimizer, optimizer_step
 from .base import Method, register, task_head
 from .sparse import UnitMask, magnitude_subnetwork
@@ -74,7 +74,7 @@ class MEST(Method):
         model = copy.deepcopy(backbone)
         task_head(model, data, head_rows)
         groups = model.unit_groups()
-        widths = target_widths(groups, self.ratio)
+        widths = self.widths(model, groups)
         units = UnitMask(model, groups, magnitude_subnetwork(model, groups, widths))
         units.apply()
         opt = make_optimizer(model, self.optimizer, self.lr)

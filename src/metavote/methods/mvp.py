@@ -208,6 +208,8 @@ class MVP(Method):
             raise ConfigError("MVP needs at least one neighbour record")
         if self.similarity not in SIMILARITIES:
             raise ConfigError(f"similarity must be one of {', '.join(SIMILARITIES)}, got {self.similarity!r}")
+        if self.omega == "nearest" and self.align > 1:
+            raise ConfigError("the nearest record keeps its own widths, so it cannot align them; use mvp (its vote draws aligned widths)")
         self._measures: dict = {}  # built once: the embedding caches its class means, the search its index
 
     def settings(self) -> dict:
@@ -257,7 +259,7 @@ class MVP(Method):
         states = [m.state_dict() for m, _ in prepared.loaded]
         if {g.name: g.size for g in groups} != subnets[0].sizes:
             raise ConfigError("the zoo's sub-networks do not match this backbone's unit groups")
-        widths = target_widths(groups, self.ratio)
+        widths = self.widths(backbone, groups)
         if self.omega == "nearest":  # the nearest neighbour's model as it is
             subnets, states, records = subnets[:1], states[:1], records[:1]
             subnet = subnets[0]

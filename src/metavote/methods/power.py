@@ -107,6 +107,7 @@ class PoWER(Method):
     """
 
     key = "power"
+    aligns = False
     name = "PoWER"
     requires = frozenset({"tokens"})
     builds_zoo = False  # it prunes tokens, not units: nothing for a zoo record to keep

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,10 +13,10 @@ from ..pruning import SubNetwork, extract, target_widths
 from .base import Method, register, task_head
 
 
-def random_subnetwork(groups: Sequence[UnitGroup], ratio: float, seed: int = 0) -> SubNetwork:
-    """Per group, round((1 - r) n) units drawn uniformly without replacement."""
+def random_subnetwork(groups: Sequence[UnitGroup], ratio: float, seed: int = 0, widths: Mapping[str, int] | None = None) -> SubNetwork:
+    """Per group, round((1 - r) n) units (or ``widths[g]``) drawn uniformly without replacement."""
     rng = np.random.default_rng(seed)
-    widths = target_widths(groups, ratio)
+    widths = widths if widths is not None else target_widths(groups, ratio)
     return SubNetwork({g.name: np.sort(rng.choice(g.size, widths[g.name], replace=False)) for g in groups}, {g.name: g.size for g in groups})
 
 
@@ -41,7 +41,7 @@ class RandomPruning(Method):
 
     def prune(self, backbone, data, zoo, head_rows, costs, seed, prepared, progress):
         groups = backbone.unit_groups()
-        subnet = random_subnetwork(groups, self.ratio, seed)
+        subnet = random_subnetwork(groups, self.ratio, seed, self.widths(backbone, groups))
         model = extract(backbone, subnet, groups)  # a compact copy; the head's rows or imprinting use its own features
         if self.head == "task":
             task_head(model, data, head_rows)

@@ -76,6 +76,7 @@ class IHTReptile(Method):
     """
 
     key = "iht-reptile"
+    aligns = False
     name = "IHT-Reptile"
     needs_zoo = True
 

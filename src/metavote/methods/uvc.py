@@ -86,6 +86,7 @@ class UVC(Method):
     """
 
     key = "uvc"
+    aligns = False
     name = "UVC"
     requires = frozenset({"units", "heads"})
 
