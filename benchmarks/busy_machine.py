@@ -49,12 +49,12 @@ def zoo_build(folder: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def run_seconds(command: str, zoo: str, extra: list[str], env: dict) -> float:
-    """Wall seconds of one fresh `metavote` process running ``command``."""
+def run_seconds(command: str, zoo: str, extra: list[str], env: dict, scratch: str) -> float:
+    """Wall seconds of one fresh `metavote` process running ``command`` (a bench writes its tables under ``scratch``)."""
     if command == "prune":
         cmd = ["prune", "--zoo", zoo, "--classes", "apple,bus,forest,lion,rose", "--method", "random", "--no-save", "--quiet"]
     else:
-        cmd = ["bench", "--zoo", zoo, "--tasks", "1", "--no-baselines", "--iterations", "10", "--quiet", "--out", tempfile.mkdtemp()]
+        cmd = ["bench", "--zoo", zoo, "--tasks", "1", "--no-baselines", "--iterations", "10", "--quiet", "--out", tempfile.mkdtemp(dir=scratch)]
     t = time.perf_counter()
     subprocess.run([sys.executable, "-m", "metavote.cli", *cmd, *extra], check=True, stdout=subprocess.DEVNULL, env=os.environ | env)
     return time.perf_counter() - t
@@ -74,7 +74,7 @@ def main() -> None:
                 time.sleep(15)  # let the neighbour start its work
             try:
                 for name, (extra, env) in SETTINGS[args.command].items():
-                    times = [run_seconds(args.command, args.zoo, extra, env) for _ in range(args.repeats)]
+                    times = [run_seconds(args.command, args.zoo, extra, env, tmp) for _ in range(args.repeats)]
                     rows.append({"beside": neighbour, "setting": name, "seconds": times})
                     print(neighbour, name, times, flush=True)
             finally:

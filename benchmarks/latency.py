@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import tempfile
 import time
 from collections import defaultdict
@@ -37,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metavote.deploy import export_int8, export_onnx, export_record, load_pruned, save_pruned, save_result
+from metavote.deploy import export_int8, export_onnx, export_record, load_pruned, ort_session, save_pruned, save_result
 from metavote.experiments import context, prune
-from metavote.latency import CATEGORIES, flops_split, onnx_profile, ort_session, timing, torch_profile
+from metavote.latency import CATEGORIES, flops_split, onnx_node_times, onnx_profile, timing, torch_profile
 from metavote.models import replace_head
 from metavote.pruning import SubNetwork
 from metavote.training import set_threads
@@ -124,25 +123,12 @@ def conv_fit(path: Path, runs: int = 300) -> dict:
     """Per-node kernel times of ONNX Runtime's profile (1 thread, batch 1) against each convolution's
     FLOPs as the kernel ran it (its weight and output shapes in the profile: NCHWc pads channels to
     blocks of 8), for a line ms = a + b * MFLOPs fitted by least squares."""
-    x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
-    session = ort_session(path, 1, profile=True)
-    for _ in range(20 + runs):
-        session.run(None, {"image": x})
-    trace = Path(session.end_profiling())
-    events = json.loads(trace.read_text())
-    trace.unlink()
-    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
-    ms, mflops = defaultdict(float), {}
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= starts[20] and \
-                e["args"].get("op_name") in ("Conv", "FusedConv", "NchwcConv"):
-            weight = next(iter(e["args"]["input_type_shape"][1].values()))
-            out = next(iter(e["args"]["output_type_shape"][0].values()))
-            ms[e["name"]] += e["dur"] / 1e3 / runs
-            mflops[e["name"]] = 2 * float(np.prod(weight)) * out[-2] * out[-1] / 1e6
-    f, t = np.array([mflops[k] for k in ms]), np.array(list(ms.values()))
+    convs = [n for n in onnx_node_times(path, runs=runs) if n["op"] in ("Conv", "FusedConv", "NchwcConv")]
+    t = np.array([n["ms"] for n in convs])
+    f = np.array([2 * float(np.prod(next(iter(n["args"]["input_type_shape"][1].values()))))
+                  * np.prod(next(iter(n["args"]["output_type_shape"][0].values()))[-2:]) / 1e6 for n in convs])
     b, a = np.polyfit(f, t, 1)
-    return {"nodes": len(ms), "intercept_ms": float(a), "ms_per_mflop": float(b), "conv_ms": float(t.sum()), "conv_mflops": float(f.sum())}
+    return {"nodes": len(convs), "intercept_ms": float(a), "ms_per_mflop": float(b), "conv_ms": float(t.sum()), "conv_mflops": float(f.sum())}
 
 
 def conv_table(folder: Path, runs: int = 300) -> list[dict]:

@@ -441,7 +441,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser; it imports nothing heavy (no torch), so ``--help`` is instant."""
-    from .names import METHOD_KEYS
+    from .names import METHOD_KEYS, RUNTIMES
     from .profiles import PROFILES
 
     methods, profiles = sorted(METHOD_KEYS), list(PROFILES)
@@ -655,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a standalone pruned model (.safetensors) or its ONNX export (.onnx)")
     p.add_argument("images", nargs="+", help="image files (any size: resized as in training)")
     p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--runtime", choices=["onnxruntime", "openvino"], default="onnxruntime",
+    p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
                    help="what runs an .onnx model (default: onnxruntime; openvino needs `pip install 'metavote[openvino]'`)")
     _add_threads(p)  # an .onnx model runs in ONNX Runtime or OpenVINO on the CPU, on --threads threads
     p.set_defaults(func=cmd_predict)

@@ -37,6 +37,7 @@ from .errors import CheckpointError, ConfigError, DataError, DataNotFoundError, 
 from .files import atomic_path, check_output
 from .models import Backbone, create_model
 from .models.hf import save_hf
+from .names import RUNTIMES
 from .pruning import SubNetwork, shrink
 from .training import select_device
 
@@ -154,7 +155,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, check_ima
     Runtime and PyTorch on ``check_images`` (default: 16 seeded random images) and return the
     largest absolute difference of the logits. Above ``tolerance`` nothing is written."""
     check_output(out, "ONNX file")
-    onnx, ort = _onnx_packages()
+    onnx, _ = _onnx_packages()
     model = load_pruned(model_path)
     meta = model.pruned_meta
     size = tuple(meta["input_size"])
@@ -170,7 +171,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, check_ima
         onnx.save(proto, str(tmp))
         with torch.no_grad():
             expected = model(x).numpy()
-        session = _session(ort, tmp)
+        session = ort_session(tmp)
         got = session.run(["logits"], {"image": x.numpy()})[0]
         diff = float(np.abs(got - expected).max())
         if not diff <= tolerance:
@@ -215,10 +216,20 @@ def _quiet(logger_name: str | None):
         logger.setLevel(level)
 
 
-def _session(ort, path: str | os.PathLike):
-    """An ONNX Runtime session on the CPU, on as many threads as torch uses (``set_threads``, ``--threads``)."""
+def ort_session(path: str | os.PathLike, threads: int | None = None, optimization: str = "all", profile: bool = False):
+    """An ONNX Runtime session on the CPU, on ``threads`` intra-op threads (default: as many as torch
+    uses, ``set_threads`` / ``--threads``) and one inter-op thread. ``optimization``: ``all`` (ONNX
+    Runtime's default: fusions and the NCHWc layout), ``extended``, ``basic`` or ``none``. With
+    ``profile``, ONNX Runtime writes its per-node profile to a temporary folder (``end_profiling()``)."""
+    _, ort = _onnx_packages()
+    level = ort.GraphOptimizationLevel
+    levels = {"all": level.ORT_ENABLE_ALL, "extended": level.ORT_ENABLE_EXTENDED, "basic": level.ORT_ENABLE_BASIC, "none": level.ORT_DISABLE_ALL}
     options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads or torch.get_num_threads(), 1
+    options.graph_optimization_level = levels[optimization]
+    if profile:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="metavote-ort-profile-")) / "run")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -226,12 +237,12 @@ class OnnxModel:
     """An exported model in ONNX Runtime, with the class names and input size it carries."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        _, ort = _onnx_packages()
+        _onnx_packages()
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"model file {path} does not exist")
         try:
-            self.session = _session(ort, path)
+            self.session = ort_session(path)
         except Exception as e:  # onnxruntime raises its own exception types
             raise CheckpointError(f"{path} is not a readable ONNX model ({one_line(e)})") from e
         self.classes, self.input_size = _exported_meta(path, self.session.get_modelmeta().custom_metadata_map)
@@ -248,9 +259,6 @@ def _exported_meta(path: Path, props: dict[str, str]) -> tuple[list[str], tuple[
 
 
 # ----------------------------------------------------------------------------- OpenVINO
-
-
-RUNTIMES = ("onnxruntime", "openvino")
 
 
 def _openvino():
@@ -306,21 +314,18 @@ class OpenVinoModel:
 # ----------------------------------------------------------------------------- int8
 
 # Static quantisation in ONNX Runtime's QDQ format, calibrated on the task's own training images.
-# Measured on three CIFAR-100 5-way ResNet-18 (w0.5, 80 % pruned) records on an AVX2 CPU without
-# VNNI (ORT 1.32), as the share of the 500 test images whose int8 top-1 is the fp32 top-1, weights
-# per channel, MinMax calibration on 128 images:
-#   activations, weights                           agreement         in ORT's optimised graph
-#   uint8, uint8 (U8U8)                            99.4  97.4  99.0  all 20 Conv and 8 Add as QLinear ops
-#   int8, int8 (S8S8, ORT's default)               99.6  97.2  99.4  only 8 of the 20 Conv in int8 on this CPU
-#   uint8, int8 with reduce_range (7-bit weights)  98.6  94.8  98.0  all in int8
-#   uint8, int8                                    80.4  67.2  94.8  all in int8: AVX2's u8*s8 instruction saturates
-# Speed on the same CPU (benchmarks/latency.py, BENCHMARKS.md "Batch-1 latency like with like"): OpenVINO runs
-# int8 weights (S8S8, U8S8) as int8 kernels, 2-4x faster than fp32 at batch 128; it runs U8U8 no faster than fp32.
-# ONNX Runtime ran none of them faster than fp32 on a pruned model. So S8S8, ORT's default: as close to fp32
-# as any, and fast where the model is run in int8 (``predict --runtime openvino``). On a CPU with VNNI, U8S8
-# (no reduce_range) is ORT's fast path: ``quantize_onnx(..., activations="uint8")``. 8 to 2500 calibration
-# images (two seeds each) gave the same test top-1 within 1 point, without a trend (one image is 0.2); 128
-# costs under a second. MinMax calibration was as good as Percentile or Entropy.
+# Measured by benchmarks/int8_schemes.py on three CIFAR-100 5-way ResNet-18 (w0.5, r = 0.8) records on an
+# AVX2 CPU without VNNI: the share of the 500 test images whose int8 top-1 is the fp32 top-1, and the first
+# record at batch 128, 1 thread (fp32: ONNX Runtime 64.7 ms, OpenVINO 49.0 ms):
+#   activations, weights              agreement            ONNX Runtime  OpenVINO
+#   int8, int8 (S8S8, ORT's default)  99.6  98.4  98.2     63.1 ms       19.8 ms
+#   uint8, uint8 (U8U8)               99.4  99.4  98.0     73.9 ms       50.8 ms
+#   uint8, int8 with reduce_range     98.6  97.2  96.8     70.4 ms       19.9 ms
+#   uint8, int8                       80.4  65.4  85.4     59.3 ms       20.2 ms   (AVX2's u8*s8 instruction saturates)
+# So S8S8: as close to fp32 as any, and fast where the model runs in int8 (``predict --runtime openvino``);
+# ONNX Runtime runs none of them faster than fp32 here. On a CPU with VNNI, U8S8 (no reduce_range) is ORT's
+# fast path: ``quantize_onnx(..., activations="uint8")``. 16, 128 and 1024 calibration images gave the same
+# agreement within 1 point; 128 costs under a second.
 CALIBRATION_IMAGES = 128
 CALIBRATION_BATCH = 32
 PRECISIONS = {"int8": "QInt8", "uint8": "QUInt8"}
@@ -393,7 +398,7 @@ def quantize_onnx(fp32_onnx: str | os.PathLike, out: str | os.PathLike, calibrat
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     check_output(out, "ONNX file")
-    onnx, ort = _onnx_packages()
+    onnx, _ = _onnx_packages()
     from onnxruntime import quantization
 
     proto = onnx.load(str(fp32_onnx))
@@ -427,7 +432,7 @@ def quantize_onnx(fp32_onnx: str | os.PathLike, out: str | os.PathLike, calibrat
             entry.key, entry.value = key, value
         onnx.save(quantized, str(target))
         try:
-            _session(ort, target).run(["logits"], {"image": x[:2]})
+            ort_session(target).run(["logits"], {"image": x[:2]})
         except Exception as e:  # onnxruntime raises its own exception types
             raise ExportError(f"ONNX Runtime cannot run the int8 model of {fp32_onnx}: {one_line(e, 200)}") from e
     return out

@@ -6,6 +6,7 @@ paths. These functions measure that, in the runtime that will run the model::
 
     timing(lambda: session.run(None, {"image": x}))        # {'median_ms', 'p25_ms', 'p75_ms', 'runs'}
     onnx_profile("model.onnx", batch=1, threads=1)         # ms per category, with 'per-call overhead'
+    onnx_node_times("model.onnx")                          # ONNX Runtime's per-node profile: op, ms per call, shapes
     torch_profile(model, batch=1)                          # the same split in PyTorch eager
     flops_split(model)                                     # FLOPs per category
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections import defaultdict
@@ -31,6 +33,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
+
+from .deploy import ort_session
 
 CATEGORIES = ("convolutions", "normalisation", "activations", "residual adds", "the head", "layout", "quantisation", "other", "per-call overhead")
 
@@ -70,20 +74,26 @@ def timing(fn: Callable[[], object], runs: int = 200, warmup: int = 20) -> dict[
     return {"median_ms": float(q[1]), "p25_ms": float(q[0]), "p75_ms": float(q[2]), "runs": runs}
 
 
-def ort_session(path: str | os.PathLike, threads: int = 1, optimization: str = "all", profile: bool = False):
-    """An ONNX Runtime CPU session on ``threads`` intra-op threads (one inter-op thread);
-    ``optimization``: ``all`` (the default of ONNX Runtime: layout and fusions), ``extended``, ``basic`` or ``none``."""
-    import onnxruntime as ort
-
-    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.graph_optimization_level = levels[optimization]
-    if profile:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="metavote-ort-profile-")) / "run")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def onnx_node_times(path: str | os.PathLike, batch: int = 1, threads: int = 1, runs: int = 200, input_size: tuple[int, ...] = (3, 32, 32),
+                    optimization: str = "all", warmup: int = 20) -> list[dict]:
+    """ONNX Runtime's own profile of ``runs`` calls after ``warmup``: per node of the optimised graph,
+    ``{"node", "op", "ms", "args"}`` with ``ms`` its kernel time per call and ``args`` the profile's
+    record (input and output shapes as the kernel ran them). The profiler's timers add to small nodes."""
+    x = np.random.default_rng(0).random((batch, *input_size), dtype=np.float32)
+    session = ort_session(path, threads, optimization, profile=True)
+    for _ in range(warmup + runs):
+        session.run(None, {"image": x})
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    shutil.rmtree(trace.parent)
+    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    after = starts[warmup] if len(starts) > warmup else 0  # the warm-up calls are left out
+    nodes: dict[str, dict] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= after:
+            node = nodes.setdefault(e["name"][: -len("_kernel_time")], {"op": e["args"].get("op_name", ""), "ms": 0.0, "args": e["args"]})
+            node["ms"] += e["dur"] / 1e3 / runs
+    return [{"node": name} | node for name, node in nodes.items()]
 
 
 def onnx_profile(path: str | os.PathLike, batch: int = 1, threads: int = 1, runs: int = 200, input_size: tuple[int, ...] = (3, 32, 32),
@@ -91,26 +101,15 @@ def onnx_profile(path: str | os.PathLike, batch: int = 1, threads: int = 1, runs
     """Ms per call in each category (``CATEGORIES``) of an ONNX model in ONNX Runtime at ``batch``,
     adding up to the median unprofiled call (``total``). ``per-call overhead`` is the median call
     of an empty model (one Identity) on the same input; the rest is split in the shares of the
-    operators' kernel times in ONNX Runtime's own profile (whose timers inflate small operators,
-    so only their shares are used)."""
+    operators' kernel times in :func:`onnx_node_times` (only their shares: its timers inflate small operators)."""
     x = np.random.default_rng(0).random((batch, *input_size), dtype=np.float32)
     plain = ort_session(path, threads, optimization)
     wall = timing(lambda: plain.run(None, {"image": x}), runs)["median_ms"]
     empty = ort_session(_identity_onnx(), threads)
     overhead = timing(lambda: empty.run(None, {"image": x}), runs)["median_ms"]
-    warmup = 20
-    session = ort_session(path, threads, optimization, profile=True)
-    for _ in range(warmup + runs):
-        session.run(None, {"image": x})
-    trace = Path(session.end_profiling())
-    events = json.loads(trace.read_text())
-    trace.unlink()
-    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
-    after = starts[warmup] if len(starts) > warmup else 0  # the warm-up calls are left out
     split = defaultdict(float)
-    for e in events:
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= after:
-            split[_ONNX_CATEGORY.get(e["args"].get("op_name", ""), "other")] += e["dur"]
+    for node in onnx_node_times(path, batch, threads, runs, input_size, optimization):
+        split[_ONNX_CATEGORY.get(node["op"], "other")] += node["ms"]
     return _scaled(split, wall, overhead)
 
 
@@ -188,9 +187,4 @@ def flops_split(model: nn.Module, batch: int = 1) -> dict[str, int]:
     return {c: split.get(c, 0) for c in CATEGORIES if c != "per-call overhead" and c in split} | {"total": sum(split.values())}
 
 
-def median_spread(row: dict[str, float]) -> str:
-    """``median (p25-p75)`` in ms, for tables."""
-    return f"{row['median_ms']:.3f} ({row['p25_ms']:.3f}–{row['p75_ms']:.3f})"
-
-
-__all__ = ["CATEGORIES", "flops_split", "median_spread", "onnx_profile", "ort_session", "timing", "torch_profile"]
+__all__ = ["CATEGORIES", "flops_split", "onnx_node_times", "onnx_profile", "timing", "torch_profile"]

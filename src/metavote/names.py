@@ -1,4 +1,4 @@
-"""Registry keys known without importing torch: the command line's ``choices`` (``metavote --help``
+"""Registry keys and names known without importing torch: the command line's ``choices`` (``metavote --help``
 stays instant). tests/test_cli.py checks that they equal the real registry, ``metavote.methods.METHODS``;
 a new method adds its key here too. (Profile names come from :mod:`metavote.profiles`, itself torch-free.)
 """
@@ -8,3 +8,6 @@ from __future__ import annotations
 METHOD_KEYS: tuple[str, ...] = (
     "ahnp", "dlth", "ifp", "iht-reptile", "mest", "mvp", "nearest", "power", "random", "random-paper", "uvc",
 )
+
+RUNTIMES: tuple[str, ...] = ("onnxruntime", "openvino")
+"""What can run an exported ``.onnx`` model (``predict --runtime``; :func:`metavote.deploy.open_model`)."""
