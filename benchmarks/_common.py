@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -17,15 +16,10 @@ FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+    """Cores, the CPU with the vector extensions that pick kernels (AVX2, AVX-512, VNNI, bf16, AMX), torch and its threads."""
+    from metavote.cpu import cpu_name
+
+    return f"{os.cpu_count()} cores ({cpu_name()}), torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def save(name: str, rows: list[dict] | dict, table: str) -> None:
@@ -53,3 +47,42 @@ def md_table(header: list[str], rows: list[list]) -> str:
     """A markdown table: the first column left-aligned, the others right-aligned."""
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def take_turns(cells: dict, x, calls: int, rounds: int = 5, warmup: int = 10) -> dict[object, list[float]]:
+    """Milliseconds per call of each callable of ``cells`` on ``x``: after ``warmup`` calls each, the cells take
+    turns, ``calls`` calls each in every one of ``rounds`` rounds, so a slow spell of a shared machine falls on
+    all of them alike."""
+    import time
+    from collections import defaultdict
+
+    times = defaultdict(list)
+    with torch.no_grad():
+        for fn in cells.values():
+            for _ in range(warmup):
+                fn(x)
+        for _ in range(rounds):
+            for key, fn in cells.items():
+                for _ in range(calls):
+                    start = time.perf_counter()
+                    fn(x)
+                    times[key].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def batch_latency(cells: dict, runs: int, rounds: int = 5, batches=(1, 128), **fields) -> list[dict]:
+    """Rows of median and quartile ms per ``(model, runtime)`` cell at each batch size on random CIFAR-size
+    inputs: ``runs`` calls per cell at batch 1, a tenth (at least 10) at larger batches, in turns
+    (:func:`take_turns`); ``fields`` go into every row."""
+    import numpy as np
+
+    rows = []
+    for batch in batches:
+        x = np.random.default_rng(0).random((batch, 3, 32, 32), dtype=np.float32)
+        calls = max(1, (runs if batch == 1 else max(10, runs // 10)) // rounds)
+        for (model, runtime), t in take_turns(cells, x, calls, rounds, warmup=10 if batch == 1 else 2).items():
+            q = np.percentile(t, [25, 50, 75])
+            rows.append(fields | {"model": model, "runtime": runtime, "batch": batch, "median_ms": float(q[1]), "p25_ms": float(q[0]),
+                                  "p75_ms": float(q[2]), "runs": len(t)})
+            print(f"{fields or ''} batch {batch:>3}  {model:<8} {runtime:<18} {q[1]:8.3f} ms", flush=True)
+    return rows

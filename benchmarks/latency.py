@@ -30,7 +30,6 @@ import argparse
 import copy
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +42,7 @@ from metavote.models import replace_head
 from metavote.pruning import SubNetwork
 from metavote.training import set_threads
 
-from _common import md_table, save
+from _common import batch_latency, md_table, save
 
 MODELS = ("dense", "pruned", "aligned")
 
@@ -97,25 +96,7 @@ def latency_grid(folder: Path, runs: int, rounds: int = 5) -> list[dict]:
     for threads in (1, 2):
         set_threads(threads)
         cells = {(model, runtime): fn for model in MODELS for runtime, fn in runners(folder, model, threads).items()}
-        for batch in (1, 128):
-            x = np.random.default_rng(0).random((batch, 3, 32, 32), dtype=np.float32)
-            calls = max(1, (runs if batch == 1 else max(10, runs // 10)) // rounds)
-            times = defaultdict(list)
-            with torch.no_grad():
-                for fn in cells.values():  # warm-up
-                    for _ in range(10 if batch == 1 else 2):
-                        fn(x)
-                for _ in range(rounds):
-                    for key, fn in cells.items():
-                        for _ in range(calls):
-                            start = time.perf_counter()
-                            fn(x)
-                            times[key].append((time.perf_counter() - start) * 1e3)
-            for (model, runtime), t in times.items():
-                q = np.percentile(t, [25, 50, 75])
-                rows.append({"threads": threads, "model": model, "runtime": runtime, "batch": batch, "median_ms": float(q[1]),
-                             "p25_ms": float(q[0]), "p75_ms": float(q[2]), "runs": len(t)})
-                print(f"{threads} thr  batch {batch:>3}  {model:<8} {runtime:<18} {q[1]:8.3f} ms", flush=True)
+        rows += batch_latency(cells, runs, rounds, threads=threads)
     return rows
 
 
@@ -131,10 +112,10 @@ def conv_fit(path: Path, runs: int = 300) -> dict:
     return {"nodes": len(convs), "intercept_ms": float(a), "ms_per_mflop": float(b), "conv_ms": float(t.sum()), "conv_mflops": float(f.sum())}
 
 
-def conv_table(folder: Path, runs: int = 300) -> list[dict]:
+def conv_table(folder: Path, runs: int = 300, widths=range(20, 37)) -> list[dict]:
     """A 3x3 convolution at 8x8 (layer 3's resolution), C in = C out = width: ms in ONNX Runtime, 1 thread, batch 1."""
     rows = []
-    for width in range(20, 37):
+    for width in widths:
         conv = torch.nn.Sequential(torch.nn.Conv2d(width, width, 3, padding=1), torch.nn.ReLU()).eval()
         path = folder / f"conv{width}.onnx"
         torch.onnx.export(conv, (torch.rand(1, width, 8, 8),), str(path), input_names=["image"], output_names=["out"], dynamo=False,

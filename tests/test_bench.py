@@ -163,7 +163,12 @@ def test_cli_prune_saves_to_the_zoo_and_reports_bad_input(ctx, capsys):
     for bad, message in ((["--ratio", "1.5", "--iterations", "2", "--batch-size", "8"], "pruning ratio must be in (0, 1)"),
                          (["--ratio", "0.5", "--iterations", "2", "--batch-size", "500"], "fewer than one batch of 500"),
                          ([*tiny, "--neighbours", "50"], "fewer than the 50 neighbours"),
-                         ([*tiny, "--method", "ifp", "--neighbours", "2"], "ifp has no setting(s) neighbours")):
+                         ([*tiny, "--method", "ifp", "--neighbours", "2"], "ifp does not use --neighbours; leave it out"),
+                         # auto picks the nearest record here, which has no vote: its temperature is an error, not ignored
+                         ([*tiny, "--temperature", "0"], "nearest (chosen by --method auto) does not use --temperature; leave it out, "
+                                                         "or name the method that does (--method mvp)"),
+                         ([*tiny, "--method", "nearest", "--temperature", "0.5"], "nearest does not use --temperature"),
+                         ([*tiny, "--method", "mvp", "--temperature", "0"], "temperature must be > 0")):
         assert main(["prune", *common, *bad]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err

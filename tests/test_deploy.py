@@ -14,7 +14,7 @@ from PIL import Image
 from helpers import synthetic_dataset
 from metavote.cli import main
 from metavote.data import load_dataset, to_float
-from metavote.deploy import OnnxModel, export_onnx, load_pruned, predict
+from metavote.deploy import ExportError, OnnxModel, export_onnx, load_pruned, logit_agreement, predict
 from metavote.experiments import context, prune
 from metavote.zoo import Zoo, build_zoo
 
@@ -99,9 +99,12 @@ def test_prune_an_image_folder_of_new_classes_then_export_and_predict(tmp_path, 
 
     # ONNX: checked against PyTorch on the task's test split, then by predict
     onnx_path = tmp_path / "deploy" / "photos.onnx"
-    assert export_onnx(out, onnx_path, check_images=x) <= 1e-4
+    assert export_onnx(out, onnx_path, check_images=x).ok
     with torch.no_grad():
-        assert torch.allclose(OnnxModel(onnx_path)(x), model(x), atol=1e-4)
+        assert logit_agreement(OnnxModel(onnx_path)(x), model(x)).ok
+    # the command line checks on its own 16 images and says how closely, relative to the logits' scale
+    rc, stdout, err = run(capsys, ["export", "--model", out, "--onnx", tmp_path / "cli.onnx"])
+    assert rc == 0 and "of the logits' scale" in stdout and "same top-1 class on 16 of 16 images" in stdout, err
     images = sorted((folder / "tram").glob("*.png"))[:2]
     by_torch, by_onnx = predict(out, images, top_k=2), predict(onnx_path, images, top_k=2)
     assert [[c for c, _ in row] for row in by_torch] == [[c for c, _ in row] for row in by_onnx]
@@ -182,9 +185,50 @@ def test_a_token_pruned_vit_exports_to_onnx(tmp_path):
     model = load_pruned(tmp_path / "vit.safetensors")
     assert model.tokens_kept == [9, 5]
     x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    assert export_onnx(tmp_path / "vit.safetensors", tmp_path / "vit.onnx", check_images=x) <= 1e-4
+    assert export_onnx(tmp_path / "vit.safetensors", tmp_path / "vit.onnx", check_images=x).ok
     with torch.no_grad():
-        assert torch.allclose(OnnxModel(tmp_path / "vit.onnx")(x), small(x), atol=1e-4)
+        assert logit_agreement(OnnxModel(tmp_path / "vit.onnx")(x), small(x)).ok
+
+
+def test_the_export_check_is_relative_to_the_logits_scale():
+    """The user's case: logits up to 187 and float32 rounding of 1.07e-4 pass (an absolute 1e-4 refused them);
+    the same rounding on logits of 0.01 does not, nor does a changed top-1 class unless the image is a tie."""
+    generator = torch.Generator().manual_seed(0)
+    want = torch.randn(16, 5, generator=generator, dtype=torch.float64)
+    want = want / want.abs().max() * 187.0
+    noise = (torch.rand(16, 5, generator=generator, dtype=torch.float64) - 0.5) * 2 * 1.07e-4
+    big = logit_agreement(want + noise, want)
+    assert big.ok and big.scale == pytest.approx(187.0) and 1e-4 < big.max_abs < 1.07e-4 + 1e-12 and big.relative < 1e-6 and big.top1_same == 16
+    assert not logit_agreement(want / 18700 + noise, want / 18700).ok  # the same difference on logits of 0.01: 1e-2 of their scale
+    swapped = want.clone()
+    swapped[3] = want[3].flip(0)  # one image's classes permuted: a wrong answer well within nothing
+    wrong = logit_agreement(swapped, want)
+    assert not wrong.ok and wrong.top1_same == 15 and wrong.ties == 0
+    tie = want.clone()
+    tie[5] = torch.tensor([50.0, 50.0 + 1e-3, -10.0, -10.0, -10.0])  # two classes within rounding: either is a right answer
+    flipped = tie.clone()
+    flipped[5, :2] = torch.tensor([50.0 + 1e-3, 50.0])
+    assert (a := logit_agreement(flipped, tie)).ok and a.ties == 1 and a.top1_same == 15 and "1 of the others a tie" in str(a)
+
+
+def test_a_wrong_graph_is_refused_and_nothing_is_written(tmp_path, monkeypatch):
+    """A graph that computes something else (here: one convolution's weights moved by 1%) fails the check on any CPU."""
+    import metavote.deploy
+
+    model_path = tiny_pruned_file(tmp_path / "m.safetensors")
+    real_export = metavote.deploy._export
+
+    def broken_export(model, x, path, source):
+        with torch.no_grad():
+            model.conv1.weight.mul_(1.01)
+        real_export(model, x, path, source)
+        with torch.no_grad():
+            model.conv1.weight.div_(1.01)
+
+    monkeypatch.setattr(metavote.deploy, "_export", broken_export)
+    with pytest.raises(ExportError, match=r"ONNX Runtime and PyTorch disagree on 16 images \(largest logit difference .* of the logits' scale"):
+        export_onnx(model_path, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists() and not list(tmp_path.glob("*.tmp*"))
 
 
 def tiny_pruned_file(path: Path) -> Path:

@@ -127,7 +127,7 @@ def test_a_model_whose_training_images_cannot_be_found_is_one_line(tmp_path, tin
     for data in (None, tmp_path / "empty-root"):
         with pytest.raises(ConfigError, match=r"dataset 'nowhere' not found.*--data") as e:
             export_int8(elsewhere, out, data=data)
-        assert "\n" not in str(e.value) and "int8 calibration needs the training images" in str(e.value)
+        assert "\n" not in str(e.value) and "int8 calibration needs the images" in str(e.value)
     # the dataset is found, but not the task's classes
     strange = no_task_model(tmp_path / "strange.safetensors", {"dataset": "cifar100", "classes": ["kite", "otter", "tram"]})
     with pytest.raises(ConfigError, match="unknown class name"):
@@ -146,9 +146,12 @@ def test_the_cli_writes_the_int8_model_and_prints_both_accuracies(tmp_path, trai
     assert {p.key: p.value for p in onnx.load(str(out)).metadata_props}["precision"] == "int8"
 
     again = tmp_path / "again.onnx"
-    assert "--int8 goes with" in one_line_error(capsys, ["export", "--model", model_path, "--hf-folder", tmp_path / "hf", "--int8"])
-    assert "--int8 goes with" in one_line_error(capsys, ["export", "--zoo", tmp_path / "zoo", "r", "--out", again, "--int8"])
-    assert "go with --int8" in one_line_error(capsys, ["export", "--model", model_path, "--onnx", again, "--calibration", 16])
+    assert "--precision int8 goes with" in one_line_error(capsys, ["export", "--model", model_path, "--hf-folder", tmp_path / "hf", "--int8"])
+    assert "--precision int8 goes with" in one_line_error(capsys, ["export", "--zoo", tmp_path / "zoo", "r", "--out", again, "--int8"])
+    assert "--calibration goes with --precision int8" in one_line_error(capsys, ["export", "--model", model_path, "--onnx", again,
+                                                                                 "--calibration", 16])
+    assert "--data goes with --precision int8 or bf16" in one_line_error(capsys, ["export", "--model", model_path, "--onnx", again,
+                                                                                  "--data", tmp_path])
     assert "calibration_images must be >= 1" in one_line_error(capsys, ["export", "--model", model_path, "--onnx", again, "--int8",
                                                                         "--calibration", 0])
     no_task = no_task_model(tmp_path / "none.safetensors")

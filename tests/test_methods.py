@@ -9,7 +9,7 @@ import torch
 
 from metavote.cli import build_parser
 from metavote.errors import ConfigError
-from metavote.methods import IFP, METHODS, MVP, Method, RandomPruning, create_method, method_settings, register
+from metavote.methods import IFP, METHODS, MVP, Method, RandomPruning, conventional_method, create_method, method_settings, register
 from metavote.models import cifar_resnet18, create_model, replace_head, vision_transformer
 from metavote.profiles import PROFILES, get_profile
 
@@ -86,7 +86,7 @@ def test_cli_choices_come_from_the_registries():
     prune = next(a for a in sub["prune"]._actions if a.dest == "method")
     assert prune.choices == ["auto", *sorted(METHODS)] and prune.default == "auto"
     build = next(a for a in next(a for a in sub["zoo"]._actions if a.dest == "zoo_command").choices["build"]._actions if a.dest == "method")
-    assert build.choices == sorted(METHODS) and build.default == "ifp"
+    assert build.choices == sorted(METHODS) and build.default is None  # None: the profile's conventional method the model runs
     profile = next(a for a in sub["bench"]._actions if a.dest == "profile")
     assert profile.choices == list(PROFILES)
 
@@ -102,6 +102,51 @@ def test_methods_refuse_a_model_without_the_capability_they_need():
             create_method(key, iterations=1).run(resnet, data=None)
     with pytest.raises(ConfigError, match="power needs a model with token pruning"):
         create_method("power", iterations=1).run(resnet, data=None)
+
+
+def test_a_zoo_is_built_by_a_conventional_method_the_model_can_run():
+    """The profile's own (IFP for ResNets, AHNP for ViTs) when the model can run it, else AHNP, IFP, IFP by magnitude."""
+    from torch import nn
+
+    from metavote.models import wrap_model
+
+    vit = vision_transformer(img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=2, mlp_ratio=1.0, num_classes=3)
+    resnet = cifar_resnet18(width=0.125, num_classes=3)
+    plain = wrap_model(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                     nn.Linear(8, 3)), input_size=(3, 16, 16))  # no norm: activation importance reads the convolutions
+    chosen = {}
+    for name, model in (("vit", vit), ("resnet", resnet), ("plain", plain)):
+        for profile in ("cpu", "vit-cpu"):
+            method, why = conventional_method(model, get_profile(profile), iterations=30)
+            chosen[name, profile] = (method.key, getattr(method, "importance", None))
+            assert method.iterations == 30 and method.ratio == 0.8 and why
+    assert chosen == {("vit", "cpu"): ("ahnp", None), ("vit", "vit-cpu"): ("ahnp", None), ("resnet", "cpu"): ("ifp", "activation"),
+                      ("resnet", "vit-cpu"): ("ifp", "activation"), ("plain", "cpu"): ("ifp", "activation"),
+                      ("plain", "vit-cpu"): ("ifp", "activation")}
+    method, why = conventional_method(vit, get_profile("cpu"))
+    assert why == "ahnp: the cpu profile's ifp needs a norm or layer to measure importance at in every group (else use magnitude importance), which this model lacks"
+    assert conventional_method(vit, get_profile("cpu"), importance="magnitude")[0].key == "ifp"  # naming an importance names IFP
+    with pytest.raises(ConfigError, match="no conventional pruner runs on this VisionTransformer: it lacks a norm"):
+        conventional_method(vit, get_profile("cpu"), importance="activation")
+
+
+def test_ahnp_never_empties_a_group_that_cannot_run_empty():
+    """BEiT with 3 heads at r = 0.5: AHNP's scores may all fall in one block; a traced block keeps its best head."""
+    from metavote.methods.ahnp import global_removal
+    from metavote.models.units import Slot, UnitGroup
+    from metavote.pruning import kind_targets
+
+    groups = [UnitGroup(f"block{i}.attention", 3, (Slot(f"block{i}.q", width=4),), kind="head") for i in range(4)]
+    scores = {g.name: torch.tensor([0.9, 0.8, 0.7]) for g in groups}
+    scores["block0.attention"] = torch.tensor([0.01, 0.02, 0.03])  # every head of block 0 below the threshold, the lowest overall
+    scores["block1.attention"] = torch.tensor([0.05, 0.9, 0.9])
+    keep = global_removal(scores, groups, kind_targets(groups, 0.5), threshold=0.1)
+    assert {k: v.tolist() for k, v in keep.items()} == {"block0.attention": [2], "block1.attention": [1, 2], "block2.attention": [0, 1, 2],
+                                                        "block3.attention": [0, 1, 2]}  # 3 below threshold, one kept: 8 of a target 6
+    emptiable = [dataclasses.replace(g, can_be_empty=True) for g in groups]
+    assert global_removal(scores, emptiable, kind_targets(emptiable, 0.5), threshold=0.1)["block0.attention"].tolist() == []
+    # a global target below one head per block is raised to one per block that cannot run empty
+    assert kind_targets(groups, 0.9) == {"head": 4} and kind_targets(emptiable, 0.9) == {"head": 1}
 
 
 @pytest.mark.parametrize("family", ["resnet", "vit"])

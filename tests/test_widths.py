@@ -30,6 +30,26 @@ def test_aligned_widths_are_multiples_at_no_more_flops():
         aligned_widths(model, widths, 0)
 
 
+@pytest.mark.parametrize("block", [8, 16])
+def test_auto_aligns_on_this_cpus_block_where_the_flops_allow(monkeypatch, block):
+    """AVX2 (block 8) and AVX-512 (block 16) alike: at r = 0.5 the width-0.5 ResNet-18 fits multiples of 16; at r = 0.8 it
+    does not (its first stage keeps 6 of 32), and auto falls back to 8."""
+    import metavote.cpu
+    from metavote.pruning import host_aligned_widths
+
+    monkeypatch.setattr(metavote.cpu, "channel_block", lambda: block)
+    model = cifar_resnet18(num_classes=10, width=0.5)
+    groups = model.unit_groups()
+    roomy, tight = target_widths(groups, 0.5), target_widths(groups, 0.8)
+    assert host_aligned_widths(model, roomy) == aligned_widths(model, roomy, block)
+    assert host_aligned_widths(model, tight) == aligned_widths(model, tight, 8)
+    with pytest.raises(ConfigError, match="smaller align"):
+        aligned_widths(model, tight, 16)
+    assert MVP(ratio=0.8, align="auto").widths(model) == aligned_widths(model, tight, 8)
+    with pytest.raises(ConfigError, match="align must be a whole number of channels or 'auto'"):
+        MVP(align="fast")
+
+
 def test_small_groups_keep_their_width():
     model = cifar_resnet18(num_classes=10, width=0.125)  # groups of 4, 8, 16, 32 units
     groups = model.unit_groups()

@@ -24,7 +24,7 @@ from .errors import MetavoteError
 
 if TYPE_CHECKING:  # what type checkers see; at run time each name is imported on first use (``__getattr__`` below)
     from .data import ImageDataset, Task, TaskData, load_dataset, sample_tasks
-    from .deploy import export_int8, export_onnx, load_pruned, predict, save_pruned
+    from .deploy import export_bf16, export_int8, export_onnx, load_pruned, logit_agreement, predict, save_pruned
     from .methods import METHODS, Method, PruneResult, create_method
     from .models import (
         MODELS, Backbone, ResNet, Slot, TracedModel, UnitGroup, VisionTransformer, count_parameters, create_model, head_rows_for, load_backbone,
@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time each name is imported o
 # each public name -> its module, imported on first use (PEP 562): `import metavote` and `metavote --help` load no torch
 _EXPORTS: dict[str, str] = {name: module for module, names in {
     "data": ("ImageDataset", "Task", "TaskData", "load_dataset", "sample_tasks"),
-    "deploy": ("export_int8", "export_onnx", "load_pruned", "predict", "save_pruned"),
+    "deploy": ("export_bf16", "export_int8", "export_onnx", "load_pruned", "logit_agreement", "predict", "save_pruned"),
     "methods": ("METHODS", "Method", "PruneResult", "create_method"),
     "models": ("MODELS", "Backbone", "ResNet", "Slot", "TracedModel", "UnitGroup", "VisionTransformer", "count_parameters", "create_model",
                "head_rows_for", "load_backbone", "load_hf", "locate_backbone", "register_model", "replace_head", "save_weights",
@@ -77,7 +77,7 @@ __all__ = [
     "METHODS", "MODELS", "PROFILES", "Backbone", "Costs", "EmbeddingSimilarity", "ImageDataset", "LEEPSimilarity", "Method",
     "MetavoteError", "Profile", "PruneResult", "ResNet", "Similarity", "Slot", "SubNetwork", "Task", "TaskData", "TracedModel", "UnitGroup",
     "VisionTransformer", "WordNetSimilarity", "Zoo", "ZooRecord", "build_zoo", "count_parameters", "create_method", "create_model",
-    "aligned_widths", "dense_view", "evaluate", "export_int8", "export_onnx", "extract", "get_profile", "head_rows_for", "load_backbone", "load_dataset", "load_hf", "load_pruned", "locate_backbone",
+    "aligned_widths", "dense_view", "evaluate", "export_bf16", "export_int8", "export_onnx", "logit_agreement", "extract", "get_profile", "head_rows_for", "load_backbone", "load_dataset", "load_hf", "load_pruned", "locate_backbone",
     "make_similarity", "mask", "nearest", "predict", "register_cutter", "register_model", "replace_head", "sample_tasks", "save_pruned", "save_weights", "select_device", "set_threads", "shrink",
     "target_widths", "trace_unit_groups", "wrap_model",
 ]

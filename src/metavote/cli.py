@@ -133,18 +133,23 @@ def cmd_data_info(args: argparse.Namespace) -> None:
 
 def cmd_zoo_build(args: argparse.Namespace) -> None:
     from .data import load_dataset, sample_tasks
-    from .methods import create_method
-    from .models import locate_backbone
+    from .methods import conventional_method, create_method
+    from .models import load_backbone, locate_backbone
     from .profiles import get_profile
     from .training import select_device
     from .zoo import build_zoo
 
-    settings = get_profile(args.profile).settings(args.method, ratio=args.ratio, iterations=args.iterations, lr=args.lr,
-                                                  batch_size=args.batch_size, importance=args.importance)
-    method = create_method(args.method, **settings)
+    budget = {"ratio": args.ratio, "iterations": args.iterations, "lr": args.lr, "batch_size": args.batch_size, "importance": args.importance}
+    profile = get_profile(args.profile)
+    backbone = locate_backbone(args.backbone)
+    if args.method is None:  # the profile's conventional method, or the one this model can run
+        model, _ = load_backbone(backbone)
+        method, why = conventional_method(model, profile, **budget)
+        print(f"method: {method.key} ({why}; --method names another)")
+    else:
+        method = create_method(args.method, **profile.settings(args.method, **budget))
     dataset = load_dataset(args.dataset, args.data)
     tasks = sample_tasks(dataset, args.n_way, args.tasks, args.seed, classes=_csv(args.classes) if args.classes else None)
-    backbone = locate_backbone(args.backbone)
     print(f"zoo {args.zoo}: {len(tasks)} {args.n_way}-way tasks of {dataset.name}, {method.key} {method.settings()}, backbone {backbone}")
     report = build_zoo(args.zoo, tasks, backbone, method, args.dataset, args.data, args.workers, args.executor, args.address, not args.quiet,
                        select_device(args.device), args.threads, args.retry_failed)
@@ -303,7 +308,7 @@ def cmd_data_fashion_mnist(args: argparse.Namespace) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    from .experiments import context, default_method, prune, with_layer
+    from .experiments import check_settings_used, context, default_method, prune, with_layer
     from .methods import get_method_class
     from .models import count_parameters
     from .training import set_threads
@@ -322,7 +327,10 @@ def cmd_prune(args: argparse.Namespace) -> None:
     if args.method == "auto":
         from .profiles import get_profile
 
-        args.method, why = default_method(ctx.zoo, args.ratio if args.ratio is not None else get_profile(args.profile).ratio, args.align or 1)
+        args.method, why = default_method(ctx.zoo, args.ratio if args.ratio is not None else get_profile(args.profile).ratio,
+                                          args.align or 1)
+        own = {"neighbours": args.neighbours, "similarity": args.similarity, "align": args.align, "temperature": args.temperature}
+        check_settings_used(args.method, {k for k, v in own.items() if v is not None}, chosen=True)
         print(f"method: {args.method} ({why}; --method mvp votes as the paper does)")
     task = ctx.dataset.task(classes)
     same = [r for r in ctx.zoo.records() if r.task.id == task.id]
@@ -347,6 +355,15 @@ def cmd_prune(args: argparse.Namespace) -> None:
         print(f"  saved to zoo {ctx.zoo.root} as {task.id}.{result.method}")
     else:
         print(f"  not saved: {result.method} keeps every unit, so the zoo has nothing to record")
+
+
+def _align(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of channels or auto, not {value!r}") from None
 
 
 def _check_model_out(path: str) -> None:
@@ -384,7 +401,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .deploy import CALIBRATION_IMAGES, export_hf, export_int8, export_onnx, export_record
+    from .deploy import CALIBRATION_IMAGES, export_bf16, export_hf, export_int8, export_onnx, export_record
     from .files import check_output
     from .training import set_threads
     from .zoo import Zoo
@@ -392,10 +409,15 @@ def cmd_export(args: argparse.Namespace) -> None:
     set_threads(args.threads)
     if bool(args.zoo) == bool(args.model):
         raise ConfigError("give --zoo Z RECORD --out FILE.safetensors (a standalone model), or --model FILE.safetensors --onnx OUT.onnx")
-    if not args.int8 and (args.data is not None or args.calibration is not None):
-        raise ConfigError("--data and --calibration go with --int8 (the images an int8 export is calibrated and scored on)")
-    if args.int8 and not args.onnx:
-        raise ConfigError("--int8 goes with --model FILE.safetensors --onnx OUT.onnx: an int8 model is an ONNX file")
+    if args.int8 and args.precision not in (None, "int8"):
+        raise ConfigError(f"--int8 is --precision int8, not {args.precision}; give one of them")
+    precision = "int8" if args.int8 else args.precision
+    if precision not in ("int8", "bf16") and args.data is not None:
+        raise ConfigError("--data goes with --precision int8 or bf16 (the images such an export is scored on)")
+    if precision != "int8" and args.calibration is not None:
+        raise ConfigError("--calibration goes with --precision int8 (the images an int8 export is calibrated on)")
+    if precision and not args.onnx:
+        raise ConfigError(f"--precision {precision} goes with --model FILE.safetensors --onnx OUT.onnx: it is how an ONNX file runs")
     if args.zoo:
         if not args.record or not args.out:
             raise ConfigError("export from a zoo needs the record id (or task id) and --out FILE.safetensors")
@@ -411,14 +433,16 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"wrote {export_hf(args.model, args.hf_folder)}, a save_pretrained folder (transformers loads it; checked against the model)")
         return
     check_output(args.onnx, "--onnx")
-    if args.int8:
+    if precision == "int8":
         report = export_int8(args.model, args.onnx, args.data, CALIBRATION_IMAGES if args.calibration is None else args.calibration)
-        scores = (f"int8 top-1 {report.accuracy:.1%} vs fp32 {report.fp32_accuracy:.1%} on the task's {report.test_images} test images "
-                  f"(same top-1 class on {report.agreement:.1%})" if report.test_images else "the task has no test images to score it on")
-        print(f"wrote {args.onnx}, int8 (calibrated on {report.calibration_images} training images); {scores}")
+        print(f"wrote {args.onnx}, int8 (calibrated on {report.calibration_images} training images); {report.summary()}")
         return
-    diff = export_onnx(args.model, args.onnx)
-    print(f"wrote {args.onnx}; ONNX Runtime and PyTorch agree to {diff:.1e} (largest logit difference on 16 images)")
+    if precision == "bf16":
+        report = export_bf16(args.model, args.onnx, args.data)
+        print(f"wrote {args.onnx}, fp32 weights run by OpenVINO in bf16 (predict --runtime openvino); {report.summary()}")
+        return
+    agreement = export_onnx(args.model, args.onnx)
+    print(f"wrote {args.onnx}; ONNX Runtime and PyTorch agree on 16 check images: {agreement}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -426,7 +450,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .training import set_threads
 
     set_threads(args.threads)
-    for image, top in zip(args.images, predict(args.model, args.images, args.top_k, args.device, args.runtime)):
+    for image, top in zip(args.images, predict(args.model, args.images, args.top_k, args.device, args.runtime, args.precision)):
         print(f"{image}: " + ", ".join(f"{name} {p:.1%}" for name, p in top))
 
 
@@ -441,7 +465,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser; it imports nothing heavy (no torch), so ``--help`` is instant."""
-    from .names import METHOD_KEYS, RUNTIMES
+    from .names import METHOD_KEYS, PRECISIONS, RUNTIMES
     from .profiles import PROFILES
 
     methods, profiles = sorted(METHOD_KEYS), list(PROFILES)
@@ -510,9 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-way", type=int, default=5)
     p.add_argument("--seed", type=int, default=0, help="task sampling seed")
     p.add_argument("--classes", help=FROM_CLASSES)
-    p.add_argument("--method", choices=methods, default="ifp", help="the pruning method of every record (default ifp)")
+    p.add_argument("--method", choices=methods, help="the pruning method of every record (default: the profile's conventional "
+                   "method, IFP or AHNP, or the first of AHNP, IFP and IFP with magnitude importance the model can run)")
     p.add_argument("--profile", choices=profiles, default="paper",
-                   help="budget: 'paper' (IFP r 0.9, J 1000, batch 128) or 'cpu' (IFP r 0.8, J 200, batch 64)")
+                   help="budget: 'paper' (IFP r 0.9, J 1000, batch 128), 'cpu' (IFP r 0.8, J 200, batch 64), 'vit-paper' or "
+                        "'vit-cpu' (AHNP)")
     p.add_argument("--ratio", type=float, help="pruning ratio r (overrides the profile)")
     p.add_argument("--iterations", type=int, help="the method's iterations (overrides the profile)")
     p.add_argument("--lr", type=float)
@@ -605,9 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--similarity", choices=["ann", "leep", "wordnet", "embedding"],
                    help="MVP and nearest: neighbour search (default ann: LEEP on few images over the nearest records by task "
                         "embedding; leep: exhaustive LEEP)")
-    p.add_argument("--align", type=int, help="kept widths in multiples of this, at no more FLOPs than the ratio's (8: 1.8x faster "
-                   "at batch 1 in ONNX Runtime here, and 2.6 points less accurate for MVP at J = 20, see BENCHMARKS.md; "
-                   "default 1: round((1 - r) n) per layer, the paper's)")
+    p.add_argument("--align", type=_align, help="kept widths in multiples of this, at no more FLOPs than the ratio's: ONNX Runtime's "
+                   "channel block, 8 on AVX2 CPUs and 16 on AVX-512 ones, or auto (this CPU's; 8 on AVX2: 1.8x faster at batch 1, "
+                   "and 2.6 points less accurate for MVP at J = 20, see BENCHMARKS.md; default 1: round((1 - r) n) per layer, the paper's)")
     p.add_argument("--no-save", action="store_true", help="do not add the result to the zoo")
     p.add_argument("--save-to", help="a zoo layered on a read-only --zoo that takes the new record (default: runs/layers/<zoo name>); "
                    "both vote from then on, and `--zoo SAVE_TO` alone opens the stack")
@@ -641,12 +667,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="with --zoo: the standalone FILE.safetensors to write")
     p.add_argument("--model", help="a standalone pruned model (.safetensors) to export")
     p.add_argument("--onnx", help="with --model: the .onnx file to write (needs `pip install 'metavote[onnx]'`)")
-    p.add_argument("--int8", action="store_true",
-                   help="with --onnx: write OUT.onnx as an int8 model (ONNX Runtime static quantisation calibrated on the task's "
-                        "training images) and print its top-1 against the fp32 model's on the task's test split; without --int8 "
-                        "OUT.onnx is the fp32 model")
-    p.add_argument("--data", help="with --int8: the data root holding the model's dataset (default: $METAVOTE_DATA, then ../shared/data)")
-    p.add_argument("--calibration", type=int, metavar="N", help="with --int8: training images to calibrate on (default 128, seeded)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="with --onnx: fp32 (default); int8 (ONNX Runtime static quantisation calibrated on the task's training "
+                        "images); bf16 (the fp32 file, run by OpenVINO in bf16 on a CPU with AVX512_BF16 or AMX). int8 and bf16 "
+                        "print their top-1 against the fp32 model's on the task's test split")
+    p.add_argument("--int8", action="store_true", help="the same as --precision int8")
+    p.add_argument("--data", help="with --precision int8 or bf16: the data root holding the model's dataset (default: $METAVOTE_DATA, "
+                   "then ../shared/data)")
+    p.add_argument("--calibration", type=int, metavar="N", help="with --precision int8: training images to calibrate on (default 128, seeded)")
     p.add_argument("--hf-folder", help="with --model (a pruned Hugging Face ViT or DeiT): a save_pretrained folder with the pruned sizes")
     _add_threads(p, device=False)  # the export and its check run on the CPU: ONNX Runtime's CPU provider is the reference
     p.set_defaults(func=cmd_export)
@@ -657,6 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
                    help="what runs an .onnx model (default: onnxruntime; openvino needs `pip install 'metavote[openvino]'`)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="what an .onnx model runs in (default: the precision it was exported for; bf16: OpenVINO on a CPU with bf16)")
     _add_threads(p)  # an .onnx model runs in ONNX Runtime or OpenVINO on the CPU, on --threads threads
     p.set_defaults(func=cmd_predict)
 

@@ -65,18 +65,30 @@ def with_layer(ctx: BenchContext, save_to: str | os.PathLike | None = None) -> B
     return dataclasses.replace(ctx, zoo=top)
 
 
-def default_method(zoo: Zoo, ratio: float, align: int = 1) -> tuple[str, str]:
+def default_method(zoo: Zoo, ratio: float, align: int | str = 1) -> tuple[str, str]:
     """The method ``prune`` uses when none is named, and why: the nearest record when the zoo's
     records were pruned at ``ratio`` (its start is one sub-network trained as a whole, and it was
     ahead of MVP on every zoo measured), else MVP, whose vote makes a sub-network of any ratio
-    (and of aligned widths, ``align`` > 1)."""
-    if align > 1:
-        return "mvp", f"widths in multiples of {align} are drawn by the vote; a record keeps its own"
+    (and of aligned widths, ``align`` > 1 or ``"auto"``)."""
+    if align == "auto" or align > 1:
+        return "mvp", f"widths in multiples of {align if align != 'auto' else 'this CPU’s channel block'} are drawn by the vote; a record keeps its own"
     ratios = sorted(float(r) for r in zoo.param_values("ratio", zoo.source_method))
     if any(abs(r - ratio) < 1e-9 for r in ratios):
         return "nearest", f"the zoo's records are pruned at r = {ratio:g}, so the nearest one is kept as it is"
     held = ", ".join(f"{r:g}" for r in ratios) or "unknown"
     return "mvp", f"the zoo's records are pruned at r = {held}, not {ratio:g}: the vote makes a sub-network of the ratio asked"
+
+
+def check_settings_used(method: str, given: set[str], chosen: bool = False) -> None:
+    """One line naming ``method`` when a setting the caller gave is one it does not use (``chosen``:
+    by ``--method auto``, whose choice the line names), rather than dropping it in silence."""
+    cls = get_method_class(method)
+    unused = sorted(k for k in given if k not in method_settings(method) or k in cls.ignores)
+    if unused:
+        names = ", ".join(f"--{k.replace('_', '-')}" for k in unused)
+        how = f"{method} (chosen by --method auto)" if chosen else method
+        raise ConfigError(f"{how} does not use {names}; leave {'it' if len(unused) == 1 else 'them'} out"
+                          + (", or name the method that does (--method mvp)" if chosen else ""))
 
 
 def prune(ctx: BenchContext, classes: Sequence[str] | None = None, method: str = "auto", profile_name: str = "cpu", save: bool = True,
@@ -88,9 +100,12 @@ def prune(ctx: BenchContext, classes: Sequence[str] | None = None, method: str =
     joins the zoo as a record of its method (if the method prunes units: PoWER's tokens are not a
     record); with ``out`` it is also written as a standalone model file (:func:`~metavote.deploy.load_pruned`)."""
     budget = {k: settings.pop(k) for k in ("ratio", "iterations", "lr", "batch_size") if k in settings}
-    p = get_profile(profile_name, temperature=settings.pop("temperature", None))
-    if method == "auto":
+    temperature = settings.pop("temperature", None)
+    p = get_profile(profile_name, temperature=temperature)
+    chosen = method == "auto"
+    if chosen:
         method = default_method(ctx.zoo, budget.get("ratio", p.ratio), settings.get("align") or 1)[0]
+    check_settings_used(method, set(settings) | ({"temperature"} if temperature is not None else set()), chosen)
     cls = get_method_class(method)
     extra = {"dataset": ctx.dataset} if "dataset" in method_settings(method) else {}  # MVP's embedding similarity
     m = create_method(method, **p.settings(method, **({"iterations": p.iterations} | budget)), **settings, **extra)

@@ -11,3 +11,6 @@ METHOD_KEYS: tuple[str, ...] = (
 
 RUNTIMES: tuple[str, ...] = ("onnxruntime", "openvino")
 """What can run an exported ``.onnx`` model (``predict --runtime``; :func:`metavote.deploy.open_model`)."""
+
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
+"""What an exported model runs in (``export --precision``, ``predict --precision``; :mod:`metavote.deploy`)."""

@@ -140,6 +140,8 @@ def step_flops(model: nn.Module, batch_size: int = 128, backward: bool = True, i
     ``model`` at this batch size on its own input size (``model.input_size``), counted by
     ``FlopCounterMode`` on a copy of the model (its BatchNorm statistics are not touched)."""
     probe = copy.deepcopy(model).train()
+    if not backward:  # torch's FLOP counter fails on a module that returns a bare trainable parameter under no_grad (Perceiver's)
+        probe.requires_grad_(False)
     device = next(probe.parameters()).device
     x = torch.rand(batch_size, *(input_size or _input_size(model)), device=device)
     with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(backward):

@@ -12,7 +12,7 @@ transformation; IHT-based Reptile), over ``sparse.py`` (training with units swit
 
 from .ahnp import AHNP, ScoreGates
 from .dlth import DLTH
-from .base import METHODS, Method, PruneResult, create_method, get_method_class, method_settings, register, task_head
+from .base import METHODS, Method, PruneResult, conventional_method, create_method, get_method_class, method_settings, register, task_head
 from .ifp import IFP
 from .mest import MEST
 from .mvp import DEFAULT_TEMPERATURE, MVP, NearestRecord, average_neighbours, sample_by_votes, vote_counts
@@ -23,6 +23,6 @@ from .sparse import UnitMask, magnitude_subnetwork
 from .uvc import UVC, distillation_loss
 
 __all__ = [
-    "AHNP", "DLTH", "IHTReptile", "MEST", "UnitMask", "magnitude_subnetwork", "PaperRandomPruning", "PoWER", "UVC", "distillation_loss", "retention_config", "ScoreGates", "DEFAULT_TEMPERATURE", "IFP", "METHODS", "MVP", "Method", "NearestRecord", "PruneResult", "RandomPruning", "average_neighbours", "create_method",
+    "AHNP", "DLTH", "IHTReptile", "MEST", "UnitMask", "magnitude_subnetwork", "PaperRandomPruning", "PoWER", "UVC", "distillation_loss", "retention_config", "ScoreGates", "DEFAULT_TEMPERATURE", "IFP", "METHODS", "MVP", "Method", "NearestRecord", "PruneResult", "RandomPruning", "average_neighbours", "conventional_method", "create_method",
     "get_method_class", "method_settings", "random_subnetwork", "register", "sample_by_votes", "task_head", "vote_counts",
 ]

@@ -5,7 +5,9 @@ input of ``attn.proj`` / ``mlp.fc2``, where a unit's slice enters the next layer
 with a small learning rate and the scores with a large one, under an L1 penalty on the scores;
 after each step, units whose score fell below ``threshold`` are removed physically (so later steps
 cost less), the lowest first, until the model keeps round((1 - r) n) heads and round((1 - r) n)
-MLP nodes in all. Which blocks keep them is the scores' choice: a block may lose every head. Then
+MLP nodes in all. Which blocks keep them is the scores' choice: a block may lose every head where
+it runs without them (metavote's own ViT), and keeps its best one where it cannot (a traced model's
+attention, whatever its head count: :func:`~metavote.pruning.kind_targets` counts one per such block). Then
 the scores are folded into the weights and the model is fine-tuned for the rest of the budget.
 """
 
@@ -74,7 +76,8 @@ class ScoreGates:
 
 def global_removal(scores: dict[str, torch.Tensor], groups: list[UnitGroup], targets: dict[str, int], threshold: float) -> dict[str, np.ndarray]:
     """Per group, the local indices to keep after removing units scored below ``threshold``, the
-    lowest first, without taking any kind of unit below its target count (``targets[kind]``)."""
+    lowest first, without taking any kind of unit below its target count (``targets[kind]``) and
+    without emptying a group that cannot run empty (its last unit stays, the next lowest goes)."""
     keep = {g.name: np.ones(g.size, dtype=bool) for g in groups}
     for kind, target in targets.items():
         members = [g for g in groups if g.kind == kind]
@@ -82,9 +85,17 @@ def global_removal(scores: dict[str, torch.Tensor], groups: list[UnitGroup], tar
         owner = np.concatenate([[i] * g.size for i, g in enumerate(members)]).astype(int)
         local = np.concatenate([np.arange(g.size) for g in members]).astype(int)
         order = torch.argsort(values, stable=True)
-        low = order[values[order] < threshold][: max(0, len(values) - target)].numpy()
-        for i in low:
-            keep[members[owner[i]].name][local[i]] = False
+        left = {g.name: g.size for g in members}
+        budget = max(0, len(values) - target)
+        for i in order[values[order] < threshold].numpy():
+            if not budget:
+                break
+            group = members[owner[i]]
+            if left[group.name] == 1 and not group.can_be_empty:
+                continue
+            keep[group.name][local[i]] = False
+            left[group.name] -= 1
+            budget -= 1
     return {name: np.flatnonzero(mask) for name, mask in keep.items()}
 
 

@@ -27,7 +27,8 @@ from ..data import TaskData
 from ..errors import ConfigError
 from ..models.base import Backbone, replace_head
 from ..models.units import UnitGroup
-from ..pruning import PruneResult, SubNetwork, aligned_widths, target_widths
+from ..profiles import Profile
+from ..pruning import PruneResult, SubNetwork, aligned_widths, host_aligned_widths, target_widths
 from ..training import OPTIMIZERS, Costs, Timer, evaluate, finetune, imprint_head, recalibrate_bn
 
 if TYPE_CHECKING:
@@ -66,7 +67,9 @@ class Method:
     which BatchNorm statistics are re-estimated after the last step, before evaluation; 0 keeps the
     running averages of training, a no-op for models without BatchNorm), ``align`` (kept widths in
     multiples of this, at no more FLOPs than the ratio's: :func:`~metavote.pruning.aligned_widths`;
-    8 suits ONNX Runtime's AVX2 kernels; 1 keeps round((1 - r) n) per group, the paper's widths).
+    8 suits ONNX Runtime's AVX2 kernels, and its AVX-512 ones too; ``"auto"``: this CPU's channel block
+    where the FLOPs allow it, :func:`~metavote.pruning.host_aligned_widths`; 1 keeps round((1 - r) n)
+    per group, the paper's widths).
 
     Why ``refresh_bn``: after a few steps the running averages lag the weights. Measured on eight
     validation tasks (seed 7, ``cpu`` profile, r = 0.8; ``benchmarks/bn_refresh.py``), the same
@@ -82,6 +85,7 @@ class Method:
     needs_zoo: ClassVar[bool] = False
     builds_zoo: ClassVar[bool] = True  # its result is a sub-network of units a zoo record can keep
     aligns: ClassVar[bool] = True  # it keeps per-group widths, so ``align`` applies
+    ignores: ClassVar[frozenset[str]] = frozenset()  # settings it inherits but does not use (given ones are refused by ``prune``)
 
     ratio: float = 0.9
     iterations: int = 100
@@ -90,9 +94,11 @@ class Method:
     seed: int | None = None
     optimizer: str = "sgd"
     refresh_bn: int = 5
-    align: int = 1
+    align: int | str = 1
 
     def __post_init__(self) -> None:
+        if self.align != "auto" and (not isinstance(self.align, int) or isinstance(self.align, bool)):
+            raise ConfigError(f"align must be a whole number of channels or 'auto', got {self.align!r}")
         if not 0 < self.ratio < 1:
             raise ConfigError(f"pruning ratio must be in (0, 1), got {self.ratio}")
         if self.iterations < 0:
@@ -105,9 +111,9 @@ class Method:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         if self.refresh_bn < 0:
             raise ConfigError(f"refresh_bn must be >= 0, got {self.refresh_bn}")
-        if self.align < 1:
+        if self.align != "auto" and self.align < 1:
             raise ConfigError(f"align must be >= 1, got {self.align}")
-        if self.align > 1 and not self.aligns:
+        if self.align != 1 and not self.aligns:
             raise ConfigError(f"{self.key} does not choose per-group widths, so it cannot align them; leave out align")
 
     @property
@@ -119,9 +125,12 @@ class Method:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
 
     def widths(self, model: Backbone, groups: Sequence[UnitGroup] | None = None) -> dict[str, int]:
-        """Units kept per group: the ratio's widths, moved to multiples of ``align`` when it is above 1."""
+        """Units kept per group: the ratio's widths, moved to multiples of ``align`` when it is above 1
+        (``"auto"``: :func:`~metavote.pruning.host_aligned_widths`)."""
         groups = groups if groups is not None else model.unit_groups()
         widths = target_widths(groups, self.ratio)
+        if self.align == "auto":
+            return host_aligned_widths(model, widths, groups)
         return aligned_widths(model, widths, self.align, groups) if self.align > 1 else widths
 
     # -- the skeleton
@@ -201,3 +210,30 @@ def create_method(key: str, **settings) -> Method:
     return cls(**settings)
 
 
+
+
+def conventional_method(model: Backbone, profile: Profile, **overrides) -> tuple[Method, str]:
+    """The conventional pruner a zoo of ``model`` is built with under ``profile``, and why: the
+    profile's own (IFP for the ResNet profiles, AHNP for the ViT ones) when the model has what it
+    needs, else the first of AHNP (attention heads), IFP with activation importance (a norm or layer
+    to measure at in every group) and IFP with magnitude importance (any units) that it can run:
+    a Hugging Face ViT under a ResNet profile, a CNN under a ViT profile. ``overrides``: the
+    profile's budget settings (``ratio``, ``iterations``, ``lr``, ``batch_size``) and IFP's
+    ``importance`` (which names IFP)."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    importance = overrides.pop("importance", None)
+    candidates = [(profile.upper_bound, {}), ("ahnp", {}), ("ifp", {}), ("ifp", {"importance": "magnitude"})]
+    if importance is not None:
+        candidates = [("ifp", {"importance": importance})]
+    caps, tried = model.capabilities(), []
+    for key, extra in dict.fromkeys((k, tuple(e.items())) for k, e in candidates):
+        method = create_method(key, **profile.settings(key, **overrides, **dict(extra)))
+        missing = method.requirements() - caps
+        if not missing:
+            label = f"{key} with {dict(extra)['importance']} importance" if extra else key
+            why = (f"the {profile.name} profile's conventional method" if (key, extra) == (profile.upper_bound, ())
+                   else f"{label}: the {profile.name} profile's {profile.upper_bound} needs {tried[0]}, which this model lacks" if tried
+                   else f"{label}, as asked")
+            return method, why
+        tried.append(" and ".join(CAPABILITIES[c] for c in sorted(missing)))
+    raise ConfigError(f"no conventional pruner runs on this {type(model).__name__}: it lacks {tried[-1]}")

@@ -208,7 +208,7 @@ class MVP(Method):
             raise ConfigError("MVP needs at least one neighbour record")
         if self.similarity not in SIMILARITIES:
             raise ConfigError(f"similarity must be one of {', '.join(SIMILARITIES)}, got {self.similarity!r}")
-        if self.omega == "nearest" and self.align > 1:
+        if self.omega == "nearest" and self.align != 1:
             raise ConfigError("the nearest record keeps its own widths, so it cannot align them; use mvp (its vote draws aligned widths)")
         self._measures: dict = {}  # built once: the embedding caches its class means, the search its index
 
@@ -352,6 +352,8 @@ class NearestRecord(MVP):
 
     key = "nearest"
     name = "nearest record"
+
+    ignores = frozenset({"temperature", "omega"})  # it keeps the record's units: there is no vote to temper
 
     neighbours: int | Sequence[ZooRecord] = 1
     omega: str = "nearest"

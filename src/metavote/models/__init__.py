@@ -4,7 +4,8 @@
 Transformers, timm's keys. ``traced.py``: any other classifier, its units traced from its graph
 (``trace.py``); ``hf.py``: Hugging Face image classifiers. ``base.py``: the interface, the registry
 (:func:`create_model`) and task heads. ``units.py``: how a family declares its prunable units.
-``weights.py``: files and loading.
+``weights.py``: files and loading. ``cutting.py``: how each layer type is cut (the tracer's check and
+:mod:`metavote.pruning.surgery` both use it).
 """
 
 from .base import (

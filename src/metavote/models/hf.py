@@ -4,8 +4,9 @@
 A fine-tuned model saved with ``save_pretrained`` is a folder (``config.json`` + ``model.safetensors``,
 often a ``preprocessor_config.json``). :func:`load_hf` reads it with ``local_files_only`` (nothing is
 downloaded) into a :class:`~metavote.models.traced.TracedModel`: the ``*ForImageClassification``
-model of its config (ConvNeXt, ConvNeXt V2, MobileNetV2, EfficientNet, RegNet, ResNet, ViT, DeiT,
-Swin, ...), its label names as class names, and the image processor's size, mean and std. Its
+model of its config (every class transformers 5.25 lists is walked in ``tests/test_hf_walk.py``: most
+prune end to end, the others are refused in one line, see the README), its label names as class
+names, and the image processor's size, mean and std. Its
 config is ``{"arch": "hf", "hf_config": ...}``, so zoo records and standalone pruned files rebuild
 it from the config alone.
 
@@ -25,13 +26,14 @@ import copy
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, one_line
+from ..errors import CheckpointError, ConfigError, MetavoteError, one_line
 from .base import IMAGENET_MEAN, IMAGENET_STD, register_model
 from .traced import TracedModel
 
@@ -50,16 +52,74 @@ def transformers_module():
 
 
 def classifier_name(net: nn.Module) -> str:
-    """The final linear layer of a ``*ForImageClassification`` model (``classifier`` or ``classifier.1``)."""
+    """The final linear layer of a ``*ForImageClassification`` model: the one linear of its label
+    count outside the base model (``classifier``, ``classifier.1``, ``classifier.linear``, ``head``),
+    else the last linear under ``classifier``."""
+    labels = getattr(getattr(net, "config", None), "num_labels", None)
+    prefix = f"{getattr(net, 'base_model_prefix', '')}."
+    heads = [n for n, m in net.named_modules() if isinstance(m, nn.Linear) and m.out_features == labels and not n.startswith(prefix)]
+    if len(heads) == 1:
+        return heads[0]
+    anywhere = [n for n, m in net.named_modules() if isinstance(m, nn.Linear) and m.out_features == labels]
+    if not heads and len(anywhere) == 1:  # a head inside the base model (Perceiver's decoder)
+        return anywhere[0]
     names = [n for n, m in net.named_modules() if isinstance(m, nn.Linear) and n.split(".")[0] == "classifier"]
     if not names:
         raise ConfigError(f"{type(net).__name__} has no linear classifier (a model built with num_labels=0?)")
     return names[-1]
 
 
+MAX_PARAMETERS = 1_000_000_000
+"""The largest Hugging Face model built (counted on the meta device first, so that a multimodal
+giant is refused in one line instead of filling the memory)."""
+
+
+def _model_class(transformers, config) -> str:
+    """The name of the ``*ForImageClassification`` class a config builds (its ``architectures`` picks
+    among several), or None when transformers has none for it."""
+    names = transformers.models.auto.modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.get(config.model_type)
+    names = [names] if isinstance(names, str) else list(names or ())
+    return next((a for a in (config.architectures or ()) if a in names), names[0] if names else None)
+
+
+def _build(transformers, config, what: str, meta_only: bool = False) -> nn.Module | None:
+    """``AutoModelForImageClassification.from_config``, with each way it can fail as one line
+    (``meta_only``: only check that it can be built, on the meta device)."""
+    try:
+        with torch.device("meta"):
+            skeleton = transformers.AutoModelForImageClassification.from_config(config)
+        count = sum(p.numel() for p in skeleton.parameters())
+        del skeleton
+        if count > MAX_PARAMETERS:
+            raise ConfigError(f"{what}: {count / 1e9:.1f} B parameters, more than metavote builds "
+                              f"(metavote.models.hf.MAX_PARAMETERS = {MAX_PARAMETERS / 1e9:g} B); not an image classifier to prune here")
+        return None if meta_only else transformers.AutoModelForImageClassification.from_config(config)
+    except ImportError as e:
+        needs = re.search(r"requires the (\S+) librar", str(e))
+        raise ConfigError(f"{what} cannot be built here: it needs the {needs.group(1) if needs else 'missing'} package "
+                          f"({one_line(e, 120)})") from e
+    except MetavoteError:
+        raise
+    except Exception as e:  # noqa: BLE001 (transformers raises what it likes on a config it cannot build)
+        raise ConfigError(f"{what} cannot be built from this config ({type(e).__name__}: {one_line(e, 160)})") from e
+
+
+def check_single_head(net: nn.Module) -> None:
+    """Refuse, in one line, a classifier that averages several heads (DeiT and LeViT "WithTeacher",
+    SwiftFormer's ``head`` and ``dist_head``): metavote lifts one linear classifier out."""
+    labels = getattr(getattr(net, "config", None), "num_labels", None)
+    prefix = f"{getattr(net, 'base_model_prefix', '')}."
+    heads = [n for n, m in net.named_modules() if isinstance(m, nn.Linear) and m.out_features == labels and not n.startswith(prefix)]
+    if len(heads) > 1:
+        raise ConfigError(f"{type(net).__name__} averages {len(heads)} classifier heads ({', '.join(heads)}); metavote prunes a model "
+                          "with one linear classifier (a distilled model's plain class, such as DeiTForImageClassification, has one)")
+
+
 @register_model("hf")
 def hf_model(hf_config: dict, num_classes: int | None = None) -> nn.Module:
-    """A randomly initialised Hugging Face image classifier from its config's dict (``model_type`` and settings)."""
+    """A randomly initialised Hugging Face image classifier from its config's dict (``model_type`` and
+    settings; ``architectures`` picks among a type's classes). Whatever transformers cannot build
+    here (a missing package, a config it refuses, a model of more than :data:`MAX_PARAMETERS`) is one line."""
     transformers = transformers_module()
     settings = {k: v for k, v in hf_config.items() if k not in ("id2label", "label2id", "num_labels")}
     model_type = settings.pop("model_type", None)
@@ -69,13 +129,14 @@ def hf_model(hf_config: dict, num_classes: int | None = None) -> nn.Module:
         raise ConfigError(f"not a Hugging Face config: {one_line(e)}") from e
     if num_classes:
         config.num_labels = num_classes
+    cls = _model_class(transformers, config)
+    if cls is None:
+        raise ConfigError(f"Hugging Face {model_type!r} is not an image classifier that transformers can build (no *ForImageClassification class)")
     if not config.architectures:  # some configs name no class, and from_config then fails inside transformers
-        names = transformers.models.auto.modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.get(model_type)
-        config.architectures = [names if isinstance(names, str) else names[0]] if names else None
-    try:
-        net = transformers.AutoModelForImageClassification.from_config(config)
-    except ValueError as e:
-        raise ConfigError(f"Hugging Face {model_type!r} is not an image classifier that transformers can build ({one_line(e, 160)})") from e
+        config.architectures = [cls]
+    net = _build(transformers, config, f"Hugging Face {model_type!r} ({cls})")
+    check_single_head(net)
+    net.metavote_classifier = classifier_name(net)  # what TracedModel lifts out as the head
     return net.eval()
 
 
@@ -208,21 +269,37 @@ def load_hf(path: str | os.PathLike) -> tuple[TracedModel, dict]:
         config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"{folder}/config.json is not a usable Hugging Face config ({one_line(e, 200)})") from e
+    cls = _model_class(transformers, config)
+    if cls is None:
+        raise ConfigError(f"{folder}: a {config.model_type!r} model is not an image classifier that transformers can build "
+                          "(no *ForImageClassification class)")
+    config.architectures = [cls]
+    _build(transformers, config, f"{folder}: a {config.model_type!r} model ({cls})", meta_only=True)  # a missing package, a giant
     try:
         net, info = transformers.AutoModelForImageClassification.from_pretrained(folder, local_files_only=True, output_loading_info=True)
     except ValueError as e:
         raise ConfigError(f"{folder}: a {config.model_type!r} model is not an image classifier that transformers can build "
                           f"({one_line(e, 160)})") from e
-    except (OSError, RuntimeError) as e:
-        raise CheckpointError(f"{folder}: the weights do not fit its config ({one_line(e, 240)})") from e
+    except Exception as e:  # noqa: BLE001 (OSError, RuntimeError, and whatever a model's own loading code raises)
+        raise CheckpointError(f"{folder}: the weights do not fit its config ({type(e).__name__}: {one_line(e, 240)})") from e
+    check_single_head(net)
     problems = [f"{len(info[k])} {k.replace('_', ' ')} ({', '.join(map(str, info[k][:3]))})"
                 for k in ("missing_keys", "mismatched_keys") if info.get(k)]
     if problems:
         raise CheckpointError(f"{folder}: the weights do not fill the architecture its config describes: {'; '.join(problems)}")
     input_size, mean, std = _preprocessing(folder, config)
     settings = {k: v for k, v in config.to_dict().items() if k not in ("id2label", "label2id", "architectures")}
+    names = transformers.models.auto.modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.get(config.model_type)
+    if not isinstance(names, str):  # a type of several classes: the config says which (DeiT "WithTeacher", Perceiver's three)
+        settings["architectures"] = [type(net).__name__]
     model = TracedModel(net.eval(), classifier_name(net), input_size=input_size, mean=mean, std=std,
                         config={"arch": "hf", "hf_config": settings})
+    try:
+        with torch.no_grad():
+            model(torch.rand(1, *input_size, generator=torch.Generator().manual_seed(0)))
+    except Exception as e:  # noqa: BLE001 (whatever the model's own forward raises)
+        raise CheckpointError(f"{folder}: the model does not run on its own input {tuple(input_size)} "
+                              f"({type(e).__name__}: {one_line(e, 200)})") from e
     labels = [config.id2label[i] for i in range(config.num_labels)] if config.id2label else []
     named = labels and not all(str(label) == f"LABEL_{i}" for i, label in enumerate(labels))
     meta = {"config": model.config, "arch": "hf", "hf_model_type": config.model_type, "classes": [str(c) for c in labels] if named else None,

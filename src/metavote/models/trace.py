@@ -28,7 +28,15 @@ turns each such coupled set into a :class:`~metavote.models.units.UnitGroup`, wi
   channels, as in ConvNeXt's residual stream), is left whole and reported in ``skipped``. Zeroing a
   unit in place and cutting it out must agree, as voting, averaging and the dense view assume it.
   A layer type that has no cutter
-  (:data:`~metavote.pruning.surgery.CUTTERS`) is an error naming it.
+  (:data:`~metavote.models.cutting.CUTTERS`) is an error naming it.
+- **Nothing ends in a traceback or a hang.** A model that does not run on its own example input,
+  or whose graph Torch-Pruning cannot build, is refused in one line (:class:`ConfigError`) naming
+  it and why. A channel set whose dependency search fails or does not settle (a cycle of channel
+  index mappings: a split of channels fed back into the same layers) is left whole, named after
+  its root layer, as is a group whose cut-out raises (a reshape that hard-codes a channel count)
+  or that is coupled through a GroupNorm of several groups. The whole trace has a time budget
+  (:data:`TRACE_SECONDS`) and each dependency search a size budget; running over either is a
+  one-line refusal naming the stage.
 
 Why Torch-Pruning: it is the maintained dependency tracer of the field, knows residual adds,
 concatenations, depthwise convolutions and unwrapped parameters, and needs only an example input;
@@ -37,7 +45,9 @@ concatenations, depthwise convolutions and unwrapped parameters, and needs only 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import time
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -46,11 +56,33 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MetavoteError, one_line
+from .cutting import HEAD_ATTRIBUTES, find_cutter, shrink_, zero_units
 from .units import IN, OUT, PARAM, Slot, UnitGroup
 
-HEAD_ATTRIBUTES = ("num_heads", "num_attention_heads")
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+TRACE_SECONDS = 300.0
+"""The time budget of one trace (forward-order pass, Torch-Pruning's graph and dependency searches,
+the cut-out check), in seconds: past it the trace is refused in one line naming the stage."""
+SEARCH_ITEMS = 8
+"""The size budget of one dependency search: at most this many items per node of the graph (a
+search that grows past it does not settle, and its channels are left whole)."""
+
+
+class _OverBudget(Exception):
+    pass
+
+
+class _Deadline:
+    """The time left to a trace; :meth:`check` raises :class:`_OverBudget` past it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.end = seconds, time.monotonic() + seconds
+
+    def check(self) -> None:
+        if time.monotonic() > self.end:
+            raise _OverBudget()
 
 
 @dataclass
@@ -71,16 +103,18 @@ class _Proto:
 
 
 def _head_count(model: nn.Module, name: str, heads: Mapping[str, int]) -> tuple[str, int] | None:
-    """The attention module a linear layer belongs to (its parent, when that says how many heads it
-    has, or names it in ``heads``) and its head count."""
-    owner = name.rpartition(".")[0]
-    if owner in heads:
-        return owner, int(heads[owner])
-    module = model.get_submodule(owner)
-    for attr in HEAD_ATTRIBUTES:
-        value = getattr(module, attr, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return owner, value
+    """The attention module a linear layer belongs to (its parent, or its grandparent when the
+    linear sits in a wrapper such as LeViT's linear-and-BatchNorm, that says how many heads it has,
+    or is named in ``heads``) and its head count."""
+    parent = name.rpartition(".")[0]
+    for owner in (parent, parent.rpartition(".")[0]) if parent else (parent,):
+        if owner in heads:
+            return owner, int(heads[owner])
+        module = model.get_submodule(owner)
+        for attr in HEAD_ATTRIBUTES:
+            value = getattr(module, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return owner, value
     return None
 
 
@@ -103,8 +137,12 @@ def _execution_order(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     return order
 
 
-def _dependency_groups(model: nn.Module, example: torch.Tensor, ignore: Iterable[nn.Module]) -> list[_Proto]:
+def _dependency_groups(model: nn.Module, example: torch.Tensor, ignore: Iterable[nn.Module], deadline: _Deadline,
+                       what: str) -> tuple[list[_Proto], dict[str, str]]:
+    """Torch-Pruning's coupled channel sets, one per root layer not yet reached (as its
+    ``get_all_groups``, with each search bounded), and the root layers whose search failed, with why."""
     import torch_pruning as tp
+    from torch_pruning.dependency import graph as tp_graph
 
     names = {m: n for n, m in model.named_modules()}
     param_names = {id(p): n for n, p in model.named_parameters()}
@@ -116,19 +154,83 @@ def _dependency_groups(model: nn.Module, example: torch.Tensor, ignore: Iterable
     dims = {id(p): d for p, d in unwrapped}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, unwrapped_parameters=unwrapped)
-        protos = []
-        for group in graph.get_all_groups(ignored_layers=list(ignore), root_module_types=(nn.modules.conv._ConvNd, nn.Linear)):
-            items = []
-            for dep, idxs in group:
-                target = dep.target.module
-                role = IN if "in_channels" in dep.handler.__name__ else OUT
-                if isinstance(target, nn.Parameter) or (hasattr(target, "data") and id(target) in param_names):
-                    items.append((param_names[id(target)], PARAM, [int(i) for i in idxs], dims[id(target)]))
-                elif isinstance(target, nn.Module) and target in names:
-                    items.append((names[target], role, [int(i) for i in idxs], 0))
-            protos.append(_Proto(len(group[0][1]), items))
-    return protos
+        try:
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, unwrapped_parameters=unwrapped)
+        except MetavoteError:
+            raise
+        except Exception as e:  # noqa: BLE001 (Torch-Pruning raises what it likes on a graph it does not know)
+            raise ConfigError(f"cannot trace {what}: Torch-Pruning cannot build its dependency graph{_operation(e)} "
+                              f"({type(e).__name__}: {one_line(e, 160)})") from e
+        limit = SEARCH_ITEMS * max(len(graph.module2node), 16)
+
+        class Bounded(tp_graph.Group):  # a dependency search that keeps growing never settles: stop it
+            def add_dep(self, dep, idxs):
+                if len(self._group) >= limit:
+                    raise _OverBudget("size")
+                if len(self._group) % 64 == 0:
+                    deadline.check()
+                super().add_dep(dep, idxs)
+
+        protos, failed, visited = [], {}, set()
+        ignored = list(ignore) + list(graph.IGNORED_LAYERS_IN_TRACING)
+        original, tp_graph.Group = tp_graph.Group, Bounded
+        try:
+            for m in list(graph.module2node):
+                deadline.check()
+                if any(m is i for i in ignored) or not isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or m in visited:
+                    continue
+                pruner = graph.get_pruner_of_module(m)
+                if pruner is None or pruner.get_out_channels(m) is None:
+                    continue
+                try:
+                    group = graph.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
+                except _OverBudget as e:
+                    if not e.args:
+                        raise
+                    failed[names.get(m, "?")] = "Torch-Pruning's dependency search does not settle on these channels (a cycle of channel index mappings, such as a split of channels fed back into the same layers)"
+                    continue
+                except MetavoteError:
+                    raise
+                except Exception as e:
+                    failed[names.get(m, "?")] = f"Torch-Pruning cannot map these channels ({type(e).__name__}: {one_line(e, 120)})"
+                    continue
+                prunable = True
+                for dep, _ in group:
+                    if graph.is_out_channel_pruning_fn(dep.handler):
+                        visited.add(dep.target.module)
+                        prunable &= not any(dep.target.module is i for i in ignored)
+                if not prunable:
+                    continue
+                items = []
+                for dep, idxs in group:
+                    target = dep.target.module
+                    role = IN if "in_channels" in dep.handler.__name__ else OUT
+                    if isinstance(target, nn.Parameter) or (hasattr(target, "data") and id(target) in param_names):
+                        items.append((param_names[id(target)], PARAM, [int(i) for i in idxs], dims[id(target)]))
+                    elif isinstance(target, nn.Module) and target in names:
+                        items.append((names[target], role, [int(i) for i in idxs], 0))
+                protos.append(_Proto(len(group[0][1]), items))
+        finally:
+            tp_graph.Group = original
+    return protos, failed
+
+
+OPERATIONS = {"concat": "a concatenation (torch.cat)", "split": "a split of channels", "reshape": "a reshape", "flatten": "a flatten",
+              "unbind": "an unbind", "expand": "an expand", "slice": "a slice of channels"}
+
+
+def _operation(error: BaseException) -> str:
+    """ `` through <the operation>`` where Torch-Pruning failed, read off its traceback, or ``""``."""
+    frames, tb = [], error.__traceback__
+    while tb is not None:
+        if "torch_pruning" in tb.tb_frame.f_code.co_filename:
+            frames.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    for name in reversed(frames):
+        for key, operation in OPERATIONS.items():
+            if key in name:
+                return f" through {operation}"
+    return ""
 
 
 def _plain_slot(name: str, role: str, idxs: list[int], size: int, dim: int) -> Slot | None:
@@ -142,32 +244,50 @@ def _plain_slot(name: str, role: str, idxs: list[int], size: int, dim: int) -> S
 
 
 def trace_unit_groups(model: nn.Module, example: torch.Tensor, classifier: str | None = None,
-                      heads: Mapping[str, int] | None = None, ignore: Iterable[str] = (), verify: bool = True) -> Trace:
+                      heads: Mapping[str, int] | None = None, ignore: Iterable[str] = (), verify: bool = True,
+                      budget: float | None = None) -> Trace:
     """The prunable unit groups of ``model`` (see the module's docstring), traced on ``example``.
 
     ``classifier``: the head's module name (its inputs are a group's consumer; it is never a group
     of its own). ``heads``: head counts of attention modules that do not say theirs. ``ignore``:
     modules whose groups are left whole. ``verify``: cut half of each group out and keep it only if
     the outputs equal those with its units zeroed in place (``model`` must be a
-    :class:`~metavote.models.base.Backbone` for the cut)."""
-    from ..pruning.surgery import find_cutter
-
+    :class:`~metavote.models.base.Backbone` for the cut). ``budget``: seconds (default
+    :data:`TRACE_SECONDS`). Whatever cannot be traced is one :class:`ConfigError` line."""
     heads = dict(heads or {})
+    deadline = _Deadline(TRACE_SECONDS if budget is None else budget)
+    what = type(getattr(model, "net", model)).__name__
+    stage = "its forward pass"
     was_training = model.training
     model.eval()
     try:
-        order = _execution_order(model, example)
+        try:
+            order = _execution_order(model, example)
+        except MetavoteError:
+            raise
+        except Exception as e:
+            raise ConfigError(f"{what} does not run on its own input {tuple(example.shape[1:])}: {type(e).__name__}: {one_line(e, 200)}") from e
+        stage = "Torch-Pruning's dependency graph"
         with torch.enable_grad():
-            protos = _dependency_groups(model, example, [model.get_submodule(classifier)] if classifier else [])
+            protos, skipped = _dependency_groups(model, example, [model.get_submodule(classifier)] if classifier else [], deadline, what)
+        model.train(was_training)
+        stage = "the cut-out check"
+        return _groups(model, example, protos, skipped, order, heads, set(ignore), verify, deadline)
+    except _OverBudget as e:
+        raise ConfigError(f"tracing {what} ran over its {deadline.seconds:g} s budget in {stage} "
+                          f"(metavote.models.trace.TRACE_SECONDS)") from e
     finally:
         model.train(was_training)
-    module_order = {n: i for i, (n, _) in enumerate(model.named_modules())}
-    ignore = set(ignore)
-    skipped: dict[str, str] = {}
 
+
+def _groups(model: nn.Module, example: torch.Tensor, protos: list[_Proto], skipped: dict[str, str], order: Mapping[str, int],
+            heads: Mapping[str, int], ignore: set[str], verify: bool, deadline: _Deadline) -> Trace:
+    """The unit groups of the coupled channel sets (the rules of the module docstring), checked."""
+    module_order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     head_of = _attention_projections(model, protos, order, heads)
     grouped = _grouped_convolutions(model, protos)
     groups: list[UnitGroup] = []
+    interleaved: dict[str, UnitGroup] = {}  # head groups whose q, k, v may be laid out head by head instead
     for members in _merged(protos, grouped):
         items = [item for i in members for item in protos[i].items]
         label = min((n for n, r, _, _ in items if r == OUT), key=lambda n: order.get(n, len(order)), default=items[0][0])
@@ -176,14 +296,24 @@ def trace_unit_groups(model: nn.Module, example: torch.Tensor, classifier: str |
                 raise _Skip("the token width of an attention model (heads and MLP nodes are pruned instead)")
             if any(n in ignore or any(n.startswith(i + ".") for i in ignore) for n, _, _, _ in items):
                 raise _Skip("ignored")
+            norms = [n for n, r, _, _ in items if r != PARAM and isinstance(m := model.get_submodule(n), nn.GroupNorm)
+                     and m.num_groups not in (1, m.num_channels)]
+            if norms:
+                raise _Skip(f"{norms[0]} normalises these channels in groups of several (a GroupNorm of "
+                            f"{model.get_submodule(norms[0]).num_groups} groups): one cannot go alone")
             owners = {head_of[n] for n, r, _, _ in items if r == OUT and n in head_of}
             convs = {grouped[n] for n, _, _, _ in items if n in grouped}
             if owners:
-                group = _head_group(model, items, owners)
+                group = _head_group(model, items, owners, heads)
+                alternative = _head_group(model, items, owners, heads, interleaved=True)
+                if alternative != group:
+                    interleaved[group.name] = alternative
             elif convs:
                 group = _grouped_group(model, items, convs)
             else:
                 group = _channel_group(items, protos[members[0]].size)
+            if group.size < 2:
+                raise _Skip(f"one {'head' if group.kind == 'head' else 'unit'} only: nothing to choose from")
         except _Skip as why:
             skipped[label] = str(why)
             continue
@@ -193,29 +323,39 @@ def trace_unit_groups(model: nn.Module, example: torch.Tensor, classifier: str |
                                   "register one with metavote.register_cutter or leave it out with ignore=")
         groups.append(_finish(model, group, order))
     groups.sort(key=lambda g: min(module_order[p] for p in g.producers))
-    if verify:  # all groups at once (one cut), then one by one only when that fails
-        probe, example = _perturbed(model), example.double()
-        if not _removal_is_exact(probe, groups, groups, example):
-            for g in [g for g in groups if not _removal_is_exact(probe, groups, [g], example)]:
-                groups.remove(g)
-                skipped[g.name] = "removing units changes the others' outputs (a normalisation across these channels, such as a LayerNorm)"
+    if verify and groups:  # all groups at once (one cut), then one by one only when that fails
+        probe, example = _perturbed(model).eval(), example.double()
+        if _removal_fails(probe, groups, example) is not None:
+            for i, g in enumerate(list(groups)):  # each alone, so that one that fails does not take the others with it
+                deadline.check()
+                if (why := _removal_fails(probe, [g], example)) is None:
+                    continue
+                other = interleaved.get(g.name)
+                if other is not None and _removal_fails(probe, [other := _finish(model, other, order)], example) is None:
+                    groups[groups.index(g)] = other
+                else:
+                    groups.remove(g)
+                    skipped[g.name] = why
     return Trace(groups, skipped)
 
 
 def _attention_projections(model: nn.Module, protos: list[_Proto], order: Mapping[str, int],
                            heads: Mapping[str, int]) -> dict[str, tuple[str, int]]:
     """q, k and v (or a fused qkv), each with its attention module and head count: the linears of
-    an attention module whose outputs share a group with a later linear of the same module reading
-    them (the output projection). Their inputs are the token width."""
+    an attention module whose outputs share a group with a later linear reading them inside the
+    same module or beside it (the output projection: ``attention.output.dense`` beside
+    ``attention.self``, as BERT-style blocks put it). Their inputs are the token width."""
     head_of: dict[str, tuple[str, int]] = {}
     for proto in protos:
-        owned: dict[tuple[str, int], dict[str, list[str]]] = {}
+        owned: dict[tuple[str, int], list[str]] = {}
         for name, role, _, _ in proto.items:
-            if role != PARAM and isinstance(model.get_submodule(name), nn.Linear) and (found := _head_count(model, name, heads)):
-                owned.setdefault(found, {OUT: [], IN: []})[role].append(name)
-        for found, roles in owned.items():
-            if roles[OUT] and roles[IN] and min(order.get(n, 0) for n in roles[OUT]) < min(order.get(n, 0) for n in roles[IN]):
-                head_of.update(dict.fromkeys(roles[OUT], found))
+            if role == OUT and isinstance(model.get_submodule(name), nn.Linear) and (found := _head_count(model, name, heads)):
+                owned.setdefault(found, []).append(name)
+        for (owner, count), outs in owned.items():
+            scopes = tuple(f"{scope}." for scope in (owner, owner.rpartition(".")[0]) if scope)
+            readers = [n for n, r, _, _ in proto.items if r == IN and n.startswith(scopes) and isinstance(model.get_submodule(n), nn.Linear)]
+            if readers and min(order.get(n, 0) for n in outs) < min(order.get(n, 0) for n in readers):
+                head_of.update(dict.fromkeys(outs, (owner, count)))
     return head_of
 
 
@@ -261,23 +401,56 @@ def _perturbed(model: nn.Module) -> nn.Module:
     return copy_
 
 
-@torch.no_grad()
-def _removal_is_exact(model: nn.Module, groups: list[UnitGroup], tested: list[UnitGroup], example: torch.Tensor) -> bool:
-    """Whether cutting every other unit of the ``tested`` groups out gives the same outputs as
-    zeroing them in place (what voting, averaging and the dense view assume of a unit)."""
-    from ..pruning.surgery import shrink, zero_units
-
-    keep = {g.name: np.arange(g.size) for g in groups} | {g.name: np.arange(0, g.size, 2) for g in tested}
-    was_training = model.training
-    model.eval()
+@contextlib.contextmanager
+def _restored(model: nn.Module, groups: list[UnitGroup]):
+    """Give back, on leaving, every module the groups' slots touch as it was (its attributes and
+    tensors): the cut-out check cuts and zeroes the model itself instead of deep copies of it."""
+    names = {s.module.rpartition(".")[0] if s.role == PARAM else s.module for g in groups for s in g.slots}
+    names |= {g.name for g in groups if g.kind == "head"}
+    saved = {}
+    for name in names:
+        m = model.get_submodule(name)
+        saved[name] = (dict(m.__dict__), dict(m._parameters), dict(m._buffers),
+                       {k: t.detach().clone() for k, t in [*m._parameters.items(), *m._buffers.items()] if t is not None})
     try:
-        masked = copy.deepcopy(model)
-        zero_units(masked, tested, keep)
-        want = masked(example)
-        got = shrink(model, keep, groups).eval()(example)
+        yield
     finally:
-        model.train(was_training)
-    return bool(torch.allclose(got, want, rtol=1e-6, atol=1e-9 * float(want.abs().max()) + 1e-12))
+        with torch.no_grad():
+            for name, (attributes, params, buffers, values) in saved.items():
+                m = model.get_submodule(name)
+                m.__dict__.clear()
+                m.__dict__.update(attributes)
+                m._parameters, m._buffers = params, buffers
+                for k, t in [*params.items(), *buffers.items()]:
+                    if t is not None:
+                        t.copy_(values[k])
+
+
+@torch.no_grad()
+def _removal_fails(model: nn.Module, tested: list[UnitGroup], example: torch.Tensor) -> str | None:
+    """Why cutting every other unit of the ``tested`` groups out does not give the outputs of
+    zeroing them in place (what voting, averaging and the dense view assume of a unit), or None
+    when it does. A cut that raises (a reshape that hard-codes a channel count) is a reason too.
+    ``model`` (the float64 probe, in eval mode) is cut and zeroed, and given back as it was."""
+    keep = {g.name: np.arange(0, g.size, 2) for g in tested}
+    with _restored(model, tested):
+        try:
+            zero_units(model, tested, keep)
+            want = model(example)
+        except Exception as e:  # noqa: BLE001 (a unit that cannot be zeroed cannot be pruned either)
+            return f"its units cannot be zeroed in place ({type(e).__name__}: {one_line(e, 120)})"
+    with _restored(model, tested):
+        try:
+            shrink_(model, keep, tested)
+        except Exception as e:  # noqa: BLE001 (a cutter that fails on these indices)
+            return f"its units cannot be cut out ({type(e).__name__}: {one_line(e, 160)})"
+        try:
+            got = model(example)
+        except Exception as e:  # noqa: BLE001 (any failure of the cut model is a reason to leave the group whole)
+            return f"the model does not run with these units cut out ({type(e).__name__}: {one_line(e, 120)}): a layer reshapes them to a fixed count"
+    if got.shape == want.shape and torch.allclose(got, want, rtol=1e-6, atol=1e-9 * float(want.abs().max()) + 1e-12):
+        return None
+    return "removing units changes the others' outputs (a normalisation across these channels, such as a LayerNorm)"
 
 
 class _Skip(Exception):
@@ -294,27 +467,62 @@ def _channel_group(items, size: int) -> UnitGroup:
     return UnitGroup(items[0][0], size, tuple(slots))
 
 
-def _head_group(model: nn.Module, items, owners: set[tuple[str, int]]) -> UnitGroup:
+def _head_group(model: nn.Module, items, owners: set[tuple[str, int]], declared: Mapping[str, int],
+                interleaved: bool = False) -> UnitGroup:
+    """A group of heads: ``head_dim`` channels of each q, k, v and of the output projection's inputs,
+    one of a per-head table or scale (a relative-position table, LeViT's attention biases, Swin V2's
+    logit scale and the position-bias MLP's outputs). A fused layer of several ``head_dim`` per head
+    is q, k and v one after the other (``copies``), or, ``interleaved``, head after head (LeViT's
+    q, k, v of each head together: one block per head). A head count that does not fit is an error
+    when the user declared it (``heads=``), else the group is left whole."""
     if len(owners) > 1:
         raise _Skip(f"the outputs of several attention modules are coupled ({', '.join(sorted(o for o, _ in owners))})")
     (owner, count), = owners
-    widths = {}
+    fail = ConfigError if owner in declared else _Skip
+    listed = {name for name, _, _, _ in items}
+    extra = [(f"{owner}.{k}", PARAM, [], list(p.shape).index(count)) for k, p in model.get_submodule(owner).named_parameters(recurse=False)
+             if f"{owner}.{k}" not in listed and count in p.shape]  # a per-head table indexed by a buffer, which the graph does not follow
+    widths, items = {}, [_per_head_dim(model, owner, count, item) for item in items] + extra
     for name, role, idxs, dim in items:
-        n = model.get_parameter(name).shape[dim] if role == PARAM else len(idxs)
+        n = _channels(model, name, role, idxs, dim)
         if n % count:
-            raise ConfigError(f"{owner} has {count} heads, which do not divide the {n} channels of {name}")
+            raise fail(f"{owner} has {count} heads, which do not divide the {n} channels of {name}")
         widths[name, role] = n // count
     head_dim = min(w for w in widths.values() if w > 1) if any(w > 1 for w in widths.values()) else 1
     slots = []
     for name, role, _, dim in items:
         w = widths[name, role]
-        if w == 1 and role == PARAM:
-            slots.append(Slot(name, PARAM, dim=dim))
+        if w == 1:
+            slots.append(Slot(name, role, dim=dim))
+        elif interleaved:
+            slots.append(Slot(name, role, width=w, dim=dim))
         elif w % head_dim:
-            raise ConfigError(f"{name}: {w * count} channels are not a whole number of {count} heads of {head_dim}")
+            raise fail(f"{name}: {w * count} channels are not a whole number of {count} heads of {head_dim}")
         else:
             slots.append(Slot(name, role, width=head_dim, copies=w // head_dim, dim=dim))
     return UnitGroup(owner, count, tuple(slots), kind="head")
+
+
+def _per_head_dim(model: nn.Module, owner: str, count: int, item):
+    """A bare parameter of the attention module with one entry per head (LeViT's attention biases,
+    heads x points) is cut along its head dimension, whatever dimension Torch-Pruning guessed."""
+    name, role, idxs, dim = item
+    if role == PARAM and name.startswith(f"{owner}."):
+        shape = model.get_parameter(name).shape
+        if shape[dim] != count and count in shape:
+            return name, role, idxs, list(shape).index(count)
+    return item
+
+
+def _channels(model: nn.Module, name: str, role: str, idxs: list[int], dim: int) -> int:
+    """How many channels a slot's tensor has along its unit dimension (the layer's own size: a
+    dependency search through a reshape may report another count)."""
+    if role == PARAM:
+        return model.get_parameter(name).shape[dim]
+    weight = getattr(model.get_submodule(name), "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() >= (2 if role == IN else 1):
+        return weight.shape[1 if role == IN else 0]
+    return len(idxs)
 
 
 def _grouped_group(model: nn.Module, items, convs: set[int]) -> UnitGroup:

@@ -60,7 +60,7 @@ class TracedModel(Backbone):
         if len(input_size) != 3 or input_size[0] != 3:
             raise ConfigError(f"input_size must be (3, height, width), got {input_size}")
         super().__init__(mean, std, input_size)
-        classifier = classifier or _last_linear(net)
+        classifier = classifier or getattr(net, "metavote_classifier", None) or _last_linear(net)
         try:
             head = net.get_submodule(classifier)
         except AttributeError as e:
@@ -80,7 +80,8 @@ class TracedModel(Backbone):
     # -- forward
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.net(self.normalize(x))
-        out = getattr(out, "logits", out)  # Hugging Face outputs carry the (here: pre-logits) features as logits
+        if not isinstance(out, torch.Tensor):  # Hugging Face outputs carry the (here: pre-logits) features as logits (or first)
+            out = out.logits if getattr(out, "logits", None) is not None else out[0]
         return out.flatten(1) if out.dim() > 2 else out
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -104,10 +104,13 @@ def units_per_kind(groups: Sequence[UnitGroup]) -> dict[str, int]:
 
 def kind_targets(groups: Sequence[UnitGroup], ratio: float) -> dict[str, int]:
     """Units kept per kind in the whole model at ratio ``ratio``, round((1 - r) n) of each kind,
-    which blocks keep them left open (a global budget: AHNP, UVC)."""
+    which blocks keep them left open (a global budget: AHNP, UVC); never fewer than one per group of
+    that kind that cannot run empty (a traced model's attention: 12 blocks of 3 heads at r = 0.9 keep
+    12 heads, not 4), so a global pruner can always meet its target without emptying such a group."""
     if not 0 < ratio < 1:
         raise ConfigError(f"pruning ratio must be in (0, 1), got {ratio}")
-    targets = {kind: round((1 - ratio) * n) for kind, n in units_per_kind(groups).items()}
+    floors = {kind: sum(1 for g in groups if g.kind == kind and not g.can_be_empty) for kind in units_per_kind(groups)}
+    targets = {kind: max(round((1 - ratio) * n), floors[kind]) for kind, n in units_per_kind(groups).items()}
     empty = [kind for kind, n in targets.items() if n == 0]
     if empty:
         raise ConfigError(f"ratio {ratio} would leave the model without any {empty[0]}; use a smaller pruning ratio")

@@ -81,3 +81,21 @@ def aligned_widths(model: Backbone, widths: Mapping[str, int], multiple: int = 8
         if width_flops(model, out, groups) > budget:
             out[name] -= multiple
             tried.add(name)
+
+
+def host_aligned_widths(model: Backbone, widths: Mapping[str, int], groups: Sequence[UnitGroup] | None = None) -> dict[str, int]:
+    """``widths`` aligned for the CPU this runs on (``align="auto"``, ``prune --align auto``): on its
+    channel block (:func:`~metavote.cpu.channel_block`: 16 with AVX-512, else 8) where widths of
+    that block fit the FLOPs, else on 8. Measured on an AVX-512 CPU (``benchmarks/cpu_types.py``), a
+    convolution's time steps at multiples of 16, and widths that are multiples of 8 (or 4) stay on
+    ONNX Runtime's blocked path while others fall off it; so 8 serves AVX2 and AVX-512 alike, and 16
+    buys only the width up to the next step. At r = 0.8 of the width-0.5 ResNet-18 no widths in
+    multiples of 16 fit the FLOPs (its first stage keeps 6 of 32 channels), so there ``auto`` is 8."""
+    from ..cpu import channel_block
+
+    for multiple in dict.fromkeys((channel_block(), 8)):
+        try:
+            return aligned_widths(model, widths, multiple, groups)
+        except ConfigError:
+            continue
+    raise ConfigError("no widths in multiples of 8 fit the FLOPs of these widths; leave out align")
