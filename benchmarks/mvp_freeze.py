@@ -1,6 +1,6 @@
 """MVP with its first blocks frozen while it fine-tunes: cheaper steps, so more of them per FLOP.
 
-MVP at J = 20 fine-tunes on too few images to catch IFP at 10·J (BENCHMARKS.md, "Where MVP's gain
+MVP at J = 20 fine-tunes on too few images to catch IFP at 10·J (docs/benchmarks/main-tables.md, "Where MVP's gain
 comes from"). Its shallow units are the ones that tasks share most, so they may not need training:
 with a share ``f`` of the body's blocks frozen (``MVP(freeze=f)``), a step neither updates nor
 back-propagates through them, and costs fewer FLOPs. The measure is the FLOPs ratio at equal

@@ -69,12 +69,19 @@ def test_profiles_and_ratio_mapping():
 
 def test_main_methods_are_the_papers_comparison():
     methods = main_methods(get_profile("cpu"))
-    assert [m.label for m in methods] == ["MVP (J=20)", "IFP (J=200)", "IFP (J=20)", "random (J=20)", "random (paper) (J=20)",
-                                          "IHT-Reptile (J=20)", "MEST (J=20)", "DLTH (J=20)"]  # the rows of the paper's Table 1
+    assert [m.label for m in methods] == ["MVP (J=20)", "IFP (J=200)", "IFP (J=20)", "random (J=20)",
+                                          # what users run instead, at J and 10 J
+                                          "Torch-Pruning magnitude (J=20)", "Torch-Pruning magnitude (J=200)",
+                                          "Torch-Pruning Taylor (J=20)", "Torch-Pruning Taylor (J=200)",
+                                          "Torch-Pruning iterative (J=20)", "Torch-Pruning iterative (J=200)",
+                                          "random (paper) (J=20)", "IHT-Reptile (J=20)", "MEST (J=20)", "DLTH (J=20)"]  # the paper's Table 1
+    assert [m.label for m in main_methods(get_profile("cpu"), peers=False, baselines=False)] == ["MVP (J=20)", "IFP (J=200)", "IFP (J=20)",
+                                                                                               "random (J=20)"]
     assert isinstance(methods[0], MVP) and isinstance(methods[3], RandomPruning)
     assert {m.ratio for m in methods} == {0.8} and {m.batch_size for m in methods} == {64}
     also = main_methods(get_profile("vit-cpu"), also=["nearest"])  # `bench --also nearest`: one more row, the profile's settings
     assert also[-1].key == "nearest" and also[-1].optimizer == "adamw" and also[-1].iterations == 20
+    assert {m.optimizer for m in also if m.key.startswith("tp-")} == {"adamw"}  # a ViT's peers fine-tune as MVP does
     with pytest.raises(ConfigError, match="unknown method 'obd'"):
         main_methods(get_profile("cpu"), also=["obd"])
 
@@ -86,17 +93,19 @@ def test_bench_tasks_are_disjoint_from_the_zoo(ctx):
 
 
 def test_bench_runs_every_method_and_resumes(ctx, tmp_path, monkeypatch):
-    """The whole Table 1 (IHT-Reptile meta-trained briefly, on the zoo's 3-way tasks) on 2 tasks, then resumed."""
+    """The whole Table 1 (IHT-Reptile meta-trained briefly, on the zoo's 3-way tasks) and the peers on 2 tasks, then resumed."""
     methods = main_methods(TINY, ctx.dataset)  # IHT-Reptile meta-trains 40 J = 80 inner steps
     tasks = bench_tasks(ctx.dataset, ctx.zoo, 2, n_way=3)
     rows = bench(ctx, methods, tasks, tmp_path / "bench", progress=False)
-    assert len(rows) == 16 and {r["method"] for r in rows} == {m.label for m in methods}
+    assert len(methods) == 14 and len(rows) == 28 and {r["method"] for r in rows} == {m.label for m in methods}
     assert all(r["meta_tasks"] == 6 for r in rows if r["method"].startswith("IHT")) and len(one_off_costs(rows)) == 1
     mvp_rows = [r for r in rows if r["method"].startswith("MVP")]
     assert all(len(r["neighbours"]) == 3 and r["search_seconds"] > 0 for r in mvp_rows)
     ifp10 = next(r for r in rows if r["method"] == "IFP (J=20)" and r["task"] == tasks[0].id)
     assert ifp10["iterations"] == 20 and ifp10["tflops"] > next(r for r in mvp_rows if r["task"] == tasks[0].id)["tflops"]
-    assert len((tmp_path / "bench" / "rows.jsonl").read_text().splitlines()) == 16
+    assert len((tmp_path / "bench" / "rows.jsonl").read_text().splitlines()) == 28
+    peer = [r for r in rows if r["method"].startswith("Torch-Pruning") and r["task"] == tasks[0].id]
+    assert len(peer) == 6 and {r["iterations"] for r in peer} == {2, 20}  # TINY's J and 10 J
     calls = []
     monkeypatch.setattr(IFP, "run", lambda *a, **k: calls.append(a))
     again = bench(ctx, methods, tasks, tmp_path / "bench", progress=False)  # everything is already there
@@ -180,11 +189,14 @@ def test_cli_bench_writes_the_table_and_ablate_checks_the_zoo(ctx, tmp_path, cap
               "--ratio", "0.5", "--iterations", "2", "--batch-size", "8", "--tasks", "1"]
     assert main(["bench", *common, "--out", str(tmp_path / "bench")]) == 0
     out = capsys.readouterr().out
-    for label in ("MVP (J=2)", "IFP (J=20)", "IFP (J=2)", "random (J=2)", "random (paper) (J=2)", "IHT-Reptile (J=2)", "MEST (J=2)",
+    for label in ("MVP (J=2)", "IFP (J=20)", "IFP (J=2)", "random (J=2)", "Torch-Pruning magnitude (J=2)", "Torch-Pruning magnitude (J=20)",
+                  "Torch-Pruning Taylor (J=20)", "Torch-Pruning iterative (J=20)", "random (paper) (J=2)", "IHT-Reptile (J=2)", "MEST (J=2)",
                   "DLTH (J=2)"):
         assert f"| {label} | 1 |" in out
     assert "IHT-Reptile (J=2): meta-training paid once (like the zoo)" in out and "on 6 zoo tasks" in out  # 3-way tasks, 5-way head
-    assert (tmp_path / "bench" / "summary.csv").exists() and len((tmp_path / "bench" / "rows.jsonl").read_text().splitlines()) == 8
+    assert (tmp_path / "bench" / "summary.csv").exists() and len((tmp_path / "bench" / "rows.jsonl").read_text().splitlines()) == 14
+    assert main(["bench", *common, "--out", str(tmp_path / "short"), "--no-peers", "--no-baselines"]) == 0
+    assert "Torch-Pruning" not in capsys.readouterr().out and len((tmp_path / "short" / "rows.jsonl").read_text().splitlines()) == 4
     assert main(["ablate", "neighbours", *common, "--out", str(tmp_path / "ab")]) == 2
     assert "the zoo has 6 IFP records; the neighbours ablation needs at least 8" in capsys.readouterr().err
     assert main(["ablate", "zoos", *common, "--out", str(tmp_path / "ab")]) == 2
@@ -258,7 +270,7 @@ def test_ssl_rows_from_a_headless_encoder(tmp_path, tiny_setup):
     assert len(report.done) == 4 and not report.failed
     ctx = context(tmp_path / "zoo", folder, encoder, "cpu")
     assert ctx.classes is None and ctx.head_rows(zoo_tasks[0]) is None  # no pre-trained head: every head is made for the task
-    rows, table = run_bench(ctx, "cpu", 2, out=tmp_path / "bench", progress=False, **TINY_BUDGET)
+    rows, table = run_bench(ctx, "cpu", 2, out=tmp_path / "bench", progress=False, peers=False, **TINY_BUDGET)
     assert len(rows) == 16 and all(0 <= r["accuracy"] <= 1 for r in rows)  # the 8 rows of Table 1 on 2 tasks
     target = dataset.load_task(next(t for t in sample_tasks(dataset, 3, 10, seed=5) if t not in zoo_tasks))
     result = MVP(ratio=0.5, iterations=2, lr=0.01, batch_size=8).run(ctx.backbone, target, ctx.zoo, ctx.head_rows(target.task))
@@ -281,6 +293,26 @@ def test_flops_ratio_interpolates_in_log_flops():
     # the reference's dip at 5 TFLOPs (0.4) does not count against it: interpolated between 1 and 10 TFLOPs
     assert flops_ratio([*rows[:4], row("MVP", 1, 0.1, 0.6)])[0]["reference_tflops"] == pytest.approx(10 ** 0.5)
     assert flops_ratio(rows, search=True)[0]["ratio"] == pytest.approx(10 ** 2.5 / 2)  # the search's FLOPs added to MVP's
+    # against several pipelines: their points pooled, the upper envelope (a peer that reaches 0.7 at 1 TFLOP beats IFP's 10,
+    # so MVP's 0.8 lies halfway in log between 0.7 at 1 and IFP's 0.9 at 100 TFLOPs)
+    peer = [row("Torch-Pruning magnitude", 10, 0.1, 0.6), row("Torch-Pruning magnitude", 100, 1.0, 0.7)]
+    envelope = flops_ratio([*rows, *peer], "MVP", ["IFP", "Torch-Pruning magnitude"])[0]
+    assert envelope["reference_tflops"] == pytest.approx(10) and envelope["ratio"] == pytest.approx(100)
+
+
+def test_the_bench_states_the_ratio_against_the_strongest_pipeline_then_against_ifp():
+    from metavote.bench import ratio_notes
+
+    def row(family, x, tflops, accuracy):
+        return {"task": "t", "family": family, "x": x, "tflops": tflops, "accuracy": accuracy, "search_tflops": 0.0}
+
+    rows = [row("IFP", 20, 1.0, 0.5), row("IFP", 200, 100.0, 0.9), row("Torch-Pruning Taylor", 20, 0.1, 0.5),
+            row("Torch-Pruning Taylor", 200, 1.0, 0.9), row("MVP", 20, 0.1, 0.7), row("random", 20, 0.1, 0.4)]
+    line, = ratio_notes(rows)
+    assert line.startswith("MVP (J=20, 70.00%): 3.2x fewer training FLOPs than the strongest conventional pipeline") and "100.0x against IFP alone" in line
+    assert ratio_notes([r for r in rows if r["family"] != "IFP"]) == []
+    assert ratio_notes([r for r in rows if not r["family"].startswith("Torch")]) == [
+        "MVP (J=20, 70.00%): 100.0x fewer training FLOPs than IFP at equal accuracy (interpolated)"]
 
 
 def test_budget_and_diagnostic_ablations(ctx, tmp_path):

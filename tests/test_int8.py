@@ -68,7 +68,7 @@ def test_the_int8_export_holds_int8_is_smaller_opens_and_agrees_with_fp32(tmp_pa
     int8 = tmp_path / "out" / "m.onnx"
     report = export_int8(model_path, int8, data=folder, calibration_images=16)
     assert report.path == int8 and int8.is_file() and report.calibration_images == 16 and report.test_images == len(data.test_labels) == 12
-    # a tiny model's near ties flip under rounding: 97% of a real task's test images keep their class (BENCHMARKS.md)
+    # a tiny model's near ties flip under rounding: 97% of a real task's test images keep their class (docs/benchmarks/deployment.md)
     assert report.agreement >= 10 / 12 and abs(report.accuracy - report.fp32_accuracy) <= 2 / 12 + 1e-9
     assert not list(tmp_path.rglob("*.tmp"))
 

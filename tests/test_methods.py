@@ -32,7 +32,7 @@ def test_settings_are_keyword_only_validated_and_named():
     with pytest.raises(ConfigError, match="ifp has no setting.s. neighbours; it takes ratio"):
         create_method("ifp", neighbours=3)
     with pytest.raises(ConfigError, match="unknown method 'obd'; choose from ahnp, dlth, ifp, iht-reptile, mest, mvp, nearest, power, "
-                                          "random, random-paper, uvc"):
+                                          "random, random-paper, tp-iterative, tp-magnitude, tp-taylor, uvc"):
         create_method("obd")
     for bad, match in (({"ratio": 1.0}, "ratio"), ({"iterations": -1}, "iterations"), ({"lr": 0}, "learning rate"),
                        ({"importance": "magic"}, "unknown importance")):

@@ -259,8 +259,10 @@ def test_vit_profiles_and_the_vit_table():
     cpu = get_profile("vit-cpu")
     assert cpu.upper_bound == "ahnp" and cpu.settings("ahnp") == {"ratio": 0.8, "iterations": 200, "batch_size": 64, "lr": 5e-4}
     assert cpu.settings("mvp") == {"ratio": 0.8, "iterations": 20, "batch_size": 64, "lr": 2e-4, "optimizer": "adamw"}
-    labels = [m.label for m in main_methods(cpu)]
+    labels = [m.label for m in main_methods(cpu, peers=False)]
     assert labels == ["MVP (J=20)", "AHNP (J=200)", "random (J=20)", "UVC (J=20)", "PoWER (J=20)", "random (paper) (J=20)"]  # Table 2
+    peers = [m.label for m in main_methods(cpu) if m.key.startswith("tp-")]  # the peer ranks heads and MLP nodes too
+    assert peers == [f"Torch-Pruning {kind} (J={j})" for kind in ("magnitude", "Taylor", "iterative") for j in (20, 200)]
     paper = get_profile("vit-paper").settings("ahnp")
     assert paper["iterations"] == 1000 and paper["ratio"] == 0.9
 

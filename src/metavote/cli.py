@@ -384,7 +384,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     set_threads(args.threads)
     _, table = run_bench(context(args.zoo, args.data, args.backbone, args.device, args.dataset), args.profile, args.tasks, args.seed, args.out, not args.quiet,
-                         _csv(args.also) if args.also else (), not args.no_baselines, **_budget(args))
+                         _csv(args.also) if args.also else (), not args.no_baselines, not args.no_peers, **_budget(args))
     print(table)
     print(f"wrote {Path(args.out) / 'summary.md'}, summary.csv and rows.jsonl")
 
@@ -616,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--iterations", type=int, help="iterations J (overrides the profile; IFP's upper bound runs 10 J)")
         p.add_argument("--lr", type=float, help="learning rate (overrides the profile)")
         p.add_argument("--batch-size", type=int, help="batch size (overrides the profile)")
-        p.add_argument("--temperature", type=float, help="MVP: softmax temperature tau of the votes (default 0.1; the tau-0.5 figures of BENCHMARKS.md need 0.5)")
+        p.add_argument("--temperature", type=float, help="MVP: softmax temperature tau of the votes (default 0.1; the tau-0.5 figures of docs/benchmarks need 0.5)")
         _add_threads(p)
         p.add_argument("--quiet", action="store_true")
 
@@ -633,20 +633,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "embedding; leep: exhaustive LEEP)")
     p.add_argument("--align", type=_align, help="kept widths in multiples of this, at no more FLOPs than the ratio's: ONNX Runtime's "
                    "channel block, 8 on AVX2 CPUs and 16 on AVX-512 ones, or auto (this CPU's; 8 on AVX2: 1.8x faster at batch 1, "
-                   "and 2.6 points less accurate for MVP at J = 20, see BENCHMARKS.md; default 1: round((1 - r) n) per layer, the paper's)")
+                   "and 2.6 points less accurate for MVP at J = 20, see docs/benchmarks/deployment.md; default 1: round((1 - r) n) per layer, the paper's)")
     p.add_argument("--no-save", action="store_true", help="do not add the result to the zoo")
     p.add_argument("--save-to", help="a zoo layered on a read-only --zoo that takes the new record (default: runs/layers/<zoo name>); "
                    "both vote from then on, and `--zoo SAVE_TO` alone opens the stack")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("bench", help="the main table: MVP vs IFP (J, 10J) vs random on test tasks disjoint from the zoo")
+    p = sub.add_parser("bench", help="the main table: MVP vs IFP (J, 10J), Torch-Pruning's pipelines (J, 10J) and random on test "
+                                     "tasks disjoint from the zoo")
     zoo_args(p)
     p.add_argument("--tasks", type=int, default=20, help="number of test tasks (default 20)")
     p.add_argument("--seed", type=int, default=1000, help="test task seed")
     p.add_argument("--out", default="runs/bench", help="folder for rows.jsonl, summary.md, summary.csv (resumes from it)")
     p.add_argument("--also", help="more methods at J in the table, comma-separated registry keys (e.g. nearest)")
     p.add_argument("--no-baselines", action="store_true", help="leave out the profile's baselines (the paper's other rows): MVP, "
-                                                                "conventional pruning at J and 10 J, random, and --also only")
+                                                                "conventional pruning at J and 10 J, random, the peers and --also only")
+    p.add_argument("--no-peers", action="store_true", help="leave out Torch-Pruning's pipelines (tp-magnitude, tp-taylor, "
+                   "tp-iterative at J and 10 J: one-shot or iterative pruning of the pre-trained model, then fine-tuning the small one)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("ablate", help="one ablation: table + figure")

@@ -14,7 +14,7 @@ import torch
 
 from .bench import (
     BenchContext, ablate_budget, ablate_decomposition, ablate_groups, ablate_head, ablate_zoos, ablate_iterations, ablate_neighbours,
-    ablate_recipe, ablate_task_size, ablate_unseen, bench, bench_tasks, flops_ratio, main_methods, markdown_table, one_off_costs,
+    ablate_recipe, ablate_task_size, ablate_unseen, bench, bench_tasks, flops_ratio, main_methods, markdown_table, one_off_costs, ratio_notes,
     plot_ablation, plot_budget, summarize, write_table, zoo_names, zoo_summary,
 )
 from .data import Task, load_dataset, sample_tasks
@@ -123,19 +123,21 @@ def prune(ctx: BenchContext, classes: Sequence[str] | None = None, method: str =
 
 
 def run_bench(ctx: BenchContext, profile_name: str = "cpu", tasks: int = 20, seed: int = 1000, out: str | os.PathLike = "runs/bench",
-              progress: bool = True, also: Sequence[str] = (), baselines: bool = True, **overrides) -> tuple[list[dict], str]:
+              progress: bool = True, also: Sequence[str] = (), baselines: bool = True, peers: bool = True,
+              **overrides) -> tuple[list[dict], str]:
     """The main table: MVP at J, IFP at J and 10·J, random at J and the profile's baselines on
     ``tasks`` seeded test tasks disjoint from the zoo's, plus the methods of ``also`` (registry keys,
-    e.g. ``nearest``; ``baselines=False`` leaves the profile's baselines out). Writes rows.jsonl,
+    e.g. ``nearest``; ``baselines=False`` leaves the profile's baselines out, ``peers=False`` Torch-Pruning's pipelines at
+    J and 10·J). Writes rows.jsonl,
     summary.md and summary.csv to ``out``; resumable.
     ``overrides`` (ratio, iterations, lr, batch_size; MVP's temperature) change the profile's budget."""
     p = get_profile(profile_name, **overrides)
     test = bench_tasks(ctx.dataset, ctx.zoo, tasks, seed=seed)
-    rows = bench(ctx, main_methods(p, ctx.dataset, also, baselines), test, out, progress)
+    rows = bench(ctx, main_methods(p, ctx.dataset, also, baselines, peers), test, out, progress)
     summary = summarize(rows)
     title = (f"{len(test)} test tasks (5-way, seed {seed}, disjoint from the zoo's {len(ctx.zoo.records(method=ctx.zoo.source_method))}), "
              f"profile {profile_name}: r={p.ratio}, batch {p.batch_size}")
-    notes = "".join(f"\n\n{line}" for line in one_off_costs(rows))
+    notes = "".join(f"\n\n{line}" for line in (*ratio_notes(rows), *one_off_costs(rows)))
     write_table(summary, out, title, notes=notes)
     return rows, f"{title}\n\n{markdown_table(summary)}{notes}"
 

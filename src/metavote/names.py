@@ -6,7 +6,8 @@ a new method adds its key here too. (Profile names come from :mod:`metavote.prof
 from __future__ import annotations
 
 METHOD_KEYS: tuple[str, ...] = (
-    "ahnp", "dlth", "ifp", "iht-reptile", "mest", "mvp", "nearest", "power", "random", "random-paper", "uvc",
+    "ahnp", "dlth", "ifp", "iht-reptile", "mest", "mvp", "nearest", "power", "random", "random-paper", "tp-iterative", "tp-magnitude",
+    "tp-taylor", "uvc",
 )
 
 RUNTIMES: tuple[str, ...] = ("onnxruntime", "openvino")

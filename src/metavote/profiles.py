@@ -38,6 +38,7 @@ class Profile:
     conventional: tuple[str, ...] = ("ifp",)
     method_settings: dict[str, dict] = field(default_factory=dict)
     extra: tuple[str, ...] = ()  # more methods at J in the bench's table (baselines)
+    peers: tuple[str, ...] = ("tp-magnitude", "tp-taylor", "tp-iterative")  # what users run instead: the bench runs each at J and 10 J
     conventional_at_j: bool = True  # the table also runs conventional pruning at J (the paper's Table 1 does, Table 2 does not)
 
     @property
@@ -76,8 +77,8 @@ class Profile:
 CNN_BASELINES = ("random-paper", "iht-reptile", "mest", "dlth")
 # the paper's Table 2 rows beside MVP, AHNP and random: UVC, PoWER, and random pruning as the paper ran it
 VIT_BASELINES = ("uvc", "power", "random-paper")
-# a ViT's fine-tuning methods train with AdamW
-VIT_ADAMW = {key: {"optimizer": "adamw"} for key in ("mvp", "nearest", "random", "random-paper")}
+# a ViT's fine-tuning methods train with AdamW (the peer's pipelines too: the same recipe after the cut)
+VIT_ADAMW = {key: {"optimizer": "adamw"} for key in ("mvp", "nearest", "random", "random-paper", "tp-magnitude", "tp-taylor", "tp-iterative")}
 
 PROFILES: dict[str, Profile] = {
     # the paper: r = 0.9, MVP J = 100 at batch 128, IFP at 10·J = 1000 with lr 0.005 (GPU scale)

@@ -12,7 +12,7 @@ Exhaustive LEEP runs every record's model over the target's images: its cost gro
 3. embeds the target from a few images per class (one backbone pass), takes the index's top
    ``candidates`` and re-ranks only those by LEEP on a few images per class.
 
-Its defaults were chosen on validation tasks against exhaustive LEEP (BENCHMARKS.md, "Search
+Its defaults were chosen on validation tasks against exhaustive LEEP (docs/benchmarks/search.md, "Search
 that stays cheap"). Every forward pass of a query is charged to ``costs``; building embeddings for
 the zoo's records is a one-off cost of the zoo, like building it.
 """

@@ -41,7 +41,7 @@ def free_cores(sample: float = 0.1) -> int:
     ``/proc/stat`` over ``sample`` seconds (at least 1; every available core where there is no
     ``/proc``). Intra-op threads that outnumber the free cores wait for the busy ones at every
     operator: measured beside one busy process on 2 cores, ``prune`` took 13.8 s on 2 threads and
-    10.1 s on 1 (BENCHMARKS.md, "A busy machine")."""
+    10.1 s on 1 (docs/benchmarks/deployment.md, "A busy machine")."""
     cores = available_cores()
     try:
         allowed = os.sched_getaffinity(0)

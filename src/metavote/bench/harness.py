@@ -28,11 +28,13 @@ from ..training import step_flops
 from ..zoo import Zoo
 
 
-def main_methods(profile: Profile, dataset: ImageDataset | None = None, also: Sequence[str] = (), baselines: bool = True) -> list[Method]:
+def main_methods(profile: Profile, dataset: ImageDataset | None = None, also: Sequence[str] = (), baselines: bool = True,
+                 peers: bool = True) -> list[Method]:
     """The main table: MVP at J, conventional pruning (IFP, or AHNP for a ViT) at 10·J and (where
-    the profile says so) at J, random pruning at J, then (``baselines``) the profile's baselines at
-    J (the paper's other rows: IHT-Reptile, MEST, DLTH for a ResNet; UVC, PoWER for a ViT; its
-    random pruning), then the methods of ``also`` at J (e.g. ``nearest``)."""
+    the profile says so) at J, random pruning at J, then (``peers``) the pipelines users run instead
+    (Torch-Pruning's one-shot magnitude and Taylor and its iterative pruning) at J and 10·J, then
+    (``baselines``) the profile's baselines at J (the paper's other rows: IHT-Reptile, MEST, DLTH for a
+    ResNet; UVC, PoWER for a ViT; its random pruning), then the methods of ``also`` at J (e.g. ``nearest``)."""
     conventional = profile.upper_bound
     at_j = [create_method(conventional, **profile.settings(conventional, iterations=profile.iterations))] if profile.conventional_at_j else []
 
@@ -40,7 +42,9 @@ def main_methods(profile: Profile, dataset: ImageDataset | None = None, also: Se
         return create_method(key, **profile.settings(key, **settings), **({"dataset": dataset} if "dataset" in method_settings(key) else {}))
 
     extra = profile.extra if baselines else ()
-    return [make("mvp"), make(conventional), *at_j, make("random"), *(make(key) for key in (*extra, *also))]
+    budgets = (profile.iterations, profile.conventional_factor * profile.iterations)
+    peer_rows = [make(key, iterations=j) for key in (profile.peers if peers else ()) for j in budgets]
+    return [make("mvp"), make(conventional), *at_j, make("random"), *peer_rows, *(make(key) for key in (*extra, *also))]
 
 
 def bench_tasks(dataset: ImageDataset, zoo: Zoo, count: int, n_way: int = 5, seed: int = 1000) -> list[Task]:
@@ -72,6 +76,33 @@ def _row(task: Task, label: str, result: PruneResult, extra: dict | None = None)
             "parameters": count_parameters(result.model),
             "neighbours": result.params.get("neighbours"), "inference_gflops": step_flops(result.model, 1, backward=False) / 1e9,
             **{k: result.params[k] for k in ("meta_tflops", "meta_seconds", "meta_tasks") if k in result.params}, **(extra or {})}
+
+
+PEER_FAMILY = "Torch-Pruning"
+"""How the peer's rows are named (``Torch-Pruning magnitude``, ``... Taylor``, ``... iterative``)."""
+
+
+def ratio_notes(rows: Sequence[dict]) -> list[str]:
+    """A line per zoo method of the table (MVP, the nearest record) at its J: the FLOPs ratio at equal
+    accuracy against the strongest conventional pipeline (the upper envelope of IFP and the
+    Torch-Pruning rows over J and 10 J), then against IFP alone (the paper's comparison)."""
+    from .ablations import flops_ratio
+
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    conventional = [f for f in families if f == "IFP" or f.startswith(PEER_FAMILY)]
+    if "IFP" not in families:
+        return []
+    lines = []
+    for family in (f for f in families if f in ("MVP", "nearest record")):
+        for strongest, ifp in zip(flops_ratio(rows, family, conventional), flops_ratio(rows, family, "IFP")):
+            head = f"{family} (J={strongest['x']}, {100 * strongest['accuracy']:.2f}%): "
+            alone = f"{ifp['bound'].replace('=', '')}{ifp['ratio']:.1f}x"
+            if len(conventional) == 1:  # no peer rows: the paper's comparison only
+                lines.append(f"{head}{alone} fewer training FLOPs than IFP at equal accuracy (interpolated)")
+                continue
+            lines.append(f"{head}{strongest['bound'].replace('=', '')}{strongest['ratio']:.1f}x fewer training FLOPs than the strongest "
+                         f"conventional pipeline at equal accuracy (IFP and {PEER_FAMILY} at J and 10 J, interpolated); {alone} against IFP alone")
+    return lines
 
 
 def one_off_costs(rows: Sequence[dict]) -> list[str]:

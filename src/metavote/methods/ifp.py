@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tqdm.auto import tqdm
@@ -12,6 +13,24 @@ from ..data import Augment, BatchLoader
 from ..pruning import SubNetwork, get_importance, keep_top, pruning_schedule, shrink
 from ..training import cosine_lr, make_optimizer, train_steps
 from .base import Method, check_fraction, register, task_head
+
+
+def scoring_batches(data, batch_size: int, seed: int, device) -> tuple[Iterator, int]:
+    """Un-augmented training batches to score importance on (seeded apart from the training batches) and their size."""
+    loader = BatchLoader(data.train_images, data.train_labels, min(batch_size, len(data.train_labels)), Augment.none(), seed + 1, device)
+    return iter(loader), loader.batch_size
+
+
+def cut_by_importance(model, subnet: SubNetwork, groups, widths, criterion, batches, costs, n_batches: int, batch_size: int):
+    """One pruning step: score every unit with ``criterion`` on ``n_batches`` of ``batches`` (their
+    passes count as training costs when it reads data), keep the top ``widths`` per group, and cut
+    the model physically: ``(small model, its Omega in the backbone's numbering, its groups)``."""
+    scores = criterion(model, groups, (next(batches) for _ in range(n_batches)))
+    if criterion.needs_data:
+        costs.add_steps(model, n_batches, batch_size, backward=criterion.needs_grad, training=False)
+    keep = keep_top(scores, widths)
+    small = shrink(model, keep, groups)
+    return small, subnet.compose(keep), small.unit_groups()
 
 
 @register
@@ -58,18 +77,11 @@ class IFP(Method):
         prune_at = {every * (k + 1): widths for k, widths in enumerate(steps)}
         device = next(model.parameters()).device
         batches = iter(data.loader(self.batch_size, seed=seed, device=device))
-        scoring = BatchLoader(data.train_images, data.train_labels, min(self.batch_size, len(data.train_labels)), Augment.none(),
-                              seed + 1, device)
-        score_batches = iter(scoring)
+        score_batches, score_batch_size = scoring_batches(data, self.batch_size, seed, device)
 
         def prune_step(model, subnet, groups, widths):
-            """Score, keep the top units per group, physically shrink; scoring passes count as costs."""
-            scores = criterion(model, groups, (next(score_batches) for _ in range(self.importance_batches)))
-            if criterion.needs_data:
-                costs.add_steps(model, self.importance_batches, scoring.batch_size, backward=criterion.needs_grad, training=False)
-            keep = keep_top(scores, widths)
-            small = shrink(model, keep, groups)
-            return small, subnet.compose(keep), small.unit_groups()
+            return cut_by_importance(model, subnet, groups, widths, criterion, score_batches, costs, self.importance_batches,
+                                     score_batch_size)
 
         optimizer = make_optimizer(model, self.optimizer, self.lr)
         done = 0

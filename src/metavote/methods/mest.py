@@ -48,7 +48,7 @@ class MEST(Method):
     - Statistics: as for every method here, BatchNorm statistics are re-estimated after the last
       step (``refresh_bn``). The authors train for hundreds of epochs, so their running averages
       catch up; after 20 steps with units removed and regrown they do not, and MEST ended near
-      chance without it (20.8% against 44.1% on eight validation tasks; BENCHMARKS.md).
+      chance without it (20.8% against 44.1% on eight validation tasks; docs/benchmarks/main-tables.md).
     """
 
     key = "mest"

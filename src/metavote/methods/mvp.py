@@ -47,7 +47,7 @@ vote whose ties are broken at random. At 0.5 a unit kept by one neighbour is onl
 likelier than one kept by none, so many unvoted units are drawn: the colder vote won on validation
 tasks with each zoo measured, +0.7 points at J = 20 (18 of 30 tasks ahead) with the CPU profile's
 IFP J = 200 zoo, +1.8 (26 of 30) with an IFP J = 1000 zoo, +1.5 (10 of 16) on the CPU
-ViT zoo (BENCHMARKS.md)."""
+ViT zoo (docs/benchmarks/main-tables.md)."""
 
 
 def vote_counts(subnets: Sequence[SubNetwork]) -> dict[str, np.ndarray]:
@@ -347,7 +347,7 @@ class NearestRecord(MVP):
     trained apart. On validation tasks it beat MVP (tau 0.5) at J = 20 with every zoo measured: by
     4.3 points (26 of 30 ahead) with a zoo built by IFP at J = 1000, by 11.3 (16 of 16) with the CPU
     ViT zoo, and with 40 steps of 32 by 3.8 (28 of 30) with the CPU profile's J = 200 zoo
-    (BENCHMARKS.md, issue 14).
+    (docs/benchmarks/main-tables.md, issue 14).
     It keeps the record's Omega, so its size is the record's (the zoo's ratio), not ``ratio``'s."""
 
     key = "nearest"

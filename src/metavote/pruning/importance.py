@@ -7,6 +7,7 @@ a group's ``probes`` (the BatchNorms of a CNN group).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -148,8 +149,62 @@ class MagnitudeImportance(Importance):
         return {g.name: unit_norms(model, g).sqrt() for g in groups}
 
 
+class TorchPruningImportance(Importance):
+    """Torch-Pruning's own group criteria on its own dependency graph, scored for metavote's groups:
+    ``tp-magnitude`` (``GroupMagnitudeImportance(p=2)``: the group L2 norm of the weights, the same
+    ranking for every task) or ``tp-taylor`` (``GroupTaylorImportance``: weight times gradient of the
+    task loss on the batches). For each group, Torch-Pruning's pruning group rooted at the group's
+    first producing layer is scored by Torch-Pruning; a unit's score is the sum over its rows there (a
+    channel: one; a head: its head_dim rows in each of q, k and v). What Torch-Pruning's pruners rank
+    by, without its pruner: metavote cuts the same widths as every other method, so the comparison
+    is at equal size (Torch-Pruning's ``MetaPruner`` rounds widths its own way)."""
+
+    def __init__(self, criterion: str = "magnitude") -> None:
+        if criterion not in ("magnitude", "taylor"):
+            raise ConfigError(f"Torch-Pruning's criteria here are magnitude and taylor, not {criterion!r}")
+        self.criterion, self.name = criterion, f"tp-{criterion}"
+        self.needs_data = self.needs_grad = criterion == "taylor"
+
+    def __call__(self, model, groups, batches):
+        import torch_pruning as tp
+
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()  # gradients without updating BatchNorm statistics, as TaylorImportance
+        try:
+            example = torch.rand(1, *model.input_size, generator=torch.Generator().manual_seed(0)).to(device)
+            with warnings.catch_warnings():  # bare parameters (a class token): Torch-Pruning guesses their dimension, and says so
+                warnings.simplefilter("ignore")
+                graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+            model.zero_grad(set_to_none=True)
+            if self.criterion == "taylor":
+                for x, y in batches:
+                    F.cross_entropy(model(x.to(device)), y.to(device)).backward()  # accumulated, as Torch-Pruning's examples do
+            criterion = tp.importance.GroupMagnitudeImportance(p=2) if self.criterion == "magnitude" else tp.importance.GroupTaylorImportance()
+            scores = {}
+            for g in groups:
+                slot = next((s for s in g.slots if s.role == OUT and isinstance(model.get_submodule(s.module), (nn.Linear, nn.modules.conv._ConvNd))),
+                            None)
+                if slot is None:
+                    raise ConfigError(f"Torch-Pruning scores a group from its producing convolution or linear layer; {g.name} has none")
+                layer = model.get_submodule(slot.module)
+                pruner = graph.get_pruner_of_module(layer)
+                n = pruner.get_out_channels(layer)
+                with torch.no_grad():
+                    rows = criterion(graph.get_pruning_group(layer, pruner.prune_out_channels, list(range(n))))
+                if rows is None or len(rows) != n:
+                    raise ConfigError(f"Torch-Pruning gave no score for the {n} outputs of {slot.module}")
+                rows = rows.detach().float().cpu()
+                scores[g.name] = torch.stack([rows[slot.indices(np.array([u]), g.size).cpu()].sum() for u in range(g.size)])
+        finally:
+            model.zero_grad(set_to_none=True)
+            model.train(was_training)
+        return scores
+
+
 IMPORTANCES = {"activation": ActivationImportance, "taylor": TaylorImportance, "random": RandomImportance,
-               "magnitude": MagnitudeImportance}
+               "magnitude": MagnitudeImportance, "tp-magnitude": lambda: TorchPruningImportance("magnitude"),
+               "tp-taylor": lambda: TorchPruningImportance("taylor")}
 
 
 def get_importance(name: str) -> Importance:
