@@ -23,13 +23,13 @@ def cpu_info() -> tuple[str, frozenset[str]]:
     name, flags = platform.processor() or platform.machine() or "unknown CPU", frozenset()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():  # the first processor's block is enough
+                break
             key, _, value = line.partition(":")
             if key.strip() == "model name":
                 name = value.strip()
             elif key.strip() == "flags":
                 flags = frozenset(value.split())
-            if flags and key.strip() == "model name":
-                break
     return name, flags
 
 

@@ -51,13 +51,19 @@ def transformers_module():
     return transformers
 
 
+def _label_heads(net: nn.Module) -> list[str]:
+    """The linear layers of a classifier's label count outside its base model: its classifier heads."""
+    labels = getattr(getattr(net, "config", None), "num_labels", None)
+    prefix = f"{getattr(net, 'base_model_prefix', '')}."
+    return [n for n, m in net.named_modules() if isinstance(m, nn.Linear) and m.out_features == labels and not n.startswith(prefix)]
+
+
 def classifier_name(net: nn.Module) -> str:
     """The final linear layer of a ``*ForImageClassification`` model: the one linear of its label
     count outside the base model (``classifier``, ``classifier.1``, ``classifier.linear``, ``head``),
     else the last linear under ``classifier``."""
     labels = getattr(getattr(net, "config", None), "num_labels", None)
-    prefix = f"{getattr(net, 'base_model_prefix', '')}."
-    heads = [n for n, m in net.named_modules() if isinstance(m, nn.Linear) and m.out_features == labels and not n.startswith(prefix)]
+    heads = _label_heads(net)
     if len(heads) == 1:
         return heads[0]
     anywhere = [n for n, m in net.named_modules() if isinstance(m, nn.Linear) and m.out_features == labels]
@@ -86,10 +92,7 @@ def _build(transformers, config, what: str, meta_only: bool = False) -> nn.Modul
     """``AutoModelForImageClassification.from_config``, with each way it can fail as one line
     (``meta_only``: only check that it can be built, on the meta device)."""
     try:
-        with torch.device("meta"):
-            skeleton = transformers.AutoModelForImageClassification.from_config(config)
-        count = sum(p.numel() for p in skeleton.parameters())
-        del skeleton
+        count = _parameter_count(transformers, config)
         if count > MAX_PARAMETERS:
             raise ConfigError(f"{what}: {count / 1e9:.1f} B parameters, more than metavote builds "
                               f"(metavote.models.hf.MAX_PARAMETERS = {MAX_PARAMETERS / 1e9:g} B); not an image classifier to prune here")
@@ -104,12 +107,24 @@ def _build(transformers, config, what: str, meta_only: bool = False) -> nn.Modul
         raise ConfigError(f"{what} cannot be built from this config ({type(e).__name__}: {one_line(e, 160)})") from e
 
 
+_COUNTS: dict[str, int] = {}  # parameters per config: zoo records rebuild the same model many times
+
+
+def _parameter_count(transformers, config) -> int:
+    """The parameter count of the model a config builds, from a skeleton on the meta device (no
+    memory, no initialisation), counted once per config and process."""
+    key = config.to_json_string(use_diff=False)
+    if key not in _COUNTS:
+        with torch.device("meta"):
+            skeleton = transformers.AutoModelForImageClassification.from_config(config)
+        _COUNTS[key] = sum(p.numel() for p in skeleton.parameters())
+    return _COUNTS[key]
+
+
 def check_single_head(net: nn.Module) -> None:
     """Refuse, in one line, a classifier that averages several heads (DeiT and LeViT "WithTeacher",
     SwiftFormer's ``head`` and ``dist_head``): metavote lifts one linear classifier out."""
-    labels = getattr(getattr(net, "config", None), "num_labels", None)
-    prefix = f"{getattr(net, 'base_model_prefix', '')}."
-    heads = [n for n, m in net.named_modules() if isinstance(m, nn.Linear) and m.out_features == labels and not n.startswith(prefix)]
+    heads = _label_heads(net)
     if len(heads) > 1:
         raise ConfigError(f"{type(net).__name__} averages {len(heads)} classifier heads ({', '.join(heads)}); metavote prunes a model "
                           "with one linear classifier (a distilled model's plain class, such as DeiTForImageClassification, has one)")

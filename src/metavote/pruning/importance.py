@@ -192,10 +192,10 @@ class TorchPruningImportance(Importance):
                 n = pruner.get_out_channels(layer)
                 with torch.no_grad():
                     rows = criterion(graph.get_pruning_group(layer, pruner.prune_out_channels, list(range(n))))
-                if rows is None or len(rows) != n:
+                if rows is None or len(rows) != n or n != slot.copies * g.size * slot.width:
                     raise ConfigError(f"Torch-Pruning gave no score for the {n} outputs of {slot.module}")
-                rows = rows.detach().float().cpu()
-                scores[g.name] = torch.stack([rows[slot.indices(np.array([u]), g.size).cpu()].sum() for u in range(g.size)])
+                # a unit's rows: ``width`` consecutive ones in each of ``copies`` blocks (Slot.indices' layout)
+                scores[g.name] = rows.detach().float().cpu().reshape(slot.copies, g.size, slot.width).sum((0, 2))
         finally:
             model.zero_grad(set_to_none=True)
             model.train(was_training)
