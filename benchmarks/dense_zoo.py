@@ -57,7 +57,7 @@ def main() -> None:
     targets = sample_tasks(dataset, 5, args.tasks, seed=args.seed, classes=universe,
                            exclude=[r.task for z in (dense, broad_zoo) for r in z.records(status=None)])
 
-    rows = ablate_zoos(ctx, broad_zoo, targets, profile, common=False, out=Path(args.out) / "mvp")
+    rows = ablate_zoos(ctx, broad_zoo, targets, profile, common=False, nearest_record=False, out=Path(args.out) / "mvp")
     rows += bench(ctx, main_methods(profile)[1:3], targets, Path(args.out) / "ifp", True)  # IFP at 10·J and at J
     names = dict(zip(zoo_names([dense, broad_zoo]), ("dense", "broad")))
     for r in rows:

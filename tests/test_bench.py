@@ -230,21 +230,25 @@ def test_zoos_ablation_compares_zoos_on_their_common_tasks_or_whole(ctx, small_z
     taylor = Zoo(tmp_path / "taylor")
     assert zoo_names([zoo, taylor]) == ["activation", "taylor"]
     target = bench_tasks(dataset, zoo, 1)
-    rows = ablate_zoos(ctx, taylor, target, TINY, out=tmp_path / "common", progress=False)
-    assert [r["method"] for r in rows] == ["activation zoo", "taylor zoo"] and [r["zoo"] for r in rows] == ["activation", "taylor"]
+    both = ablate_zoos(ctx, taylor, target, TINY, out=tmp_path / "common", progress=False)
+    assert [r["method"] for r in both] == ["activation zoo", "activation zoo, nearest record", "taylor zoo", "taylor zoo, nearest record"]
+    rows, alone = both[::2], both[1::2]
+    assert [r["zoo"] for r in rows] == ["activation", "taylor"]
     shared = {t.id for t in tasks[:4]}
     assert all(set(r["neighbours"]) <= shared and len(r["neighbours"]) == 3 for r in rows)
-    whole = ablate_zoos(ctx, taylor, target, TINY, common=False, out=tmp_path / "whole", progress=False)
+    assert [a["neighbours"] for a in alone] == [r["neighbours"][:1] for r in rows]  # the first of MVP's neighbours, kept whole
+    whole = ablate_zoos(ctx, taylor, target, TINY, common=False, nearest_record=False, out=tmp_path / "whole", progress=False)
     data = dataset.load_task(target[0])
     assert whole[0]["neighbours"] == [r.task.id for r, _ in nearest(zoo, data, 3, make_similarity("leep"))]  # all six tasks
     assert rows[0]["neighbours"] == [r.task.id for r, _ in nearest(zoo, data, 3, make_similarity("leep"),
                                                                       records=[r for r in zoo.records() if r.task.id in shared])]
-    summary = zoo_summary(rows, {"activation": zoo, "taylor": taylor})
+    summary = zoo_summary(both, {"activation": zoo, "taylor": taylor})
+    assert summary[1]["nearest_accuracy"] == alone[1]["accuracy"]
     voters = [taylor.get(n, "ifp") for n in rows[1]["neighbours"]]
     assert summary[1]["voters"] == 3 and summary[1]["voter_accuracy"] == pytest.approx(np.mean([v.accuracy for v in voters]))
     assert summary[1]["shared"] == pytest.approx(np.mean([len(set(v.task.classes) & set(target[0].classes)) for v in voters]))
     assert summary[0]["accuracy"] == rows[0]["accuracy"]
-    notes = zoos_notes(rows, {"activation": zoo, "taylor": taylor}, common=True)
+    notes = zoos_notes(both, {"activation": zoo, "taylor": taylor}, common=True)
     assert "restricted to the tasks both hold" in notes and f"| taylor | {taylor.root} | 3 | {100 * summary[1]['voter_accuracy']:.2f} |" in notes
     with pytest.raises(ConfigError, match="itself"):
         ablate_zoos(ctx, Zoo(zoo.root), target, TINY, progress=False)
@@ -322,9 +326,10 @@ def test_budget_and_diagnostic_ablations(ctx, tmp_path):
     tasks = bench_tasks(ctx.dataset, ctx.zoo, 1)
     rows = ablate_budget(ctx, tasks, TINY, mvp_iterations=(1, 2), conventional_iterations=(2, 4), searches=("preselect", "leep-10"),
                          mvp_variants={"MVP (freeze 0.5)": {"freeze": 0.5}, "half": {"batch_size": TINY.batch_size // 2, "neighbours": 2}},
-                         out=tmp_path / "b", progress=False)  # no WordNet: no synsets
+                         others={"nearest": (1,), "tp-magnitude": (2, 4)}, out=tmp_path / "b", progress=False)  # no WordNet: no synsets
     assert [r["method"] for r in rows] == ["IFP J=2", "IFP J=4", "MVP J=1", "random J=1", "MVP J=2", "random J=2", "MVP (freeze 0.5) J=1",
-                                           "MVP (freeze 0.5) J=2", "half J=1", "half J=2", "MVP (preselect) J=2", "MVP (leep-10) J=2"]
+                                           "MVP (freeze 0.5) J=2", "half J=1", "half J=2", "MVP (preselect) J=2", "MVP (leep-10) J=2",
+                                           "nearest record J=1", "Torch-Pruning magnitude J=2", "Torch-Pruning magnitude J=4"]
     by = {r["method"]: r for r in rows}
     assert by["MVP (freeze 0.5) J=2"]["neighbours"] == by["MVP J=2"]["neighbours"]
     assert by["half J=2"]["neighbours"] == by["MVP J=2"]["neighbours"][:2]  # the first two of the same ranking
@@ -335,7 +340,9 @@ def test_budget_and_diagnostic_ablations(ctx, tmp_path):
     assert mvp[0]["search_tflops"] > 0 and mvp[0]["search_tflops"] == mvp[1]["search_tflops"] and mvp[0]["neighbours"] == mvp[1]["neighbours"]
     assert all(r["search_tflops"] == 0 for r in rows if r["family"] in ("IFP", "random"))
     notes = budget_notes(rows)
-    assert "| MVP J=1 |" in notes and "| MVP (preselect) J=2 |" in notes and "ratio with search" in notes
+    assert "| MVP J=1 |" in notes and "| MVP (preselect) J=2 |" in notes and "| nearest record J=1 |" in notes and "ratio with search" in notes
+    assert "the strongest of IFP, Torch-Pruning magnitude" in notes and "ratio against IFP alone" in notes
+    assert "ratio against IFP alone" not in budget_notes([r for r in rows if not r["family"].startswith("Torch")])
     assert plot_budget(rows, tmp_path / "budget.png", "budget").stat().st_size > 1000
 
     rows = ablate_decomposition(ctx, tasks, TINY, iterations=(0, 2), out=tmp_path / "d", progress=False)

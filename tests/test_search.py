@@ -228,9 +228,11 @@ def test_the_demo_prunes_from_a_read_only_zoo_and_leaves_it_untouched(small_zoo,
                    threads=1, device="cpu", reference=(2, 4), ratio=0.5, iterations=2, batch_size=8)
     out = capsys.readouterr().out
     assert f"zoo {zoo.root} (read-only): 6 records" in out
-    for row in ("MVP                 2", "nearest record      2", "random              2", "IFP                 4"):
-        assert row in out, out
-    assert "FLOPs ratio at equal accuracy" in out and "counting its neighbour search" in out
-    assert {"MVP ratio", "nearest record ratio", "MVP ratio with search"} <= set(figures)
+    for method, j in (("MVP", 2), ("nearest record", 2), ("random", 2), ("IFP", 4), ("Torch-Pruning magnitude", 2), ("Torch-Pruning magnitude", 4)):
+        assert f"  {method:<23} {j:>4} " in out, out
+    assert "FLOPs ratio at equal accuracy" in out and "counting its neighbour search" in out and "against IFP alone" in out
+    assert "upper envelope of IFP, Torch-Pruning magnitude" in out
+    assert {"MVP ratio", "nearest record ratio", "MVP ratio with search", "MVP ratio against IFP"} <= set(figures)
     assert figures["MVP ratio with search"] < figures["MVP ratio"]  # the search's FLOPs count against it
+    assert figures["MVP ratio"] <= figures["MVP ratio against IFP"]  # the strongest pipeline includes IFP
     assert listing(zoo.root) == before and not (tmp_path / "demo").exists()  # nothing written, no zoo built

@@ -4,13 +4,13 @@ through the same resumable loop as the bench (:func:`~metavote.bench.harness.run
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from ..data import ImageDataset, Task, sample_tasks
 from ..errors import ConfigError
-from ..methods import create_method
+from ..methods import create_method, method_settings
 from ..profiles import Profile, get_profile, ratio_for
 from ..similarity import LEEPSimilarity, Similarity, make_similarity, nearest
 from ..training import Costs
@@ -99,7 +99,10 @@ def ablate_task_size(ctx: BenchContext, profile_name: str, count: int, sizes=((3
 
 def zoo_names(zoos: Sequence[Zoo]) -> list[str]:
     """Short, distinct names for zoos of one backbone: the first build setting in which they all
-    differ (importance, iterations J, ratio r), else their folders."""
+    differ (the method that built them, importance, iterations J, ratio r), else their folders."""
+    methods = [z.source_method for z in zoos]
+    if len(set(methods)) == len(methods):
+        return methods
     params = [z.records(method=z.source_method)[0].params for z in zoos]
     for key, form in (("importance", "{}"), ("iterations", "J={}"), ("ratio", "r={}")):
         values = [str(p.get(key)) for p in params]
@@ -110,9 +113,11 @@ def zoo_names(zoos: Sequence[Zoo]) -> list[str]:
 
 
 def ablate_zoos(ctx: BenchContext, other: Zoo, tasks: Sequence[Task], profile: Profile, neighbours: int = 3, common: bool = True,
-                out=None, progress=True) -> list[dict]:
+                nearest_record: bool = True, out=None, progress=True) -> list[dict]:
     """MVP at J with LEEP neighbours from this context's zoo and from ``other`` (the same backbone,
-    another build: importance criterion, budget J, or tasks). ``common``: each zoo restricted to the
+    another build: importance criterion, budget J, pruner, or tasks), and (``nearest_record``) the
+    first of those neighbours fine-tuned alone (what ``prune --method auto`` runs when a zoo holds the
+    ratio). ``common``: each zoo restricted to the
     tasks both hold, so that only how the records were pruned differs (zoo quality); else each zoo
     whole (e.g. a dense zoo of one domain against a broad one). Rows carry ``zoo`` (the name from
     :func:`zoo_names`) and their neighbours; :func:`zoo_summary` tells the zoos apart."""
@@ -132,25 +137,31 @@ def ablate_zoos(ctx: BenchContext, other: Zoo, tasks: Sequence[Task], profile: P
 
     def variants(data, task, log):
         for name, zoo in zoos.items():
+            ranked = functools.cache(lambda zoo=zoo, pool=pools[name]: [r for r, _ in nearest(zoo, data, neighbours, leep, records=pool)])
             yield (f"{name} zoo", {"family": "MVP", "x": name, "zoo": name},
-                   lambda zoo=zoo, pool=pools[name]: create_method("mvp", **mvp, neighbours=[r for r, _ in nearest(zoo, data, neighbours, leep, records=pool)])
-                   .run(ctx.backbone, data, zoo, ctx.head_rows(task)))
+                   lambda zoo=zoo, ranked=ranked: create_method("mvp", **mvp, neighbours=ranked()).run(ctx.backbone, data, zoo, ctx.head_rows(task)))
+            if nearest_record:
+                yield (f"{name} zoo, nearest record", {"family": "nearest record", "x": name, "zoo": name},
+                       lambda zoo=zoo, ranked=ranked: create_method("nearest", **profile.settings("nearest"), neighbours=ranked()[:1])
+                       .run(ctx.backbone, data, zoo, ctx.head_rows(task)))
 
     return run_variants(ctx, tasks, variants, out, progress, "zoos")
 
 
 def zoo_summary(rows: Sequence[dict], zoos: dict[str, Zoo]) -> list[dict]:
     """Per zoo of :func:`ablate_zoos` rows: the records MVP voted from (how many, their mean
-    accuracy on their own tasks and training TFLOPs) and MVP's mean accuracy, with how many of the
-    target's classes its neighbours' tasks share on average."""
+    accuracy on their own tasks and training TFLOPs), MVP's and the nearest record's mean accuracy,
+    with how many of the target's classes MVP's neighbours' tasks share on average."""
     out = []
     for name, zoo in zoos.items():
-        mine = [r for r in rows if r.get("zoo") == name]
+        mine = [r for r in rows if r.get("zoo") == name and r["family"] == "MVP"]
+        alone = [r["accuracy"] for r in rows if r.get("zoo") == name and r["family"] == "nearest record"]
         voters = [zoo.get(n, zoo.source_method) for r in mine for n in r.get("neighbours") or ()]
         out.append({"zoo": name, "folder": str(zoo.root), "tasks": len(mine), "voters": len({v.record_id for v in voters}),
                     "voter_accuracy": float(np.mean([v.accuracy for v in voters])) if voters else float("nan"),
                     "voter_tflops": float(np.mean([v.flops for v in voters])) / 1e12 if voters else float("nan"),
                     "accuracy": float(np.mean([r["accuracy"] for r in mine])) if mine else float("nan"),
+                    "nearest_accuracy": float(np.mean(alone)) if alone else float("nan"),
                     "shared": float(np.mean([o["shared"] for o in neighbour_overlap(mine, zoo)])) if mine else float("nan")})
     return out
 
@@ -196,7 +207,8 @@ def same_images(settings: dict, iterations: int, batch_size: int) -> dict:
 
 def ablate_budget(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, mvp_iterations=(10, 20, 50, 100),
                   conventional_iterations=(20, 50, 100, 200), searches=("preselect", "leep-10", "wordnet"),
-                  mvp_variants: dict[str, dict] | None = None, out=None, progress=True) -> list[dict]:
+                  mvp_variants: dict[str, dict] | None = None, others: Mapping[str, Sequence[int]] | None = None,
+                  out=None, progress=True) -> list[dict]:
     """Accuracy against training FLOPs for MVP, conventional pruning (IFP; AHNP for a ViT) and
     random pruning on the same tasks, for :func:`flops_ratio` and :func:`plot_budget`. MVP's rows
     carry the FLOPs of its LEEP search (``search_tflops``); at the profile's J, MVP also runs with
@@ -204,11 +216,18 @@ def ablate_budget(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, mv
     LEEP on 10 images per class, WordNet). ``mvp_variants``: more MVP families, ``{name: settings}``
     (e.g. ``{"MVP (freeze 0.5)": {"freeze": 0.5}}``), each at every J of ``mvp_iterations`` with
     the same neighbours (``"neighbours": n``: the first n of the same LEEP ranking). A variant's
-    ``batch_size`` keeps J's images: it runs J · batch / batch_size steps."""
+    ``batch_size`` keeps J's images: it runs J · batch / batch_size steps. ``others``: more
+    registered methods at their own budgets, ``{key: (J, ...)}``; by default the nearest record
+    (what ``prune --method auto`` runs when the zoo holds the ratio) at ``mvp_iterations`` and the
+    profile's peers (Torch-Pruning's pipelines) at ``conventional_iterations``."""
     key = profile.upper_bound
     unknown = [s for s in searches if s not in SEARCHES]
     if unknown:
         raise ConfigError(f"unknown neighbour search(es) {', '.join(unknown)}; choose from {', '.join(SEARCHES)}")
+    if others is None:
+        others = {"nearest": mvp_iterations, **{peer: conventional_iterations for peer in profile.peers}}
+    other_methods = [create_method(k, **profile.settings(k, iterations=j), **({"dataset": ctx.dataset} if "dataset" in method_settings(k) else {}))
+                     for k, budgets in others.items() for j in budgets]
 
     embedding = make_similarity("embedding", backbone=ctx.backbone, dataset=ctx.dataset) if "preselect" in searches else None
 
@@ -235,6 +254,8 @@ def ablate_budget(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, mv
         for search in searches:
             yield f"MVP ({search}) J={profile.iterations}", {"family": f"MVP ({search})", "x": profile.iterations}, \
                 lambda search=search: mvp(profile.iterations, search)
+        for m in other_methods:
+            yield f"{m.name} J={m.iterations}", {"family": m.name, "x": m.iterations}, lambda m=m: ctx.run(m, data)
 
     return run_variants(ctx, tasks, variants, out, progress, "budget")
 

@@ -79,6 +79,12 @@ def _row(task: Task, label: str, result: PruneResult, extra: dict | None = None)
 
 
 PEER_FAMILY = "Torch-Pruning"
+
+
+def pipeline_families(rows: Sequence[dict], reference: str = "IFP") -> list[str]:
+    """The conventional pipelines the rows hold, in row order: ``reference`` (the paper's: IFP, or
+    AHNP for a ViT) and Torch-Pruning's; the strongest at each accuracy is their upper envelope."""
+    return [f for f in dict.fromkeys(r["family"] for r in rows) if f == reference or f.startswith(PEER_FAMILY)]
 """How the peer's rows are named (``Torch-Pruning magnitude``, ``... Taylor``, ``... iterative``)."""
 
 
@@ -89,7 +95,7 @@ def ratio_notes(rows: Sequence[dict]) -> list[str]:
     from .ablations import flops_ratio
 
     families = list(dict.fromkeys(r["family"] for r in rows))
-    conventional = [f for f in families if f == "IFP" or f.startswith(PEER_FAMILY)]
+    conventional = pipeline_families(rows)
     if "IFP" not in families:
         return []
     lines = []

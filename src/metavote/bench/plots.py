@@ -48,8 +48,9 @@ def plot_ablation(rows: Sequence[dict], path: str | os.PathLike, title: str, xla
 
 def plot_budget(rows: Sequence[dict], path: str | os.PathLike, title: str) -> Path:
     """Accuracy (mean ± std over tasks) against training TFLOPs (log scale), one line per method
-    family, MVP also with its neighbour search's FLOPs added (dashed); a family at one budget
-    only (MVP with another search) is one point, its search included."""
+    family (MVP, the nearest record, IFP, Torch-Pruning's pipelines, random), MVP also with its
+    neighbour search's FLOPs added (dashed); MVP with another search at one budget is one point,
+    its search included."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,7 +64,7 @@ def plot_budget(rows: Sequence[dict], path: str | os.PathLike, title: str) -> Pa
         std = [100 * np.std([r["accuracy"] for r in s]) for s in sel]
         tf = [np.mean([r["tflops"] for r in s]) for s in sel]
         searched = [np.mean([r["tflops"] + r.get("search_tflops", 0.0) for r in s]) for s in sel]
-        if len(xs) == 1:  # one budget, another neighbour search: its point with the search's FLOPs
+        if len(xs) == 1 and fam.startswith("MVP ("):  # one budget, another neighbour search: its point with the search's FLOPs
             ax.plot(searched, acc, marker="D", ls="none", label=f"{fam}, J={xs[0]}, search included")
             continue
         line = ax.errorbar(tf, acc, yerr=std, marker="o", capsize=3, label=fam)
