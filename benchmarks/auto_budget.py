@@ -8,6 +8,7 @@ record found by exhaustive LEEP instead of the `ann` search, at J = 20, on the s
     python benchmarks/auto_budget.py run --nearest 10 50 100 200 --mvp 10 50 100 200 --peer-iterations 10 50 100 --leep --threads 1
     python benchmarks/auto_budget.py run --nearest 1000 --peer-iterations 1000 --peers tp-magnitude
     python benchmarks/auto_budget.py report runs/auto-budget/rows.jsonl runs/bench-peers/rows.jsonl
+    python benchmarks/auto_budget.py report runs/auto-budget/rows.jsonl benchmarks/results/auto_budget.json   # J = 1000 added
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def run(args) -> None:
 def report(args) -> None:
     rows, seen = [], set()
     for path in args.rows:  # the first file's row wins where two hold the same (family, J, task)
-        for r in map(json.loads, open(path)):
+        found = json.load(open(path))["results"]["rows"] if path.endswith(".json") else map(json.loads, open(path))
+        for r in found:  # rows.jsonl of a run, or an earlier report's JSON (benchmarks/results/auto_budget.json)
             if (r["family"], r["x"], r["task"]) not in seen:
                 seen.add((r["family"], r["x"], r["task"]))
                 rows.append(r)

@@ -137,3 +137,32 @@ def test_decomposition_and_head_options(small_zoo):
     assert half.costs.flops < whole.costs.flops and half.params["frozen_blocks"] == 4
     with pytest.raises(ConfigError, match="freeze"):
         MVP(freeze=1.0)
+
+
+def test_every_record_competes_when_asked_and_a_short_budget_is_weighed(small_zoo):
+    """``zoo_method="all"`` lets a record of another method (``prune --save-to``'s) be a neighbour;
+    ``quality`` takes ``quality`` x log10(its budget / the zoo's) off its score."""
+    import itertools
+
+    from metavote.methods import weigh_budget
+    from metavote.similarity import SimilarityError
+
+    zoo, dataset, _, tasks = small_zoo
+    backbone, _ = load_backbone(zoo.root.parent / "backbone.safetensors")
+    target, other = [t for t in (dataset.task(list(c)) for c in itertools.combinations(dataset.classes, 3)) if t not in tasks][:2]
+    weak = create_method("random", ratio=0.5, iterations=1, batch_size=8).run(backbone, dataset.load_task(other), None)
+    zoo.add(other, weak)  # 1 step; the zoo's IFP records had 4
+    data, still = dataset.load_task(target), dict(ratio=0.5, iterations=0, batch_size=8, bn_batches=0, refresh_bn=0)
+    with pytest.raises(SimilarityError, match="fewer than the 7"):
+        MVP(neighbours=7, **still).run(backbone, data, zoo, None)  # the zoo's IFP records only
+    plain = MVP(neighbours=7, zoo_method="all", **still).run(backbone, data, zoo, None).params
+    weighed = MVP(neighbours=7, zoo_method="all", quality=10.0, **still).run(backbone, data, zoo, None).params
+    score = dict(zip(plain["neighbours"], plain["neighbour_scores"]))
+    assert other.id in plain["neighbours"] and weighed["neighbours"][-1] == other.id
+    assert weighed["neighbour_scores"][-1] == pytest.approx(score[other.id] + 10 * np.log10(1 / 4))
+    assert dict(zip(weighed["neighbours"][:-1], weighed["neighbour_scores"][:-1])) == {t: s for t, s in score.items() if t != other.id}
+    records = {r.task.id: r for r in zoo.records()}
+    assert [r.task.id for r, _ in weigh_budget([(records[other.id], 0.0), (records[tasks[0].id], -0.5)], 1.0, 4)] == \
+           [tasks[0].id, other.id]  # -0.5 beats 0 - log10(4) = -0.6
+    with pytest.raises(ConfigError, match="quality"):
+        MVP(quality=-1.0)

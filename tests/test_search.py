@@ -94,6 +94,14 @@ def test_a_read_only_zoo_is_used_and_layered_without_a_file_changing(ctx, tmp_pa
     default = Path("runs") / "layers" / root.resolve().name
     assert "is read-only" in out and f"saved to zoo {default} as" in out and (tmp_path / default / "index.sqlite").exists()
     assert listing(root) == before
+    # every record competes when asked (the layer's 2-step MVP record too), and `zoo refine` trains it to the zoo's 4 steps
+    assert main(["prune", "--zoo", str(layer), *cli_common(root), "--classes", ",".join(task2.classes), *TINY, "--method", "mvp",
+                 "--neighbours", "7", "--zoo-method", "all", "--quality", "1", "--no-save"]) == 0
+    assert f"{task.id} (" in capsys.readouterr().out
+    assert main(["zoo", "refine", "--zoo", str(layer), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "1 record(s) trained for fewer than 4 steps" in out and f"{task.id}.mvp" in out and "2 -> 4" in out
+    assert listing(root) == before
 
 
 def test_read_only_on_request_writes_nothing_and_refuses_writes_in_one_line(ctx, capsys, tmp_path, monkeypatch):

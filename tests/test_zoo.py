@@ -405,3 +405,44 @@ def test_tasks_of_a_killed_builder_are_taken_over(tmp_path, tiny_setup, capsys):
     assert "built 2, skipped 0" in result.stdout and time.time() - start < 60  # not held back by the dead claim's lease
     with Zoo(zoo_dir) as zoo:
         assert len(zoo) == 2 and all(zoo.verify(r) for r in zoo.records()) and zoo.claims(live=False) == []
+
+
+def test_refine_trains_weak_records_up_to_the_zoo_budget_and_swaps_them_safely(small_zoo, capsys, tmp_path):
+    from metavote.cli import main
+    from metavote.methods import create_method
+    from metavote.models import head_rows_for
+    from metavote.zoo import record_budget, refine_zoo, weak_records, zoo_budget
+
+    zoo, dataset, folder, tasks = small_zoo
+    backbone, meta = load_backbone(zoo.root.parent / "backbone.safetensors", dataset=dataset)
+    new = dataset.task(dataset.classes[3:6])
+    weak = create_method("random", ratio=0.5, iterations=1, batch_size=8).run(backbone, dataset.load_task(new), None,
+                                                                               head_rows_for(meta["classes"], new.classes))
+    added = zoo.add(new, weak)
+    assert zoo_budget(zoo) == 4 and [r.record_id for r in weak_records(zoo)] == [added.record_id]  # the IFP records had 4 steps
+    stale = zoo.find(added.record_id)[0]
+    zoo.close()
+
+    with Zoo(zoo.root) as other:  # another refiner holds the record: left alone
+        assert other.claim(f"{added.record_id}#refine", "someone", lease=60) == "claimed"
+        assert refine_zoo(zoo.root, progress=False).busy == [added.record_id]
+        other.release("someone")
+    report = refine_zoo(zoo.root, progress=False)
+    assert [r["record"] for r in report.refined] == [added.record_id] and report.refined[0]["steps"] == 3
+    with Zoo(zoo.root) as z:
+        r = z.get(added.record_id)
+        assert record_budget(r) == 4 and r.params["refined"] == 3 and r.params["accuracy_before_refine"] == added.accuracy
+        assert r.accuracy == report.refined[0]["after"] and r.flops > added.flops and r.file != added.file
+        model, subnet = z.load(r)  # the new file matches its checksum; Omega is the record's own
+        assert all(np.array_equal(subnet.kept[k], weak.subnet.kept[k]) for k in subnet.kept)
+        assert z.verify(stale) is True  # a reader holding the old row still finds the old file ...
+        assert z.update_model(stale, model, r.params, 0.0, 0.0, 0.0) is None  # ... and an outdated row is never written over
+        assert z.clean_superseded(grace=3600) == 0 and z.clean_superseded(grace=0) == 1 and not z.verify(stale)
+        assert weak_records(z) == [] and len(list((z.root / "records").iterdir())) == len(z.records())
+    assert main(["zoo", "refine", "--zoo", str(zoo.root), "--quiet"]) == 0
+    assert "0 record(s) trained for fewer than 4 steps" in capsys.readouterr().out
+    from metavote.zoo import pack_zoo, unpack_zoo
+
+    unpack_zoo(pack_zoo(zoo.root, tmp_path / "zoo.tar"), tmp_path / "copy")  # a refined record ships like any other
+    with Zoo(tmp_path / "copy") as copy:
+        assert copy.get(added.record_id).params["refined"] == 3 and copy.verify(copy.get(added.record_id))

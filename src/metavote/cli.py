@@ -214,6 +214,25 @@ def cmd_zoo_show(args: argparse.Namespace) -> None:
             print(f"  {name:<16} {len(idx):>4}/{subnet.sizes[name]:<4} {' '.join(map(str, idx[:12]))}{' ...' if len(idx) > 12 else ''}")
 
 
+def cmd_zoo_refine(args: argparse.Namespace) -> None:
+    from .training import set_threads
+    from .zoo import Zoo, refine_zoo, weak_records, zoo_budget
+
+    set_threads(args.threads)
+    if args.nice:
+        os.nice(19)  # idle time: any other work on the machine comes first
+    with Zoo(args.zoo) as zoo:
+        below = args.below if args.below is not None else zoo_budget(zoo)
+        weak = len(weak_records(zoo, below))
+    print(f"zoo {args.zoo}: {weak} record(s) trained for fewer than {below} steps" + (f"; refining at most {args.limit}" if args.limit else ""))
+    report = refine_zoo(args.zoo, below, args.limit, args.minutes, progress=not args.quiet)
+    for r in report.refined:
+        print(f"  {r['record']:<22} {r['budget_before']:>5} -> {r['budget']:<5} steps  {r['before']:.2%} -> {r['after']:.2%}  "
+              f"({r['tflops']:.2f} TFLOPs, {r['seconds']:.0f} s)")
+    print(f"refined {len(report.refined)}, {len(report.busy)} held by another refiner or changed meanwhile, {report.left} left for a later "
+          f"run, {report.cleaned} superseded file(s) deleted, in {report.seconds / 60:.1f} min")
+
+
 def _size(n: int) -> str:
     return f"{n:,} bytes" + (f" ({n / 2**20:.1f} MiB)" if n >= 2**20 else "")
 
@@ -329,14 +348,16 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
         args.method, why = default_method(ctx.zoo, args.ratio if args.ratio is not None else get_profile(args.profile).ratio,
                                           args.align or 1)
-        own = {"neighbours": args.neighbours, "similarity": args.similarity, "align": args.align, "temperature": args.temperature}
+        own = {"neighbours": args.neighbours, "similarity": args.similarity, "align": args.align, "temperature": args.temperature,
+               "zoo_method": args.zoo_method, "quality": args.quality}
         check_settings_used(args.method, {k for k, v in own.items() if v is not None}, chosen=True)
         print(f"method: {args.method} ({why}; --method mvp votes as the paper does)")
     task = ctx.dataset.task(classes)
     same = [r for r in ctx.zoo.records() if r.task.id == task.id]
     if same:
         print(f"note: the zoo already holds this task ({', '.join(r.record_id for r in same)}); it is left out of its own neighbours")
-    own = {"neighbours": args.neighbours, "similarity": args.similarity, "align": args.align}  # MVP's settings, and any method's align
+    own = {"neighbours": args.neighbours, "similarity": args.similarity, "align": args.align,  # MVP's settings, and any method's align
+           "zoo_method": args.zoo_method, "quality": args.quality}
     result, task = prune(ctx, classes, args.method, args.profile, save=not args.no_save, progress=not args.quiet, out=args.out,
                          **{k: v for k, v in (_budget(args) | own).items() if v is not None})
     print(f"{result.method} on {task}: test accuracy {result.accuracy:.2%}")
@@ -564,6 +585,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("record", help="record id or task id")
     p.add_argument("--method")
     p.set_defaults(func=cmd_zoo_show)
+    p = zoo.add_parser("refine", help="train the zoo's weak records (e.g. prune --save-to's J = 20 ones) up to the zoo's budget, "
+                       "weakest first; resumable, never blocks readers")
+    p.add_argument("--zoo", required=True, help="a writable zoo (a layer made by prune --save-to: its own records, not the read-only ones)")
+    p.add_argument("--below", type=int, metavar="J", help="refine records trained for fewer than J steps, up to J "
+                   "(default: the median budget of the zoo's source-method records, 1000 for the published zoo)")
+    p.add_argument("--limit", type=int, help="refine at most this many records")
+    p.add_argument("--minutes", type=float, help="start no new record after this many minutes")
+    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument("--nice", action="store_true", help="run at the lowest CPU priority (idle time)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_zoo_refine)
     p = zoo.add_parser("pack", help="write a zoo (its ok records, checked) into one bundle file to ship it; the zoo is only read")
     p.add_argument("zoo", metavar="DIR", help="the zoo folder (a read-only one too)")
     p.add_argument("out", metavar="OUT", help="the bundle file to write (an uncompressed tar, e.g. zoo.tar)")
@@ -634,6 +666,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--align", type=_align, help="kept widths in multiples of this, at no more FLOPs than the ratio's: ONNX Runtime's "
                    "channel block, 8 on AVX2 CPUs and 16 on AVX-512 ones, or auto (this CPU's; 8 on AVX2: 1.8x faster at batch 1, "
                    "and 2.6 points less accurate for MVP at J = 20, see docs/benchmarks/deployment.md; default 1: round((1 - r) n) per layer, the paper's)")
+    p.add_argument("--zoo-method", metavar="KEY", help="MVP and nearest: the candidates are the zoo's records of this method (default: "
+                   "the method the zoo was built with, IFP in the published zoo), or 'all': every record at the ratio, prune "
+                   "--save-to's too (see --quality)")
+    p.add_argument("--quality", type=float, help="MVP and nearest: take W x log10(record's steps / the zoo's) off a shorter-trained "
+                   "record's score (default 0; see docs/benchmarks/peer.md, grown zoo)")
     p.add_argument("--no-save", action="store_true", help="do not add the result to the zoo")
     p.add_argument("--save-to", help="a zoo layered on a read-only --zoo that takes the new record (default: runs/layers/<zoo name>); "
                    "both vote from then on, and `--zoo SAVE_TO` alone opens the stack")

@@ -286,11 +286,13 @@ class ZooSearch:
             k = min(4 * k, len(index))
 
     def nearest(self, target: TaskData, k: int = 3, records: Sequence[ZooRecord] | None = None, method: str | None = None,
-                exclude_target: bool = True, costs: Costs | None = None) -> list[tuple[ZooRecord, float]]:
+                exclude_target: bool = True, costs: Costs | None = None,
+                where: Callable[[ZooRecord], bool] | None = None, every_candidate: bool = False) -> list[tuple[ZooRecord, float]]:
         """The ``k`` records most similar to ``target`` by LEEP among the index's top
         ``candidates``, best first, with their LEEP scores: among ``records``, or else the zoo's
-        records of ``method`` (default any), read from the index only as candidates, so the cost
-        of a query does not grow with the zoo beyond the ANN's."""
+        records of ``method`` (default any) for which ``where(record)`` holds (e.g. a ratio), read
+        from the index only as candidates, so the cost of a query does not grow with the zoo beyond the ANN's.
+        ``every_candidate``: all the candidates LEEP scored, best first, not only the first ``k``."""
         own = target.task.id if exclude_target else None
         if records is not None:
             pool = {r.record_id: r for r in records if r.task.id != own}
@@ -299,14 +301,17 @@ class ZooSearch:
             suffix = f".{method}" if method else ""
             excluded = sum(r.status == "ok" for r in self.zoo.find(own, method)) if own else 0
             available = self.zoo.count(method) - excluded
-            allowed = lambda rid: rid.endswith(suffix) and not (own and rid.startswith(f"{own}."))  # noqa: E731  ids are <task>.<method>
+            def allowed(rid: str) -> bool:  # ids are <task>.<method>
+                return rid.endswith(suffix) and not (own and rid.startswith(f"{own}.")) and (where is None or where(self.zoo.get(rid)))
         if available < k:
             raise SimilarityError(f"the zoo has {available} candidate record(s), fewer than the {k} neighbours asked for")
         vector = self.embedder.target(target, self.embed_images, costs)
         ids = self.preselect(vector, allowed, max(self.candidates, k))
+        if len(ids) < k:
+            raise SimilarityError(f"the zoo has {len(ids)} candidate record(s) of the kind asked, fewer than the {k} neighbours asked for")
         chosen = [pool[rid] for rid in ids] if records is not None else [self.zoo.get(rid) for rid in ids]
         scores = LEEPSimilarity(self.leep_images).scores(self.zoo, chosen, target, costs)
-        order = np.argsort(-scores, kind="stable")[:k]
+        order = np.argsort(-scores, kind="stable")[: len(chosen) if every_candidate else k]
         return [(chosen[i], float(scores[i])) for i in order]
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ from .dlth import DLTH
 from .base import METHODS, Method, PruneResult, conventional_method, create_method, get_method_class, method_settings, register, task_head
 from .ifp import IFP
 from .mest import MEST
-from .mvp import DEFAULT_TEMPERATURE, MVP, NearestRecord, average_neighbours, sample_by_votes, vote_counts
+from .mvp import DEFAULT_TEMPERATURE, MVP, NearestRecord, average_neighbours, sample_by_votes, vote_counts, weigh_budget
 from .peer import TorchPruning, TorchPruningIterative, TorchPruningTaylor
 from .power import PoWER, retention_config
 from .random import PaperRandomPruning, RandomPruning, random_subnetwork
@@ -26,5 +26,5 @@ from .uvc import UVC, distillation_loss
 
 __all__ = [
     "AHNP", "DLTH", "TorchPruning", "TorchPruningIterative", "TorchPruningTaylor", "IHTReptile", "MEST", "UnitMask", "magnitude_subnetwork", "PaperRandomPruning", "PoWER", "UVC", "distillation_loss", "retention_config", "ScoreGates", "DEFAULT_TEMPERATURE", "IFP", "METHODS", "MVP", "Method", "NearestRecord", "PruneResult", "RandomPruning", "average_neighbours", "conventional_method", "create_method",
-    "get_method_class", "method_settings", "random_subnetwork", "register", "sample_by_votes", "task_head", "vote_counts",
+    "get_method_class", "method_settings", "random_subnetwork", "register", "sample_by_votes", "task_head", "vote_counts", "weigh_budget",
 ]

@@ -34,7 +34,7 @@ from ..pruning import SubNetwork, TensorIndex, dense_view, shrink, target_widths
 from ..search import ZooSearch
 from ..similarity import Similarity, make_similarity, nearest
 from ..training import Costs, Timer, frozen, imprint_head, make_optimizer, optimizer_step, recalibrate_bn
-from ..zoo import ZooRecord
+from ..zoo import ZooRecord, record_budget, zoo_budget
 from .base import Method, register
 
 OMEGAS = ("vote", "random", "nearest")
@@ -48,6 +48,13 @@ likelier than one kept by none, so many unvoted units are drawn: the colder vote
 tasks with each zoo measured, +0.7 points at J = 20 (18 of 30 tasks ahead) with the CPU profile's
 IFP J = 200 zoo, +1.8 (26 of 30) with an IFP J = 1000 zoo, +1.5 (10 of 16) on the CPU
 ViT zoo (docs/benchmarks/main-tables.md)."""
+
+
+def weigh_budget(ranked: Sequence[tuple[ZooRecord, float]], weight: float, budget: int) -> list[tuple[ZooRecord, float]]:
+    """Records with their similarity plus ``weight`` x log10(record's training budget / ``budget``),
+    capped at 0 (a record trained as long as the zoo's, or longer, loses nothing), best first."""
+    scored = [(r, s + weight * min(0.0, float(np.log10(max(record_budget(r), 1) / budget)))) for r, s in ranked]
+    return sorted(scored, key=lambda rs: -rs[1])
 
 
 def vote_counts(subnets: Sequence[SubNetwork]) -> dict[str, np.ndarray]:
@@ -146,8 +153,12 @@ class MVP(Method):
     nearest records by stored task embedding, :class:`~metavote.search.ZooSearch`; ``leep``:
     exhaustive LEEP over every record; ``wordnet`` or ``embedding``),
     among the zoo's records of ``zoo_method`` (default: the method the zoo was built with, IFP or
-    AHNP; MVP's own results are not voted on; the target's own record never counts), or the records
-    to use. ``preselect``: LEEP ranks only
+    AHNP; MVP's own results are not voted on; ``all``: every record at this ratio, ``prune
+    --save-to``'s too; the target's own record never counts), or the records to use. ``quality``:
+    a record's score is its similarity plus ``quality`` times log10 of its training budget over the
+    zoo's (:func:`~metavote.zoo.record_budget`, capped at 0), so a record trained for J = 20 in a
+    J = 1000 zoo loses 1.7 ``quality`` (LEEP is a mean log-likelihood, nats); the search
+    then ranks its 20 candidates (every one already scored by LEEP) by that sum. ``preselect``: LEEP ranks only
     the embedding's top 20. ``temperature``: tau of softmax(votes / tau). ``init``: ``neighbours``
     (the paper: each kept weight is the mean over the neighbours that hold it), ``nearest-first``
     (each kept weight from the most similar neighbour that holds it) or ``backbone`` (the
@@ -181,6 +192,7 @@ class MVP(Method):
     temperature: float = DEFAULT_TEMPERATURE
     preselect: bool = False
     zoo_method: str | None = None
+    quality: float = 0.0
     init: str = "neighbours"
     omega: str = "vote"
     head: str = "auto"
@@ -206,6 +218,8 @@ class MVP(Method):
             raise ConfigError(f"neighbours must be >= 1, got {self.neighbours}")
         if not isinstance(self.neighbours, int) and not self.neighbours:
             raise ConfigError("MVP needs at least one neighbour record")
+        if self.quality < 0:
+            raise ConfigError(f"quality must be >= 0, got {self.quality}")
         if self.similarity not in SIMILARITIES:
             raise ConfigError(f"similarity must be one of {', '.join(SIMILARITIES)}, got {self.similarity!r}")
         if self.omega == "nearest" and self.align != 1:
@@ -238,15 +252,31 @@ class MVP(Method):
         with Timer() as search:
             if isinstance(self.neighbours, int):
                 source = self.zoo_method or zoo.source_method
-                if not zoo.count(source):
-                    raise ConfigError(f"zoo {zoo.root} has no records of method {source}; build it with `metavote zoo build`")
+                every = source == "all"
+                at_ratio = (lambda r: np.isclose(r.params.get("ratio", -1), self.ratio)) if every else None  # noqa: E731
+                pool = None if self.similarity == "ann" else [r for r in zoo.records(method=None if every else source)
+                                                               if at_ratio is None or at_ratio(r)]
+                available = len(pool) if pool is not None else zoo.count(None if every else source)
+                ratios = sorted(float(r) for r in zoo.param_values("ratio")) if every else []
+                if every and available and not any(np.isclose(r, self.ratio) for r in ratios):
+                    held = ", ".join(f"{r:g}" for r in ratios)
+                    raise ConfigError(f"zoo {zoo.root} holds no record at ratio {self.ratio} (its ratios: {held}): prune at the zoo's ratio, "
+                                      "or use mvp, whose vote makes any ratio")
+                if not available:
+                    raise ConfigError(f"zoo {zoo.root} has no records of " + (f"ratio {self.ratio}" if every else f"method {source}")
+                                      + "; build it with `metavote zoo build`")
+                k = self.neighbours
                 if self.similarity == "ann":  # reads only the candidates' rows: a large zoo costs no more
-                    ranked = self._search(zoo, backbone).nearest(data, self.neighbours, method=source, costs=search_costs)
+                    ranked = self._search(zoo, backbone).nearest(data, k, method=None if every else source, costs=search_costs,
+                                                                 where=at_ratio, every_candidate=bool(self.quality))
                 else:
-                    pool = zoo.records(method=source)
+                    if self.quality:  # rank the top 20 by score and budget
+                        k = max(k, min(20, sum(r.task.id != data.task.id for r in pool)))
                     pre = self._measure("embedding", backbone) if self.preselect else None
-                    ranked = nearest(zoo, data, self.neighbours, self._measure(self.similarity, backbone), preselect=pre, records=pool,
+                    ranked = nearest(zoo, data, k, self._measure(self.similarity, backbone), preselect=pre, records=pool,
                                      costs=search_costs)
+                if self.quality:
+                    ranked = weigh_budget(ranked, self.quality, zoo_budget(zoo))[: self.neighbours]
                 records, scores, how = [r for r, _ in ranked], [s for _, s in ranked], self.similarity
             else:
                 records, scores, how = list(self.neighbours), [float("nan")] * len(self.neighbours), "given"
@@ -348,7 +378,13 @@ class NearestRecord(MVP):
     4.3 points (26 of 30 ahead) with a zoo built by IFP at J = 1000, by 11.3 (16 of 16) with the CPU
     ViT zoo, and with 40 steps of 32 by 3.8 (28 of 30) with the CPU profile's J = 200 zoo
     (docs/benchmarks/main-tables.md, issue 14).
-    It keeps the record's Omega, so its size is the record's (the zoo's ratio), not ``ratio``'s."""
+    It keeps the record's Omega, so its size is the record's (the zoo's ratio), not ``ratio``'s.
+
+    Unlike MVP it chooses among every record at the ratio (``zoo_method="all"``), those ``prune``
+    saved too, so a zoo grown by use serves later tasks: on 10 validation tasks, each pruned after
+    a task one class away had been saved by ``auto`` at J = 20, that was +0.4 ± 1.4 points at
+    J = 20 over the zoo's IFP records alone, and +8.7 ± 1.2 once ``zoo refine`` had trained the
+    saved records to the zoo's 1000 steps (docs/benchmarks/peer.md, a zoo grown by prune)."""
 
     key = "nearest"
     name = "nearest record"
@@ -357,6 +393,7 @@ class NearestRecord(MVP):
 
     neighbours: int | Sequence[ZooRecord] = 1
     omega: str = "nearest"
+    zoo_method: str | None = "all"
 
     def __post_init__(self) -> None:
         super().__post_init__()

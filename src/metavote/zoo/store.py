@@ -405,17 +405,67 @@ class Zoo:
         of the same task and method."""
         self._writable()
         rid = record_id(task, result.method)
-        path = self.root / "records" / f"{rid}.safetensors"
-        tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in result.model.state_dict().items()}
-        tensors |= result.subnet.to_tensors()
-        meta = {"task": json.dumps(task.to_dict()), "method": result.method, "params": json.dumps(result.params),
-                "backbone": self.fingerprint}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+        path = self._write_file(f"{rid}.safetensors", task, result.method, result.params, result.model, result.subnet)
         record = ZooRecord(rid, task, result.method, result.params, "ok", result.accuracy, float(result.costs.flops),
                            result.costs.seconds, path.name, file_digest(path), None, time.time())
         self._put(record)
         return record
+
+    def _write_file(self, name: str, task: Task, method: str, params: dict, model: Backbone, subnet: SubNetwork) -> Path:
+        """A record's file (compact weights and Omega), written atomically under ``records/``."""
+        path = self.root / "records" / name
+        tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        tensors |= subnet.to_tensors()
+        meta = {"task": json.dumps(task.to_dict()), "method": method, "params": json.dumps(params), "backbone": self.fingerprint}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        return path
+
+    def update_model(self, record: ZooRecord, model: Backbone, params: dict, accuracy: float, flops: float,
+                     seconds: float) -> ZooRecord | None:
+        """Replace a record's weights (same task, method and Omega: a record trained further) and its row.
+
+        The new weights go to a new file; the row then points at it in one transaction, only if the
+        row is still the one ``record`` was read from (same file and checksum; else None and the new
+        file is removed). Readers are never blocked and never see a half-written file: one that read
+        the old row still finds the old file, which stays until :meth:`clean_superseded` (a later
+        refine) removes it after a grace period."""
+        self._writable()
+        if record.origin not in (None, self.root):
+            raise ZooError(f"record {record.record_id} belongs to zoo {record.origin}, a read-only layer under {self.root}")
+        subnet = self.subnetwork(record)
+        name = f"{record.record_id}.{os.urandom(3).hex()}.safetensors"
+        path = self._write_file(name, record.task, record.method, params, model, subnet)
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            row = self._conn.execute("SELECT file, sha256 FROM records WHERE record_id = ?", (record.record_id,)).fetchone()
+            if row is None or tuple(row) != (record.file, record.sha256):
+                path.unlink(missing_ok=True)
+                return None
+            self._conn.execute("UPDATE records SET params = ?, accuracy = ?, flops = ?, seconds = ?, file = ?, sha256 = ? WHERE record_id = ?",
+                               (json.dumps(params), accuracy, flops, seconds, path.name, file_digest(path), record.record_id))
+            old = self._conn.execute("SELECT value FROM meta WHERE key = 'superseded'").fetchone()
+            superseded = (json.loads(old[0]) if old else []) + [[record.file, time.time()]]
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('superseded', ?)", (json.dumps(superseded),))
+            self._bump()
+        return self.find(record.record_id)[0]
+
+    def clean_superseded(self, grace: float = 3600.0) -> int:
+        """Delete the files :meth:`update_model` replaced more than ``grace`` seconds ago (a reader
+        holding an older row has had that long to open them); returns how many went."""
+        self._writable()
+        now = time.time()
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            old = self._conn.execute("SELECT value FROM meta WHERE key = 'superseded'").fetchone()
+            entries = json.loads(old[0]) if old else []
+            used = {f for (f,) in self._conn.execute("SELECT file FROM records WHERE file IS NOT NULL")}
+            gone = [(f, t) for f, t in entries if now - t >= grace and f not in used]
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('superseded', ?)",
+                               (json.dumps([e for e in entries if tuple(e) not in set(gone)]),))
+        for f, _ in gone:
+            (self.root / "records" / f).unlink(missing_ok=True)
+        return len(gone)
 
     def add_failure(self, task: Task, method: str, params: dict, error: str) -> ZooRecord:
         """Record that pruning ``task`` failed (a later build retries it)."""
