@@ -666,9 +666,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--align", type=_align, help="kept widths in multiples of this, at no more FLOPs than the ratio's: ONNX Runtime's "
                    "channel block, 8 on AVX2 CPUs and 16 on AVX-512 ones, or auto (this CPU's; 8 on AVX2: 1.8x faster at batch 1, "
                    "and 2.6 points less accurate for MVP at J = 20, see docs/benchmarks/deployment.md; default 1: round((1 - r) n) per layer, the paper's)")
-    p.add_argument("--zoo-method", metavar="KEY", help="MVP and nearest: the candidates are the zoo's records of this method (default: "
-                   "the method the zoo was built with, IFP in the published zoo), or 'all': every record at the ratio, prune "
-                   "--save-to's too (see --quality)")
+    p.add_argument("--zoo-method", metavar="KEY", help="MVP and nearest: the candidates are the zoo's records of this method, or "
+                   "'all': every record at the ratio, prune --save-to's too (default: nearest all; MVP the method the zoo was "
+                   "built with, IFP in the published zoo, as the paper does; see --quality)")
     p.add_argument("--quality", type=float, help="MVP and nearest: take W x log10(record's steps / the zoo's) off a shorter-trained "
                    "record's score (default 0; see docs/benchmarks/peer.md, grown zoo)")
     p.add_argument("--no-save", action="store_true", help="do not add the result to the zoo")
