@@ -8,7 +8,7 @@ published zoo, as `prune --save-to` does. Then each later task is pruned at J = 
 from: the published records only (today's search: the zoo's source method, so the layer changes nothing); every
 record at the ratio (`zoo_method="all"`: the J = 20 records compete), with the budget weighed in at several weights
 (`quality`); and the same after `zoo refine` has trained the layer's records to the zoo's 1000 steps (a copy of
-the layer).
+the layer). The next 10 test tasks, with no earlier task of their own, are the control (nearest record only).
 
     python benchmarks/grown_zoo.py grow
     python benchmarks/grown_zoo.py refine
@@ -80,6 +80,11 @@ def run(args) -> None:
     profile = get_profile("cpu")
     zoos = {"grown": with_layer(ctx, LAYER), "refined": with_layer(ctx, REFINED)}
 
+    def nearest_only(data, task, log):
+        for label, extra, run in variants(data, task, log):
+            if label.startswith("nearest record") and label.endswith(("quality 0", "published records")):
+                yield label, extra, run
+
     def variants(data, task, log):
         for zoo_name, grown in zoos.items():
             for key in ("nearest", "mvp"):
@@ -92,15 +97,17 @@ def run(args) -> None:
                     label = f"{m.name} {zoo_name if extra.get('zoo_method') else ''} {case}".replace("  ", " ")
                     yield label, {"family": label, "x": m.iterations, "zoo": zoo_name}, lambda m=m, g=grown: g.run(m, data)
 
-    for name, tasks in task_sets(ctx, args.tasks).items():
-        run_variants(ctx, tasks, variants, OUT / name, True, name)
+    sets = task_sets(ctx, args.tasks)
+    sets["unrelated"] = bench_tasks(ctx.dataset, ctx.zoo, 2 * args.tasks, seed=1000)[args.tasks:]  # no earlier task of their own
+    for name, tasks in sets.items():
+        run_variants(ctx, tasks, variants if name != "unrelated" else nearest_only, OUT / name, True, name)
 
 
 def report(args) -> None:
     text, results = "", {}
     with Zoo(LAYER, read_only=True) as layer:
         layer_tasks = {r.task.id for r in layer.records() if r.origin == layer.root}
-    for name in ("validation", "test"):
+    for name in ("validation", "test", "unrelated"):
         rows = [json.loads(line) for line in open(OUT / name / "rows.jsonl")]
         cell = defaultdict(dict)
         for r in rows:
@@ -121,8 +128,9 @@ def report(args) -> None:
             table.append([label, f"{acc.mean():.2f} ± {out[-1]['se']:.2f}", f"{d.mean():+.2f} ± {out[-1]['difference_se']:.2f}",
                           f"{int((d > 0).sum())} / {int((d < 0).sum())}", f"{own} of {len(tasks)}"])
         results[name] = out
-        text += (f"\n\n{name.capitalize()} tasks ({len(tasks)}), J = 20, each after its earlier task (one class swapped) was pruned "
-                 f"into the layer by `auto`:\n\n"
+        how = ("each after its earlier task (one class swapped) was pruned into the layer by `auto`" if name != "unrelated" else
+               "the next 10 test tasks, with no earlier task of their own (the layer holds the 20 above)")
+        text += (f"\n\n{name.capitalize()} tasks ({len(tasks)}), J = 20, {how}:\n\n"
                  + md_table(["method, zoo, candidates", "accuracy (%)", "− published records only (points)", "ahead / behind",
                              "nearest is a layer record"], table))
     refined = json.loads((OUT / "refine.json").read_text()) if (OUT / "refine.json").exists() else []
