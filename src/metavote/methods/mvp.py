@@ -384,7 +384,7 @@ class NearestRecord(MVP):
     saved too, so a zoo grown by use serves later tasks: on 10 validation tasks, each pruned after
     a task one class away had been saved by ``auto`` at J = 20, that was +0.4 ± 1.4 points at
     J = 20 over the zoo's IFP records alone, and +8.7 ± 1.2 once ``zoo refine`` had trained the
-    saved records to the zoo's 1000 steps (docs/benchmarks/peer.md, a zoo grown by prune)."""
+    saved records to the zoo's 1000 steps (docs/benchmarks/peer.md, "A zoo grown by prune")."""
 
     key = "nearest"
     name = "nearest record"
