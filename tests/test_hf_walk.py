@@ -77,9 +77,15 @@ def test_every_classifier_transformers_lists_has_a_tiny_config():
 
 def prune_end_to_end(model_type: str, cls: str, tmp_path) -> TracedModel:
     model = build(model_type, cls)
-    size = model.input_size[-1]
     groups = model.unit_groups()
     assert not groups or {g.kind for g in groups} == KINDS[model_type], (cls, {g.kind for g in groups})
+    return check_contract(model, tmp_path, cls)
+
+
+def check_contract(model: TracedModel, tmp_path, cls: str) -> TracedModel:
+    """The contract of the module docstring, on any traced model that can be rebuilt from its config."""
+    size = model.input_size[-1]
+    groups = model.unit_groups()
     dataset = synthetic_dataset(num_classes=5, train_per_class=4, test_per_class=2, size=size)
     tasks = [dataset.task(dataset.classes[i:i + 3]) for i in range(3)]
     if not groups:  # what a method says of a model with nothing to prune
@@ -96,7 +102,7 @@ def prune_end_to_end(model_type: str, cls: str, tmp_path) -> TracedModel:
         assert [g.size for g in small.unit_groups()] == [len(subnet.kept[g.name]) for g in groups]  # shrunk, still described
     assert step_flops(small, 2) < step_flops(model, 2)
 
-    meta = {"fingerprint": f"tiny-{cls}", "config": model.config, "arch": "hf"}
+    meta = {"fingerprint": f"tiny-{cls}", "config": model.config, "arch": model.config["arch"]}
     with Zoo(tmp_path / "zoo", meta) as zoo:
         added = [zoo.add(task, PruneResult(extract(model, subnet), subnet, Costs(), 0.5, "random", {}))
                  for task, subnet in zip(tasks[:2], records)]

@@ -3,7 +3,7 @@
 The contract every architecture keeps (extraction equal to masking, exact parameters, fewer FLOPs,
 a zoo record, MVP and the nearest record, the standalone file, ONNX) is walked over every image
 classifier transformers lists in ``tests/test_hf_walk.py``; ``ARCHS`` here are the tiny configs of
-the architectures the tests below (and ``benchmarks/traced_archs.py``) use by name.
+the architectures the tests below (and ``benchmarks/any-model/traced_archs.py``) use by name.
 """
 
 from __future__ import annotations

@@ -88,7 +88,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     set_threads(args.threads)
     dataset = load_dataset(args.dataset, args.data)
-    model, meta = load_backbone(args.weights, dataset=dataset)
+    model, meta = load_backbone(args.weights, dataset=dataset, image_size=args.image_size)
+    dataset = dataset.resized(model.input_size)
     model.to(select_device(args.device))
     if args.classes:
         task = dataset.task(_csv(args.classes))
@@ -103,6 +104,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             raise ConfigError(f"the backbone has a {model.num_classes}-way head, the dataset {dataset.num_classes} classes")
         acc, n, what = evaluate(model, dataset.test_images, dataset.test_labels), len(dataset.test_labels), dataset.name
     print(f"top-1 {acc:.2%} on {n} test images of {what}")
+
+
+def cmd_backbones(args: argparse.Namespace) -> None:
+    from .models import list_backbones
+
+    rows = list_backbones()
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        size = f"{r['image_size']} px" if r["image_size"] else "its own size"
+        state = f"  (not installed: needs {r['missing']})" if r["missing"] else ""
+        print(f"{r['name']:<{width}}  {r['summary']}; {size} by default; from {r['source']}{state}")
+    print("any other: --backbone py:MODULE:FUNCTION (a function returning a classifier), a weights file, or a Hugging Face folder; "
+          "--image-size sets the input size")
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
@@ -141,9 +155,10 @@ def cmd_zoo_build(args: argparse.Namespace) -> None:
 
     budget = {"ratio": args.ratio, "iterations": args.iterations, "lr": args.lr, "batch_size": args.batch_size, "importance": args.importance}
     profile = get_profile(args.profile)
-    backbone = locate_backbone(args.backbone)
+    backbone = locate_backbone(args.backbone or profile.backbone)
+    image_size = args.image_size or profile.image_size
     if args.method is None:  # the profile's conventional method, or the one this model can run
-        model, _ = load_backbone(backbone)
+        model, _ = load_backbone(backbone, image_size=image_size)
         method, why = conventional_method(model, profile, **budget)
         print(f"method: {method.key} ({why}; --method names another)")
     else:
@@ -152,7 +167,7 @@ def cmd_zoo_build(args: argparse.Namespace) -> None:
     tasks = sample_tasks(dataset, args.n_way, args.tasks, args.seed, classes=_csv(args.classes) if args.classes else None)
     print(f"zoo {args.zoo}: {len(tasks)} {args.n_way}-way tasks of {dataset.name}, {method.key} {method.settings()}, backbone {backbone}")
     report = build_zoo(args.zoo, tasks, backbone, method, args.dataset, args.data, args.workers, args.executor, args.address, not args.quiet,
-                       select_device(args.device), args.threads, args.retry_failed)
+                       select_device(args.device), args.threads, args.retry_failed, image_size=image_size)
     print(f"built {len(report.done)}, skipped {len(report.skipped)} already done"
           + (f" and {len(report.by_others)} built by other builders" if report.by_others else "")
           + f", failed {len(report.failed)} in {report.seconds / 60:.1f} min")
@@ -484,6 +499,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- parser
 
 
+BACKBONE_HELP = ("pre-trained backbone: a weights file, a Hugging Face folder, a name from `metavote backbones` (efficientnet-lite0) "
+                 "or py:MODULE:FUNCTION (default: the profile's, else ../shared/pretrained/cifar100_resnet18_w0.5.safetensors)")
+IMAGE_SIZE_HELP = "input size in pixels the backbone runs at; images are resized to it once (default: the profile's, else the model's own)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser; it imports nothing heavy (no torch), so ``--help`` is instant."""
     from .names import METHOD_KEYS, PRECISIONS, RUNTIMES
@@ -518,11 +538,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="top-1 of a backbone on a dataset's test split, or on a task of its classes")
     _add_data(p)
-    p.add_argument("--weights", required=True, help="a .safetensors (or .pt state_dict) backbone")
+    p.add_argument("--weights", required=True, help="a .safetensors (or .pt state_dict) backbone, a Hugging Face folder or a backbone name")
+    p.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
     p.add_argument("--classes", help="comma-separated classes: evaluate on that task with the head's rows")
     _add_threads(p)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("backbones", help="the pre-trained backbones --backbone can name (efficientnet-lite0, ...), and whether they are installed")
+    p.set_defaults(func=cmd_backbones)
     p = sub.add_parser("tasks", help="draw N-way tasks (seeded) and print their ids and classes")
     _add_data(p)
     p.add_argument("--n-way", type=int, default=5)
@@ -550,7 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = zoo.add_parser("build", help="prune T sampled tasks into a zoo (IFP by default; parallel, resumable)")
     _add_data(p)
     p.add_argument("--zoo", required=True, help="zoo folder (created if new)")
-    p.add_argument("--backbone", help="pre-trained backbone (default: ../shared/pretrained/cifar100_resnet18_w0.5.safetensors)")
+    p.add_argument("--backbone", help=BACKBONE_HELP)
+    p.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
     p.add_argument("--tasks", type=int, default=100, help="number of tasks T (default 100)")
     p.add_argument("--n-way", type=int, default=5)
     p.add_argument("--seed", type=int, default=0, help="task sampling seed")
@@ -559,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "method, IFP or AHNP, or the first of AHNP, IFP and IFP with magnitude importance the model can run)")
     p.add_argument("--profile", choices=profiles, default="paper",
                    help="budget: 'paper' (IFP r 0.9, J 1000, batch 128), 'cpu' (IFP r 0.8, J 200, batch 64), 'vit-paper' or "
-                        "'vit-cpu' (AHNP)")
+                        "'vit-cpu' (AHNP), 'lite0-cpu' (EfficientNet-Lite0 at 96 px: its backbone and size by default; IFP r 0.8, J 200)")
     p.add_argument("--ratio", type=float, help="pruning ratio r (overrides the profile)")
     p.add_argument("--iterations", type=int, help="the method's iterations (overrides the profile)")
     p.add_argument("--lr", type=float)
@@ -732,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on its embedded default (see README)")
     p.add_argument("--data", help="data root (default: $METAVOTE_DATA, then ../shared/data)")
-    p.add_argument("--backbone", help="pre-trained backbone (default: ../shared/pretrained/cifar100_resnet18_w0.5.safetensors)")
+    p.add_argument("--backbone", help=BACKBONE_HELP)
     p.add_argument("--zoo", help="the zoo to prune from, opened read-only (default: $METAVOTE_ZOO, then the published "
                    "../shared/zoos/cifar100-resnet18w0.5-ifp1000; without one a 6-task zoo is built under --out)")
     p.add_argument("--out", default="runs/demo", help="where the demo writes a zoo when it builds one")

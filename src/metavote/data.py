@@ -53,6 +53,7 @@ class ImageDataset:
     test_labels: np.ndarray
     wnids: list[str | None] = field(default_factory=list)
     source: str | None = None  # the absolute path it was loaded from (set by load_dataset): load_dataset(source) loads it again
+    folder_options: dict | None = None  # an image folder's loading options (set by load_dataset): resized() decodes it again
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -100,6 +101,35 @@ class ImageDataset:
                 keep &= rank < cap
             parts += [x[keep], remap[y[keep]]]
         return ImageDataset(self.name, names, *parts, wnids=[self.wnids[i] for i in idx])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the images."""
+        return tuple(int(v) for v in self.train_images.shape[1:3])
+
+    def resized(self, size: int | Sequence[int]) -> ImageDataset:
+        """This dataset at ``size`` (pixels, or ``(height, width)``, or a model's ``(3, H, W)``
+        input size): every image resized once (bilinear; antialiased when shrinking) and cached on
+        disk as memory-mapped arrays that every process on the machine shares, so zoo workers
+        read one copy. An image folder is decoded again from its files at that size (its own
+        cache). The dataset itself when it is already at that size."""
+        h, w = (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(int(v) for v in tuple(size)[-2:])
+        if not (4 <= h <= 4096 and 4 <= w <= 4096):
+            raise ConfigError(f"image size must be in 4..4096 pixels, got {h}x{w}")
+        if self.image_size == (h, w):
+            return self
+        if self.folder_options is not None and self.source and h == w:  # an image folder: decode its files at that size
+            out = load_image_folder(self.source, size=h, name=self.name, **self.folder_options)
+            out.source, out.folder_options = self.source, self.folder_options
+            return out
+        key = hashlib.sha1(f"{self.name}|{self.source}|{self.train_images.shape}|{self.test_images.shape}|{h}x{w}".encode())
+        for x in (self.train_images, self.test_images, self.train_labels, self.test_labels):
+            key.update(np.ascontiguousarray(x[:: max(1, len(x) // 256)]).tobytes())  # a sample of every array: cheap, and changes with the data
+        stem = f"resized-{re.sub(r'[^A-Za-z0-9_.-]', '_', self.name)}-{h}x{w}-{key.hexdigest()[:16]}"
+        images = [_resized_array(x, h, w, _default_cache_dir() / f"{stem}-{split}.npy")
+                  for split, x in (("train", self.train_images), ("test", self.test_images))]
+        return ImageDataset(self.name, list(self.classes), images[0], self.train_labels, images[1], self.test_labels,
+                            wnids=list(self.wnids), source=self.source)
 
     def task(self, classes: Sequence[str]) -> Task:
         """The task of these classes of this dataset (names are validated)."""
@@ -252,9 +282,36 @@ def load_dataset(name: str = "cifar100", data: str | os.PathLike | None = None, 
     Raises :class:`DataNotFoundError` listing every place searched when nothing is found.
     """
     path = _find_dataset(name, data)
-    dataset = load_cifar100(path) if _cifar_dir(path) == path else load_image_folder(path, **folder_options)
+    folder = _cifar_dir(path) != path
+    dataset = load_image_folder(path, **folder_options) if folder else load_cifar100(path)
     dataset.source = str(path.resolve())
+    if folder:
+        dataset.folder_options = {k: v for k, v in folder_options.items() if k != "size"}
     return dataset
+
+
+def _resized_array(images: np.ndarray, h: int, w: int, cache: Path, chunk: int = 1024) -> np.ndarray:
+    """uint8 NHWC ``images`` at ``h`` x ``w``, read from (or first written to) the ``.npy`` file
+    ``cache`` and returned memory-mapped; a damaged cache is written again."""
+    want = (len(images), h, w, 3)
+    if cache.exists():
+        try:
+            out = np.load(cache, mmap_mode="r")
+            if out.shape == want and out.dtype == np.uint8:
+                return out
+        except (OSError, ValueError):
+            pass
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    shrink = h * w < images.shape[1] * images.shape[2]
+    with atomic_path(cache) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=want)
+        for i in range(0, len(images), chunk):
+            x = to_float(torch.as_tensor(np.ascontiguousarray(images[i : i + chunk])))
+            y = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
+            out[i : i + chunk] = y.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        out.flush()
+        del out
+    return np.load(cache, mmap_mode="r")
 
 
 def _find_dataset(name: str, data: str | os.PathLike | None) -> Path:
@@ -543,9 +600,11 @@ def sample_tasks(
 
 @dataclass(frozen=True)
 class Augment:
-    """Batch augmentation: random crop with ``padding`` (reflect), horizontal flip, cutout of ``cutout`` pixels."""
+    """Batch augmentation: random crop with ``padding`` (reflect; None: an eighth of the image's
+    height, 4 pixels at 32, 12 at 96, so the crop is the same at every input size), horizontal
+    flip, cutout of ``cutout`` pixels."""
 
-    padding: int = 4
+    padding: int | None = None
     flip: bool = True
     cutout: int = 0
 
@@ -561,8 +620,8 @@ def augment_batch(x: torch.Tensor, aug: Augment, generator: torch.Generator | No
     the same augmentation on every device."""
     b, c, h, w = x.shape
     dev = x.device
-    if aug.padding:
-        p = aug.padding
+    p = aug.padding if aug.padding is not None else max(1, h // 8)
+    if p:
         padded = F.pad(x, (p, p, p, p), mode="reflect")
         off = torch.randint(0, 2 * p + 1, (b, 2), generator=generator).to(dev)
         rows = (off[:, :1] + torch.arange(h, device=dev)).view(b, 1, h, 1).expand(b, c, h, w + 2 * p)

@@ -52,7 +52,7 @@ ONNX_TOLERANCE = 1e-3
 """How far an exported model's logits may be from PyTorch's, as a share of the logits' scale (the
 largest |logit| on the check images). fp32 kernels that sum in another order (another ISA, another
 thread count, a fused convolution) differ by rounding; a graph that computes something else, or a
-runtime that quietly runs in bf16, differs by far more. Measured (``benchmarks/cpu_types.py``, 10
+runtime that quietly runs in bf16, differs by far more. Measured (``benchmarks/deployment/cpu_types.py``, 10
 records of the published zoo on their 500 test images each, AMD EPYC with AVX-512 and bf16, and
 again with oneDNN capped to AVX2): ONNX Runtime and OpenVINO f32 within 3.3e-7 to 6.7e-7 of the
 scale, every top-1 the same; one convolution's weights moved by 1%: 8.4e-3; OpenVINO in bf16:
@@ -425,7 +425,7 @@ class OpenVinoModel:
 # ----------------------------------------------------------------------------- int8
 
 # Static quantisation in ONNX Runtime's QDQ format, calibrated on the task's own training images.
-# Measured by benchmarks/int8_schemes.py on three CIFAR-100 5-way ResNet-18 (w0.5, r = 0.8) records on an
+# Measured by benchmarks/deployment/int8_schemes.py on three CIFAR-100 5-way ResNet-18 (w0.5, r = 0.8) records on an
 # AVX2 CPU without VNNI: the share of the 500 test images whose int8 top-1 is the fp32 top-1, and the first
 # record at batch 128, 1 thread (fp32: ONNX Runtime 64.7 ms, OpenVINO 49.0 ms):
 #   activations, weights              agreement            ONNX Runtime  OpenVINO

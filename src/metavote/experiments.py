@@ -14,9 +14,8 @@ import torch
 
 from .bench import (
     BenchContext, ablate_budget, ablate_decomposition, ablate_groups, ablate_head, ablate_zoos, ablate_iterations, ablate_neighbours,
-    ablate_recipe, ablate_task_size, ablate_unseen, bench, bench_tasks, flops_ratio, main_methods, markdown_table, one_off_costs, pipeline_families,
-    ratio_notes,
-    plot_ablation, plot_budget, summarize, write_table, zoo_names, zoo_summary,
+    ablate_recipe, ablate_task_size, ablate_unseen, bench, bench_tasks, flops_ratio, main_methods, markdown_table, one_off_costs,
+    pipeline_families, ratio_notes, plot_ablation, plot_budget, summarize, write_table, zoo_names, zoo_summary,
 )
 from .data import Task, load_dataset, sample_tasks
 from .deploy import save_result
@@ -49,10 +48,12 @@ def context(zoo_path: str | os.PathLike, data: str | os.PathLike | None = None, 
     device = select_device(device)
     zoo = Zoo(zoo_path, device=device, read_only=read_only)
     loaded = zoo_dataset(zoo, dataset, data)
-    model, meta = load_backbone(locate_backbone(backbone), dataset=loaded)
+    backbone = backbone or zoo.meta.get("backbone")  # a zoo of a named backbone (efficientnet-lite0) names it
+    size = (zoo.meta.get("input_size") or [None])[-1]
+    model, meta = load_backbone(locate_backbone(backbone), dataset=loaded, image_size=size)
     if meta["fingerprint"] != zoo.fingerprint:
         raise ConfigError(f"the backbone is not the one zoo {zoo_path} was built from; pass the right one with --backbone")
-    return BenchContext(model.to(device), meta.get("classes"), loaded, zoo)
+    return BenchContext(model.to(device), meta.get("classes"), loaded.resized(model.input_size), zoo)
 
 
 DEFAULT_LAYERS = Path("runs") / "layers"

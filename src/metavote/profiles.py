@@ -12,6 +12,7 @@ the same recipe, and the bench's records compare with the zoo's.
 | ``cpu`` | ResNet | 0.8 | 20 | IFP 200 | 64 | 0.01 (SGD) |
 | ``vit-paper`` | ViT | 0.9 | 100 | AHNP 1000, lr 5e-4 | 128 | 2e-4 (AdamW) |
 | ``vit-cpu`` | ViT | 0.8 | 20 | AHNP 200, lr 5e-4 | 64 | 2e-4 (AdamW) |
+| ``lite0-cpu`` | EfficientNet-Lite0, ImageNet weights, 96 px | 0.8 | 20 | IFP 200 | 64 | 0.01 (SGD) |
 
 ``cpu`` is for 2 CPU cores and the width-0.5 backbone: r = 0.8 keeps 6–51 channels per layer, the
 widths the paper's r = 0.9 keeps at width 1.0. ``vit-cpu`` is for the small CIFAR ViT (192 wide,
@@ -40,6 +41,8 @@ class Profile:
     extra: tuple[str, ...] = ()  # more methods at J in the bench's table (baselines)
     peers: tuple[str, ...] = ("tp-magnitude", "tp-taylor", "tp-iterative")  # what users run instead: the bench runs each at J and 10 J
     conventional_at_j: bool = True  # the table also runs conventional pruning at J (the paper's Table 1 does, Table 2 does not)
+    backbone: str | None = None  # the backbone this profile is for, when it names one (``zoo build --profile`` uses it by default)
+    image_size: int | None = None  # the input size its backbone runs at (None: the model's own)
 
     @property
     def upper_bound(self) -> str:
@@ -93,6 +96,10 @@ PROFILES: dict[str, Profile] = {
     # 2 CPU cores, the small CIFAR ViT: r = 0.8, J = 20 at batch 64, AHNP at 10·J = 200 (about 65 s a task on 2 threads)
     "vit-cpu": Profile("vit-cpu", ratio=0.8, iterations=20, batch_size=64, lr=2e-4, conventional=("ahnp",),
                        method_settings={"ahnp": {"lr": 5e-4}} | VIT_ADAMW, extra=VIT_BASELINES, conventional_at_j=False),
+    # EfficientNet-Lite0 with its ImageNet weights (--backbone efficientnet-lite0) at 96 px on 2 CPU cores: r = 0.8, J = 20 at
+    # batch 64, IFP at 10·J = 200 (a dense training step costs 0.96 s at 96 px, 2.05 s at 128, 11.6 s at 224; the r = 0.8
+    # model 0.15 s at 96: benchmarks/real-model/lite0_step_cost.py)
+    "lite0-cpu": Profile("lite0-cpu", ratio=0.8, iterations=20, batch_size=64, lr=0.01, backbone="efficientnet-lite0", image_size=96),
 }
 
 

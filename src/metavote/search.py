@@ -246,7 +246,7 @@ class ZooSearch:
     def _dataset(self, name: str) -> ImageDataset:
         if name not in self._datasets:
             source, root = self.zoo.dataset_source(name)
-            self._datasets[name] = load_dataset(source, root)
+            self._datasets[name] = load_dataset(source, root).resized(self.backbone.input_size)
         return self._datasets[name]
 
     def embeddings(self, records: Sequence[ZooRecord]) -> np.ndarray:
@@ -301,15 +301,22 @@ class ZooSearch:
             suffix = f".{method}" if method else ""
             excluded = sum(r.status == "ok" for r in self.zoo.find(own, method)) if own else 0
             available = self.zoo.count(method) - excluded
+            read: dict[str, ZooRecord] = {}  # rows ``where`` read, not read again below
+
             def allowed(rid: str) -> bool:  # ids are <task>.<method>
-                return rid.endswith(suffix) and not (own and rid.startswith(f"{own}.")) and (where is None or where(self.zoo.get(rid)))
+                if not rid.endswith(suffix) or (own and rid.startswith(f"{own}.")):
+                    return False
+                if where is None:
+                    return True
+                read[rid] = self.zoo.get(rid)
+                return where(read[rid])
         if available < k:
             raise SimilarityError(f"the zoo has {available} candidate record(s), fewer than the {k} neighbours asked for")
         vector = self.embedder.target(target, self.embed_images, costs)
         ids = self.preselect(vector, allowed, max(self.candidates, k))
         if len(ids) < k:
             raise SimilarityError(f"the zoo has {len(ids)} candidate record(s) of the kind asked, fewer than the {k} neighbours asked for")
-        chosen = [pool[rid] for rid in ids] if records is not None else [self.zoo.get(rid) for rid in ids]
+        chosen = [pool[rid] for rid in ids] if records is not None else [read.get(rid) or self.zoo.get(rid) for rid in ids]
         scores = LEEPSimilarity(self.leep_images).scores(self.zoo, chosen, target, costs)
         order = np.argsort(-scores, kind="stable")[: len(chosen) if every_candidate else k]
         return [(chosen[i], float(scores[i])) for i in order]

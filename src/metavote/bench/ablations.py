@@ -10,12 +10,12 @@ import numpy as np
 
 from ..data import ImageDataset, Task, sample_tasks
 from ..errors import ConfigError
-from ..methods import create_method, method_settings
+from ..methods import create_method
 from ..profiles import Profile, get_profile, ratio_for
 from ..similarity import LEEPSimilarity, Similarity, make_similarity, nearest
 from ..training import Costs
 from ..zoo import Zoo, ZooRecord
-from .harness import BenchContext, bench, bench_tasks, main_methods, run_variants
+from .harness import BenchContext, bench, bench_tasks, main_methods, profile_method, run_variants
 
 
 def ranked_pool(ctx: BenchContext, data, similarity: str, zoo_method: str | None = None) -> list[ZooRecord]:
@@ -226,8 +226,7 @@ def ablate_budget(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, mv
         raise ConfigError(f"unknown neighbour search(es) {', '.join(unknown)}; choose from {', '.join(SEARCHES)}")
     if others is None:
         others = {"nearest": mvp_iterations, **{peer: conventional_iterations for peer in profile.peers}}
-    other_methods = [create_method(k, **profile.settings(k, iterations=j), **({"dataset": ctx.dataset} if "dataset" in method_settings(k) else {}))
-                     for k, budgets in others.items() for j in budgets]
+    other_methods = [profile_method(profile, k, ctx.dataset, iterations=j) for k, budgets in others.items() for j in budgets]
 
     embedding = make_similarity("embedding", backbone=ctx.backbone, dataset=ctx.dataset) if "preselect" in searches else None
 
@@ -258,45 +257,6 @@ def ablate_budget(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, mv
             yield f"{m.name} J={m.iterations}", {"family": m.name, "x": m.iterations}, lambda m=m: ctx.run(m, data)
 
     return run_variants(ctx, tasks, variants, out, progress, "budget")
-
-
-def flops_ratio(rows: Sequence[dict], family: str = "MVP", reference: str | Sequence[str] = "IFP", search: bool = False) -> list[dict]:
-    """For each J of ``family``: its mean accuracy and training TFLOPs (plus its search's with
-    ``search``), the TFLOPs the ``reference`` method needs for that accuracy (its mean accuracy
-    against mean TFLOPs, interpolated linearly in log FLOPs between the points no cheaper point
-    beats: a dip does not count against the reference) and their ratio; also the reference's
-    iterations at that point (interpolated the same way), for the ratio in images seen.
-    ``reference`` may name several families: their points are pooled, so the curve is the upper
-    envelope of them all (the best conventional pipeline at each accuracy).
-    ``bound`` says when the accuracy lies outside the reference's range: ``>`` (the ratio is at
-    least the figure: the reference never got there) or ``<``."""
-    def curve(families):
-        points = [(fam, x) for fam in families for x in sorted({r["x"] for r in rows if r["family"] == fam})]
-        sel = [[r for r in rows if r["family"] == fam and r["x"] == x] for fam, x in points]
-        return [x for _, x in points], [float(np.mean([r["accuracy"] for r in s])) for s in sel], \
-            [float(np.mean([r["tflops"] + (r.get("search_tflops", 0.0) if search else 0.0) for r in s])) for s in sel]
-
-    references = [reference] if isinstance(reference, str) else list(reference)
-    ref_x, ref_acc, ref_tf = curve(references)
-    if not ref_acc:
-        raise ConfigError(f"no {' or '.join(references)} rows to compare with")
-    order = np.argsort(ref_tf)
-    tf, acc, its = np.log(np.array(ref_tf)[order]), np.array(ref_acc)[order], np.log(np.array(ref_x, dtype=float)[order])
-    front = [i for i in range(len(acc)) if i == 0 or acc[i] > acc[:i].max()]  # points no cheaper point beats
-    tf, acc, its = tf[front], acc[front], its[front]
-    out = []
-    for x, a, f in zip(*curve([family])):
-        if a > acc[-1]:
-            i, t, bound = len(acc) - 1, 0.0, ">"
-        elif a <= acc[0]:
-            i, t, bound = 0, 0.0, "<" if a < acc[0] else "="
-        else:
-            i = int(np.searchsorted(acc, a)) - 1  # acc[i] < a <= acc[i + 1]
-            t, bound = (a - acc[i]) / (acc[i + 1] - acc[i]), "="
-        at = (lambda v: float(np.exp(v[i] + t * (v[i + 1] - v[i])))) if t else (lambda v: float(np.exp(v[i])))
-        out.append({"family": family, "x": x, "accuracy": a, "tflops": f, "reference_tflops": at(tf), "ratio": at(tf) / f,
-                    "reference_iterations": at(its), "bound": bound, "search": search})
-    return out
 
 
 def _mvp_cases(ctx: BenchContext, tasks: Sequence[Task], profile: Profile, cases, out, progress, desc: str) -> list[dict]:

@@ -10,6 +10,7 @@ the one profile system (:mod:`metavote.profiles`).
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -26,6 +27,13 @@ from ..models import Backbone, count_parameters, head_rows_for
 from ..profiles import Profile
 from ..training import step_flops
 from ..zoo import Zoo
+from .ratios import flops_ratio
+
+
+def profile_method(profile: Profile, key: str, dataset: ImageDataset | None = None, **settings) -> Method:
+    """Method ``key`` at the profile's budget (``settings`` override it); a method that reads other
+    tasks (MVP's embedding, Reptile's meta-training) gets ``dataset``."""
+    return create_method(key, **profile.settings(key, **settings), **({"dataset": dataset} if "dataset" in method_settings(key) else {}))
 
 
 def main_methods(profile: Profile, dataset: ImageDataset | None = None, also: Sequence[str] = (), baselines: bool = True,
@@ -37,10 +45,7 @@ def main_methods(profile: Profile, dataset: ImageDataset | None = None, also: Se
     ResNet; UVC, PoWER for a ViT; its random pruning), then the methods of ``also`` at J (e.g. ``nearest``)."""
     conventional = profile.upper_bound
     at_j = [create_method(conventional, **profile.settings(conventional, iterations=profile.iterations))] if profile.conventional_at_j else []
-
-    def make(key: str, **settings) -> Method:  # methods that read other tasks (MVP's embedding, Reptile's meta-training) get the dataset
-        return create_method(key, **profile.settings(key, **settings), **({"dataset": dataset} if "dataset" in method_settings(key) else {}))
-
+    make = functools.partial(profile_method, profile, dataset=dataset)
     extra = profile.extra if baselines else ()
     budgets = (profile.iterations, profile.conventional_factor * profile.iterations)
     peer_rows = [make(key, iterations=j) for key in (profile.peers if peers else ()) for j in budgets]
@@ -79,21 +84,19 @@ def _row(task: Task, label: str, result: PruneResult, extra: dict | None = None)
 
 
 PEER_FAMILY = "Torch-Pruning"
+"""How the peer's rows are named (``Torch-Pruning magnitude``, ``... Taylor``, ``... iterative``)."""
 
 
 def pipeline_families(rows: Sequence[dict], reference: str = "IFP") -> list[str]:
     """The conventional pipelines the rows hold, in row order: ``reference`` (the paper's: IFP, or
     AHNP for a ViT) and Torch-Pruning's; the strongest at each accuracy is their upper envelope."""
     return [f for f in dict.fromkeys(r["family"] for r in rows) if f == reference or f.startswith(PEER_FAMILY)]
-"""How the peer's rows are named (``Torch-Pruning magnitude``, ``... Taylor``, ``... iterative``)."""
 
 
 def ratio_notes(rows: Sequence[dict]) -> list[str]:
     """A line per zoo method of the table (MVP, the nearest record) at its J: the FLOPs ratio at equal
     accuracy against the strongest conventional pipeline (the upper envelope of IFP and the
     Torch-Pruning rows over J and 10 J), then against IFP alone (the paper's comparison)."""
-    from .ablations import flops_ratio
-
     families = list(dict.fromkeys(r["family"] for r in rows))
     conventional = pipeline_families(rows)
     if "IFP" not in families:

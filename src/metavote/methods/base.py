@@ -72,7 +72,7 @@ class Method:
     per group, the paper's widths).
 
     Why ``refresh_bn``: after a few steps the running averages lag the weights. Measured on eight
-    validation tasks (seed 7, ``cpu`` profile, r = 0.8; ``benchmarks/bn_refresh.py``), the same
+    validation tasks (seed 7, ``cpu`` profile, r = 0.8; ``benchmarks/main-tables/bn_refresh.py``), the same
     trained weights with their statistics re-estimated on 5 batches after the last step: MVP
     61.7% -> 65.9%, IFP at 200 steps 76.5% -> 76.8%, IFP at 20 28.2% -> 48.0%, random 43.8% ->
     50.5%, MEST 20.8% -> 44.1%, DLTH 20.7% -> 43.9%. Every method gets it, so the comparison stays

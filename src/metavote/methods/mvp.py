@@ -29,7 +29,7 @@ from torch import nn
 from ..data import ImageDataset
 from ..errors import ConfigError
 from ..models.base import Backbone, replace_head
-from ..models.units import UnitGroup
+from ..models.units import IN, UnitGroup
 from ..pruning import SubNetwork, TensorIndex, dense_view, shrink, target_widths
 from ..search import ZooSearch
 from ..similarity import Similarity, make_similarity, nearest
@@ -113,6 +113,7 @@ def _neighbour_head(records: Sequence[ZooRecord], states, subnets, classes: Sequ
     for each class whether some neighbour has it (rows of classes none has are zero)."""
     features, name = model.num_features, model.classifier_name
     feeding = next((g for g in groups if name in g.consumers), None)  # the group that feeds the head, if pruned
+    slot = next(s for s in feeding.slots if s.module == name and s.role == IN) if feeding is not None else None  # a unit's features
     weight, bias, covered = torch.zeros(len(classes), features), torch.zeros(len(classes)), []
     for c_idx, c in enumerate(classes):
         rows = []
@@ -120,7 +121,7 @@ def _neighbour_head(records: Sequence[ZooRecord], states, subnets, classes: Sequ
             if c in r.task.classes:
                 k = r.task.classes.index(c)
                 w = torch.zeros(features)
-                at = torch.as_tensor(subnet.kept[feeding.name]) if feeding is not None else slice(None)
+                at = slot.indices(subnet.kept[feeding.name], feeding.size) if feeding is not None else slice(None)
                 w[at] = state[f"{name}.weight"][k].cpu()
                 rows.append((w, state[f"{name}.bias"][k].cpu()))
         covered.append(bool(rows))
@@ -253,23 +254,22 @@ class MVP(Method):
             if isinstance(self.neighbours, int):
                 source = self.zoo_method or zoo.source_method
                 every = source == "all"
+                method = None if every else source
+                if every:
+                    ratios = sorted(float(r) for r in zoo.param_values("ratio"))
+                    if not any(np.isclose(r, self.ratio) for r in ratios):
+                        held = ", ".join(f"{r:g}" for r in ratios) or "none: build it with `metavote zoo build`"
+                        raise ConfigError(f"zoo {zoo.root} holds no record at ratio {self.ratio} (its ratios: {held}); prune at the "
+                                          "zoo's ratio, or use mvp, whose vote makes any ratio")
+                elif not zoo.count(source):
+                    raise ConfigError(f"zoo {zoo.root} has no records of method {source}; build it with `metavote zoo build`")
                 at_ratio = (lambda r: np.isclose(r.params.get("ratio", -1), self.ratio)) if every else None  # noqa: E731
-                pool = None if self.similarity == "ann" else [r for r in zoo.records(method=None if every else source)
-                                                               if at_ratio is None or at_ratio(r)]
-                available = len(pool) if pool is not None else zoo.count(None if every else source)
-                ratios = sorted(float(r) for r in zoo.param_values("ratio")) if every else []
-                if every and available and not any(np.isclose(r, self.ratio) for r in ratios):
-                    held = ", ".join(f"{r:g}" for r in ratios)
-                    raise ConfigError(f"zoo {zoo.root} holds no record at ratio {self.ratio} (its ratios: {held}): prune at the zoo's ratio, "
-                                      "or use mvp, whose vote makes any ratio")
-                if not available:
-                    raise ConfigError(f"zoo {zoo.root} has no records of " + (f"ratio {self.ratio}" if every else f"method {source}")
-                                      + "; build it with `metavote zoo build`")
                 k = self.neighbours
                 if self.similarity == "ann":  # reads only the candidates' rows: a large zoo costs no more
-                    ranked = self._search(zoo, backbone).nearest(data, k, method=None if every else source, costs=search_costs,
-                                                                 where=at_ratio, every_candidate=bool(self.quality))
+                    ranked = self._search(zoo, backbone).nearest(data, k, method=method, costs=search_costs, where=at_ratio,
+                                                                 every_candidate=bool(self.quality))
                 else:
+                    pool = [r for r in zoo.records(method=method) if at_ratio is None or at_ratio(r)]
                     if self.quality:  # rank the top 20 by score and budget
                         k = max(k, min(20, sum(r.task.id != data.task.id for r in pool)))
                     pre = self._measure("embedding", backbone) if self.preselect else None

@@ -1,10 +1,10 @@
-"""The face every model family shows, the model registry, and task heads.
+"""The face every model family shows, the architecture table (:data:`MODELS`), and task heads.
 
 Shared code talks to a :class:`Backbone` only through this interface (timm's is the model):
 ``forward_features`` (unpooled), ``forward_head`` (pool + classifier, or the pooled pre-logits),
 ``features`` (pooled pre-logits of an image batch), ``get_classifier`` / ``set_classifier`` /
 ``reset_classifier``, ``num_features``, ``unit_groups()`` (the family declares its own prunable
-units) and ``config`` (enough to rebuild it: ``create_model(config, num_classes)``). Input size and
+units) and ``config`` (enough to rebuild it: :func:`~metavote.models.registry.create_model`). Input size and
 normalisation are data beside the weights, as in timm's pretrained cfg: ``input_size``, ``mean``,
 ``std``. Models take RGB in [0, 1] and normalise inside (non-persistent buffers, so state-dict keys
 stay those of the reference implementations).
@@ -135,35 +135,13 @@ MODELS: dict[str, Callable[..., Backbone]] = {}
 
 
 def register_model(name: str) -> Callable:
-    """Decorator: make a model constructor available to :func:`create_model` under ``name``."""
+    """Decorator: make a model constructor available to :func:`~metavote.models.registry.create_model` under ``name``."""
 
     def add(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
         MODELS[name] = fn
         return fn
 
     return add
-
-
-def create_model(config: dict | str, num_classes: int | None = None, **overrides) -> Backbone:
-    """A model from its config (``{"arch": name, **settings}``, as ``model.config`` gives it) or a name."""
-    config = {"arch": config} if isinstance(config, str) else dict(config)
-    arch = config.pop("arch", None)
-    if arch not in MODELS:
-        raise ConfigError(f"unknown architecture {arch!r}; choose from {', '.join(sorted(MODELS))}")
-    settings = config | overrides
-    wrap = settings.pop("wrap", None)  # how a plain nn.Module is wrapped (a traced model's config)
-    rebuild = {"arch": arch, **settings}
-    if num_classes is not None:
-        settings["num_classes"] = num_classes
-    try:
-        model = MODELS[arch](**settings)
-    except TypeError as e:
-        raise ConfigError(f"bad settings for {arch}: {e}") from e
-    if isinstance(model, Backbone) and wrap is None:
-        return model
-    from .traced import TracedModel  # a registered constructor of a plain network (or a traced view of one): wrap it
-
-    return TracedModel(model, **(wrap or {}), config=rebuild)
 
 
 # ----------------------------------------------------------------------------- heads

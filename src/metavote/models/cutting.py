@@ -15,11 +15,13 @@ neither imports the other.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -37,16 +39,19 @@ def _param(p: torch.Tensor | None, idx: Index, dim: int = 0) -> nn.Parameter | N
 
 
 def _cut_conv(m: nn.modules.conv._ConvNd, out_idx: Index, in_idx: Index) -> None:
-    """Convolutions of any dimension. A grouped (or depthwise) one is cut by whole groups of outputs:
-    ``out_idx`` must cover complete groups, whose inputs go with them (their ``in`` side is not cut)."""
-    if m.groups > 1:
-        if in_idx is not None:
-            raise ConfigError(f"a grouped convolution is cut by whole groups of outputs, not by its inputs ({type(m).__name__} groups={m.groups})")
-        if out_idx is not None:
-            per_group = m.out_channels // m.groups
-            if len(out_idx) % per_group:
-                raise ConfigError(f"cutting a grouped convolution to {len(out_idx)} outputs breaks its groups of {per_group}")
-            m.groups = len(out_idx) // per_group
+    """Convolutions of any dimension. A grouped (or depthwise) one is cut either by whole groups of
+    outputs (``out_idx`` covers complete groups, whose inputs go with them: no ``in_idx``), or by the
+    same channels inside every group, its group count kept (as a channel shuffle between grouped
+    convolutions needs): ``out_idx`` keeps as many outputs in every group, and ``in_idx`` are
+    positions inside each group, the weight's dim 1, as the slot of a grouped convolution's inputs
+    gives them (:func:`~metavote.models.trace.trace_unit_groups`)."""
+    if m.groups > 1 and out_idx is not None:
+        per_group = m.out_channels // m.groups
+        counts = torch.bincount(out_idx.cpu() // per_group, minlength=m.groups)
+        if in_idx is None and not (counts % per_group).any():  # whole groups: their inputs go with them
+            m.groups = int((counts > 0).sum())
+        elif not (counts == counts[0]).all():
+            raise ConfigError(f"cutting a grouped convolution to {len(out_idx)} outputs breaks its groups of {per_group}")
     m.weight = _param(_param(m.weight, out_idx), in_idx, 1)
     m.bias = _param(m.bias, out_idx)
     m.out_channels, m.in_channels = m.weight.shape[0], (m.weight.shape[1] * m.groups)
@@ -89,10 +94,70 @@ def _cut_groupnorm(m: nn.GroupNorm, out_idx: Index, in_idx: Index) -> None:
     m.num_channels = len(out_idx)
 
 
+class PrunedMultiheadAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` with fewer heads than its model width allows: the packed
+    ``in_proj_weight`` holds ``3 * heads * head_dim`` rows (q, k, v one after the other) and
+    ``out_proj`` reads ``heads * head_dim`` columns, while queries, keys and values keep the token
+    width. PyTorch's own forward (and ``nn.TransformerEncoderLayer``'s fused fast path) assumes
+    ``heads * head_dim == embed_dim``, so a cut module takes this class: the same arithmetic
+    (scaled dot-product attention per head, the same masks, dropout and returned weights), written
+    for any head count. State-dict keys are unchanged. ``_qkv_same_embed_dim`` is False so that
+    PyTorch's fast paths, which read the packed weights as full-size, are never taken."""
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+                need_weights: bool = True, attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+            key_padding_mask = key_padding_mask.unsqueeze(0) if key_padding_mask is not None else None
+        if self.batch_first:  # to (batch, tokens, width)
+            q_in, k_in, v_in = query, key, value
+        else:
+            q_in, k_in, v_in = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        b, n_q, n_k = q_in.shape[0], q_in.shape[1], k_in.shape[1]
+        heads, d = self.num_heads, self.head_dim
+        w = self.in_proj_weight.chunk(3)
+        bias = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
+        q, k, v = (F.linear(t, wi, bi).view(b, t.shape[1], heads, d).transpose(1, 2) for t, wi, bi in zip((q_in, k_in, v_in), w, bias))
+        scores = q @ k.transpose(-2, -1) / math.sqrt(d)
+        if attn_mask is None and is_causal:
+            attn_mask = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).triu(1)
+        if attn_mask is not None:
+            mask = attn_mask.view(b, heads, n_q, n_k) if attn_mask.dim() == 3 else attn_mask
+            scores = scores.masked_fill(mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        if key_padding_mask is not None:
+            pad = key_padding_mask.view(b, 1, 1, n_k)
+            scores = scores.masked_fill(pad, float("-inf")) if pad.dtype == torch.bool else scores + pad
+        weights = F.dropout(scores.softmax(-1), self.dropout, self.training)
+        out = self.out_proj((weights @ v).transpose(1, 2).reshape(b, n_q, heads * d))
+        out = out if self.batch_first else out.transpose(0, 1)
+        out = out.squeeze(1) if unbatched else out
+        if not need_weights:
+            return out, None
+        weights = weights.mean(1) if average_attn_weights else weights
+        return out, (weights.squeeze(0) if unbatched else weights)
+
+
+def _cut_multihead_attention(m: nn.MultiheadAttention, out_idx: Index, in_idx: Index) -> None:
+    """Heads of ``nn.MultiheadAttention``: ``out_idx`` are rows of the packed q, k, v projection
+    (``head_dim`` rows of each per head); the token width (its inputs) is never cut here."""
+    if in_idx is not None:
+        raise ConfigError("the token width of nn.MultiheadAttention is not cut (its heads are)")
+    if not m._qkv_same_embed_dim and not isinstance(m, PrunedMultiheadAttention):
+        raise ConfigError("an nn.MultiheadAttention with separate q, k, v weights (kdim or vdim set) is left whole")
+    if out_idx is None:
+        return
+    m.in_proj_weight = _param(m.in_proj_weight, out_idx)
+    m.in_proj_bias = _param(m.in_proj_bias, out_idx)
+    m.__class__ = PrunedMultiheadAttention
+    m._qkv_same_embed_dim = False
+
+
 Cutter = Callable[[nn.Module, Index, Index], None]
 CUTTERS: dict[type, Cutter] = {
     nn.modules.conv._ConvNd: _cut_conv, nn.Linear: _cut_linear, nn.modules.batchnorm._BatchNorm: _cut_batchnorm,
-    nn.LayerNorm: _cut_layernorm, nn.GroupNorm: _cut_groupnorm,
+    nn.LayerNorm: _cut_layernorm, nn.GroupNorm: _cut_groupnorm, nn.MultiheadAttention: _cut_multihead_attention,
 }
 """How each layer type is cut, in place: ``cutter(module, out_idx, in_idx)`` keeps those output and
 input indices (None keeps all) and updates the module's sizes. Looked up along the type's MRO, so a

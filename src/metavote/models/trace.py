@@ -100,6 +100,9 @@ class _Proto:
 
     size: int
     items: list[tuple[str, str, list[int], int]]
+    sides: dict[str, str] = field(default_factory=dict)
+    """For a set that passes through a channel shuffle: each item's side of it (``pre`` or ``post``);
+    ``{"": "several"}`` when it passes through more than one."""
 
 
 def _head_count(model: nn.Module, name: str, heads: Mapping[str, int]) -> tuple[str, int] | None:
@@ -148,7 +151,7 @@ def _dependency_groups(model: nn.Module, example: torch.Tensor, ignore: Iterable
     param_names = {id(p): n for n, p in model.named_parameters()}
     # every parameter that is not a known layer's gets its last non-singleton dimension pruned (as
     # Torch-Pruning guesses; said explicitly so that it does not warn)
-    known = (nn.modules.conv._ConvNd, nn.Linear, *NORMS, nn.Embedding, nn.PReLU)
+    known = (nn.modules.conv._ConvNd, nn.Linear, *NORMS, nn.Embedding, nn.PReLU, nn.MultiheadAttention)
     unwrapped = [(p, max(d for d in range(p.dim()) if p.shape[d] > 1) if any(s > 1 for s in p.shape) else p.dim() - 1)
                  for m in model.modules() if not isinstance(m, known) for p in m.parameters(recurse=False)]
     dims = {id(p): d for p, d in unwrapped}
@@ -201,7 +204,7 @@ def _dependency_groups(model: nn.Module, example: torch.Tensor, ignore: Iterable
                         prunable &= not any(dep.target.module is i for i in ignored)
                 if not prunable:
                     continue
-                items = []
+                items, sides = [], _shuffle_sides(group, names)
                 for dep, idxs in group:
                     target = dep.target.module
                     role = IN if "in_channels" in dep.handler.__name__ else OUT
@@ -209,10 +212,29 @@ def _dependency_groups(model: nn.Module, example: torch.Tensor, ignore: Iterable
                         items.append((param_names[id(target)], PARAM, [int(i) for i in idxs], dims[id(target)]))
                     elif isinstance(target, nn.Module) and target in names:
                         items.append((names[target], role, [int(i) for i in idxs], 0))
-                protos.append(_Proto(len(group[0][1]), items))
+                protos.append(_Proto(len(group[0][1]), items, sides))
         finally:
             tp_graph.Group = original
     return protos, failed
+
+
+def _shuffle_sides(group, names: Mapping[nn.Module, str]) -> dict[str, str]:
+    """Which side of a channel shuffle each layer of a Torch-Pruning group is on (its graph passes
+    channels through ``nn.ChannelShuffle`` unchanged): ``pre`` when the layer's node leads to the
+    shuffle's, else ``post``; empty when the group meets no shuffle."""
+    shuffles = [dep.target for dep, _ in group if "ChannelShuffle" in str(getattr(dep.target.module, "_grad_fn", ""))]
+    shuffles = list({id(n): n for n in shuffles}.values())
+    if not shuffles:
+        return {}
+    if len(shuffles) > 1:
+        return {"": "several"}
+    upstream, todo = set(), list(shuffles[0].inputs)
+    while todo:
+        node = todo.pop()
+        if id(node) not in upstream:
+            upstream.add(id(node))
+            todo.extend(node.inputs)
+    return {names[dep.target.module]: "pre" if id(dep.target) in upstream else "post" for dep, _ in group if dep.target.module in names}
 
 
 OPERATIONS = {"concat": "a concatenation (torch.cat)", "split": "a split of channels", "reshape": "a reshape", "flatten": "a flatten",
@@ -286,13 +308,15 @@ def _groups(model: nn.Module, example: torch.Tensor, protos: list[_Proto], skipp
     module_order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     head_of = _attention_projections(model, protos, order, heads)
     grouped = _grouped_convolutions(model, protos)
+    shuffles = {n: m.groups for n, m in model.named_modules() if isinstance(m, nn.ChannelShuffle)}
     groups: list[UnitGroup] = []
     interleaved: dict[str, UnitGroup] = {}  # head groups whose q, k, v may be laid out head by head instead
-    for members in _merged(protos, grouped):
+    for members in _merged(protos, {} if shuffles else grouped):  # around a shuffle, grouped convolutions keep their groups
         items = [item for i in members for item in protos[i].items]
         label = min((n for n, r, _, _ in items if r == OUT), key=lambda n: order.get(n, len(order)), default=items[0][0])
         try:
-            if any(r == IN and n in head_of for n, r, _, _ in items):
+            if any(r == IN and n in head_of for n, r, _, _ in items) or any(
+                    r != PARAM and isinstance(model.get_submodule(n), nn.MultiheadAttention) for n, r, _, _ in items):
                 raise _Skip("the token width of an attention model (heads and MLP nodes are pruned instead)")
             if any(n in ignore or any(n.startswith(i + ".") for i in ignore) for n, _, _, _ in items):
                 raise _Skip("ignored")
@@ -308,6 +332,8 @@ def _groups(model: nn.Module, example: torch.Tensor, protos: list[_Proto], skipp
                 alternative = _head_group(model, items, owners, heads, interleaved=True)
                 if alternative != group:
                     interleaved[group.name] = alternative
+            elif shuffles and (convs or protos[members[0]].sides):
+                group = _shuffled_group(model, protos[members[0]], convs, shuffles, order)
             elif convs:
                 group = _grouped_group(model, items, convs)
             else:
@@ -322,6 +348,12 @@ def _groups(model: nn.Module, example: torch.Tensor, protos: list[_Proto], skipp
                 raise ConfigError(f"cannot prune through {slot.module} ({type(m).__name__}): no cutter for this layer type; "
                                   "register one with metavote.register_cutter or leave it out with ignore=")
         groups.append(_finish(model, group, order))
+    for name, module in model.named_modules():  # PyTorch's own attention: its heads, read off the module
+        if isinstance(module, nn.MultiheadAttention) and not any(name == i or name.startswith(i + ".") for i in ignore):
+            try:
+                groups.append(_finish(model, _multihead_group(name, module), order))
+            except _Skip as why:
+                skipped[name] = str(why)
     groups.sort(key=lambda g: min(module_order[p] for p in g.producers))
     if verify and groups:  # all groups at once (one cut), then one by one only when that fails
         probe, example = _perturbed(model).eval(), example.double()
@@ -410,14 +442,15 @@ def _restored(model: nn.Module, groups: list[UnitGroup]):
     saved = {}
     for name in names:
         m = model.get_submodule(name)
-        saved[name] = (dict(m.__dict__), dict(m._parameters), dict(m._buffers),
+        saved[name] = (m.__class__, dict(m.__dict__), dict(m._parameters), dict(m._buffers),
                        {k: t.detach().clone() for k, t in [*m._parameters.items(), *m._buffers.items()] if t is not None})
     try:
         yield
     finally:
         with torch.no_grad():
-            for name, (attributes, params, buffers, values) in saved.items():
+            for name, (cls, attributes, params, buffers, values) in saved.items():
                 m = model.get_submodule(name)
+                m.__class__ = cls  # a cutter may have given it a class for its new sizes (PrunedMultiheadAttention)
                 m.__dict__.clear()
                 m.__dict__.update(attributes)
                 m._parameters, m._buffers = params, buffers
@@ -503,6 +536,22 @@ def _head_group(model: nn.Module, items, owners: set[tuple[str, int]], declared:
     return UnitGroup(owner, count, tuple(slots), kind="head")
 
 
+def _multihead_group(name: str, m: nn.MultiheadAttention) -> UnitGroup:
+    """The heads of an ``nn.MultiheadAttention`` (``nn.TransformerEncoderLayer``'s, torchvision's ViT's):
+    a head is ``head_dim`` rows of each of q, k and v in the packed ``in_proj_weight`` and bias (one
+    ``out`` slot on the module, ``copies=3``) and ``head_dim`` input columns of ``out_proj``. Its
+    torch graph is one opaque op, so the group is read off the module rather than traced; the
+    cut-out check then holds it to the same standard as every traced group."""
+    if not m._qkv_same_embed_dim:
+        raise _Skip("separate q, k and v weights (kdim or vdim set): left whole")
+    if m.bias_k is not None or m.add_zero_attn:
+        raise _Skip("learned or zero key/value biases (add_bias_kv, add_zero_attn) are shared by every head: left whole")
+    if m.num_heads < 2:
+        raise _Skip("one head only: nothing to choose from")
+    slots = (Slot(name, OUT, width=m.head_dim, copies=3), Slot(f"{name}.out_proj", IN, width=m.head_dim))
+    return UnitGroup(name, m.num_heads, slots, kind="head")
+
+
 def _per_head_dim(model: nn.Module, owner: str, count: int, item):
     """A bare parameter of the attention module with one entry per head (LeViT's attention biases,
     heads x points) is cut along its head dimension, whatever dimension Torch-Pruning guessed."""
@@ -539,6 +588,57 @@ def _grouped_group(model: nn.Module, items, convs: set[int]) -> UnitGroup:
             raise _Skip(f"{name}'s {n} channels do not split into {count} convolution groups")
         slots.append(Slot(name, role, width=n // count, dim=dim))
     return UnitGroup(items[0][0], count, tuple(slots))
+
+
+def _shuffled_group(model: nn.Module, proto: _Proto, convs: set[int], shuffles: Mapping[str, int], order: Mapping[str, int]) -> UnitGroup:
+    """Channels of a model with a channel shuffle (``nn.ChannelShuffle(g)`` between grouped
+    convolutions of ``g`` groups, as in ShuffleNet): a unit keeps *the same channels inside every
+    group*, so every grouped convolution keeps its ``g`` groups and the shuffle's permutation still
+    holds. A set that does not pass through the shuffle (the residual stream) has ``size / g``
+    units of ``g`` channels, one in each group (``copies=g``). A set that does (the first grouped
+    convolution's outputs, the shuffle, the depthwise convolution, the second one's inputs) must
+    keep the same positions inside the groups on both sides, so a unit is ``g * g`` channels:
+    before the shuffle the same position in each of ``g`` blocks of every group (``copies=g*g``),
+    after it ``g`` adjacent channels in each of the ``g`` groups (``width=g, copies=g``); it
+    needs ``g * g`` to divide the width, and is left whole otherwise."""
+    items, size = proto.items, proto.size
+    if proto.sides.get("") == "several":
+        raise _Skip("these channels pass through more than one channel shuffle")
+    for name, role, idxs, _ in items:
+        if idxs != list(range(size)):
+            raise _Skip(f"{name} reads these channels through a mapping other than one to one (a concatenation or a reshape)")
+    if proto.sides:
+        pre = [order.get(n, -1) for n, _, _, _ in items if proto.sides.get(n) == "pre"]
+        post = [order.get(n, len(order)) for n, _, _, _ in items if proto.sides.get(n) == "post"]
+        between = {shuffles[s] for s in shuffles if max(pre, default=-1) < order.get(s, -1) < min(post, default=len(order))}
+        if len(between) != 1:
+            raise _Skip("the channel shuffle these channels pass through could not be placed")
+        g = between.pop()
+        if convs - {g}:
+            raise _Skip(f"grouped convolutions of {sorted(convs)} groups meet a shuffle of {g}")
+        if size % (g * g):
+            raise _Skip(f"{size} channels through a shuffle of {g} groups: the same channels inside every group on both sides "
+                        f"need a multiple of {g * g}")
+        slots = [Slot(name, role, copies=g * g, dim=dim) if proto.sides.get(name) == "pre" else Slot(name, role, width=g, copies=g, dim=dim)
+                 for name, role, _, dim in items]
+        return UnitGroup(items[0][0], size // (g * g), tuple(_inside_groups(model, s) for s in slots))
+    if len(convs) > 1:
+        raise _Skip(f"grouped convolutions of different group counts ({sorted(convs)}) share these channels")
+    g = next(iter(convs))
+    if size % g:
+        raise _Skip(f"{size} channels do not split into {g} convolution groups")
+    return UnitGroup(items[0][0], size // g, tuple(_inside_groups(model, Slot(name, role, copies=g, dim=dim)) for name, role, _, dim in items))
+
+
+def _inside_groups(model: nn.Module, slot: Slot) -> Slot:
+    """A grouped convolution's inputs are the weight's dim 1, one group's worth: the slot of the
+    same units inside each of its ``g`` groups (``copies`` divided by ``g``)."""
+    m = model.get_submodule(slot.module) if slot.role == IN else None
+    if not (isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1):
+        return slot
+    if slot.copies % m.groups:
+        raise _Skip(f"{slot.module}'s inputs do not keep the same channels in each of its {m.groups} groups")
+    return Slot(slot.module, IN, width=slot.width, copies=slot.copies // m.groups)
 
 
 def _finish(model: nn.Module, group: UnitGroup, order: Mapping[str, int]) -> UnitGroup:

@@ -117,6 +117,11 @@ class TracedModel(Backbone):
     def body_blocks(self) -> list[list[nn.Parameter]]:
         raise ConfigError("freezing blocks needs a model that lists its blocks; a traced model does not")
 
+    def wrap_settings(self) -> dict:
+        """How the network is wrapped (classifier, input size, normalisation, heads, ignored modules):
+        ``TracedModel(net, **model.wrap_settings())`` wraps it again."""
+        return dict(self._config["wrap"])
+
     @property
     def config(self) -> dict:
         if self._config.get("arch") is None:

@@ -3,6 +3,7 @@ checked loading, and finding and loading a backbone of any registered family."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -16,8 +17,10 @@ from torch import nn
 from ..data import ImageDataset
 from ..errors import CheckpointError, ConfigError, one_line
 from ..files import atomic_path, file_digest
-from .base import Backbone, create_model
+from .base import Backbone
 from .hf import is_hf_folder, load_hf
+from .registry import check_runs, create_model, is_backbone_name, load_named
+from .traced import TracedModel
 from .vit import vit_config_from_state
 
 
@@ -122,8 +125,12 @@ def backbone_search_path(path: str | os.PathLike | None = None) -> list[Path]:
     return places
 
 
-def locate_backbone(path: str | os.PathLike | None = None) -> Path:
-    """The first existing backbone file of :func:`backbone_search_path`, or a clear error."""
+def locate_backbone(path: str | os.PathLike | None = None) -> Path | str:
+    """The first existing backbone file of :func:`backbone_search_path`, or a clear error; a
+    backbone name (``efficientnet-lite0``, ``py:MODULE:FUNCTION``: see ``metavote backbones``) is
+    returned as it is."""
+    if isinstance(path, str) and is_backbone_name(path):
+        return path
     if path is not None and not Path(path).exists():
         raise CheckpointError(f"backbone {path} does not exist")
     places = backbone_search_path(path)
@@ -132,14 +139,19 @@ def locate_backbone(path: str | os.PathLike | None = None) -> Path:
             return p
     raise CheckpointError(
         f"no pre-trained backbone found (looked in: {', '.join(map(str, places))}); "
-        "pass --backbone PATH, set METAVOTE_BACKBONE, or make one with `metavote pretrain`"
+        "pass --backbone PATH or a name from `metavote backbones`, set METAVOTE_BACKBONE, or make one with `metavote pretrain`"
     )
 
 
-def load_backbone(path: str | os.PathLike, dataset: ImageDataset | None = None, **overrides) -> tuple[Backbone, dict]:
+def load_backbone(path: str | os.PathLike, dataset: ImageDataset | None = None, image_size: int | None = None,
+                  **overrides) -> tuple[Backbone, dict]:
     """Build a model of the file's family and load the file into it, checking every key and shape.
     A Hugging Face ``save_pretrained`` folder (or its ``model.safetensors``) loads through
-    :func:`~metavote.models.hf.load_hf` as a traced model.
+    :func:`~metavote.models.hf.load_hf` as a traced model; a backbone name (``efficientnet-lite0``,
+    ``py:MODULE:FUNCTION``) through :func:`~metavote.models.registry.load_named`.
+
+    ``image_size``: the input size to run it at (default: its own). The model is checked to run at
+    it (one line if it does not), and a size other than its own is part of the fingerprint.
 
     The config comes from the file (:func:`infer_config`) with ``overrides`` on top (``arch``,
     ``width``, ``num_heads``, ``mean``, ...). The returned metadata always holds ``config`` (what
@@ -147,8 +159,12 @@ def load_backbone(path: str | os.PathLike, dataset: ImageDataset | None = None, 
     of the file), which the zoo uses to refuse mixing backbones. Given the ``dataset`` the head was
     trained on, ``classes`` is filled from it when the file names only the dataset.
     """
+    if isinstance(path, str) and is_backbone_name(path):
+        model, meta = load_named(path, image_size)
+        check_runs(model, f"backbone {path}")
+        return model, meta
     if is_hf_folder(path):  # a Hugging Face save_pretrained folder: its own config, labels and preprocessing
-        return load_hf(path)
+        return at_image_size(*load_hf(path), image_size)
     state, meta = load_weights(path)
     config = infer_config(state, meta) | {k: v for k, v in overrides.items() if v is not None}
     head = next((k for k in ("fc.weight", "head.weight") if k in state), None)
@@ -164,4 +180,23 @@ def load_backbone(path: str | os.PathLike, dataset: ImageDataset | None = None, 
     meta.setdefault("classes", None)
     if meta["classes"] is None and dataset is not None and meta.get("dataset") == dataset.name and num_classes == dataset.num_classes:
         meta["classes"] = list(dataset.classes)  # files that name only their dataset (like the shared backbones)
-    return model, meta
+    return at_image_size(model, meta, image_size)
+
+
+def at_image_size(model: Backbone, meta: dict, image_size: int | None) -> tuple[Backbone, dict]:
+    """``model`` (and its metadata) set to take ``image_size`` inputs, checked to run there; a traced
+    model records the size in its config, so what is rebuilt from it takes the same size."""
+    if image_size is None or int(image_size) == model.input_size[-1]:
+        return model, meta
+    size = int(image_size)
+    if isinstance(model, TracedModel):
+        net = model.net
+        net.set_submodule(model.wrap_settings()["classifier"], model.head)
+        model = TracedModel(net, **(model.wrap_settings() | {"input_size": [3, size, size]}),
+                            config={k: v for k, v in model.config.items() if k != "wrap"})
+        meta = meta | {"config": model.config}
+    else:
+        model.input_size = (3, size, size)
+    check_runs(model)
+    fingerprint = hashlib.sha256(f"{meta['fingerprint']}:{(3, size, size)}".encode()).hexdigest()
+    return model, meta | {"input_size": [3, size, size], "fingerprint": fingerprint}

@@ -2,7 +2,7 @@
 
 A pruned layer's latency is not its FLOPs. ONNX Runtime's CPU convolutions (MLAS) work on
 channel blocks of 8 floats with AVX2 (16 with AVX-512); a width off the block is padded to it
-and reordered between layers. Measured here (``benchmarks/latency.py``: the r = 0.8 CIFAR ResNet-18, batch 1, one
+and reordered between layers. Measured here (``benchmarks/deployment/latency.py``: the r = 0.8 CIFAR ResNet-18, batch 1, one
 thread), the widths 6/13/26/51 of round((1 - r) n) ran 1.8x slower than 8/8/24/48-56, which has
 *fewer* FLOPs. :func:`aligned_widths` moves each group's width onto the grid of ``multiple``
 while keeping the model's forward FLOPs at or under those of the widths asked for, staying as
@@ -12,7 +12,7 @@ close as it can to each group's own share (the ratio's per-layer widths)::
     aligned_widths(backbone, widths, multiple=8)      # {'layer1': 8, 'layer2': 8, 'layer3': 24, ...}
 
 Methods take it as their ``align`` setting (``metavote prune --align 8``). It is off by default: it
-cost MVP 2.6 points at J = 20 on 10 tasks (``benchmarks/deploy_accuracy.py``).
+cost MVP 2.6 points at J = 20 on 10 tasks (``benchmarks/deployment/deploy_accuracy.py``).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def aligned_widths(model: Backbone, widths: Mapping[str, int], multiple: int = 8
 def host_aligned_widths(model: Backbone, widths: Mapping[str, int], groups: Sequence[UnitGroup] | None = None) -> dict[str, int]:
     """``widths`` aligned for the CPU this runs on (``align="auto"``, ``prune --align auto``): on its
     channel block (:func:`~metavote.cpu.channel_block`: 16 with AVX-512, else 8) where widths of
-    that block fit the FLOPs, else on 8. Measured on an AVX-512 CPU (``benchmarks/cpu_types.py``), a
+    that block fit the FLOPs, else on 8. Measured on an AVX-512 CPU (``benchmarks/deployment/cpu_types.py``), a
     convolution's time steps at multiples of 16, and widths that are multiples of 8 (or 4) stay on
     ONNX Runtime's blocked path while others fall off it; so 8 serves AVX2 and AVX-512 alike, and 16
     buys only the width up to the next step. At r = 0.8 of the width-0.5 ResNet-18 no widths in

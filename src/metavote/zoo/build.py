@@ -71,6 +71,8 @@ class Job:
     device: str = "cpu"
     owner: str | None = None
     """The builder whose claim the task is under; the worker checks the claim still holds before training."""
+    image_size: int | None = None
+    """The input size the backbone runs at (None: its own); the images are resized to it."""
 
 
 @dataclass(frozen=True)
@@ -95,10 +97,11 @@ def run_job(job: Job) -> JobResult:
     rid = record_id(task, job.method.key)
     start = time.perf_counter()
     try:
-        key = (job.dataset, job.data, job.backbone, job.device)
+        key = (job.dataset, job.data, job.backbone, job.device, job.image_size)
         if _WORKER_CACHE.get("key") != key:
             dataset = load_dataset(job.dataset, job.data)
-            backbone, meta = load_backbone(job.backbone, dataset=dataset)
+            backbone, meta = load_backbone(job.backbone, dataset=dataset, image_size=job.image_size)
+            dataset = dataset.resized(backbone.input_size)  # the images at the model's size (cached once per machine)
             backbone.to(job.device)
             _WORKER_CACHE.update(key=key, dataset=dataset, backbone=backbone, meta=meta)
         dataset, backbone, meta = _WORKER_CACHE["dataset"], _WORKER_CACHE["backbone"], _WORKER_CACHE["meta"]
@@ -128,6 +131,7 @@ def build_zoo(
     threads: int | None = None,
     retry_failed: bool = False,
     lease: float = 120.0,
+    image_size: int | None = None,
 ) -> BuildReport:
     """Prune every task not yet in the zoo with ``method`` (IFP for a zoo that MVP votes from), in
     parallel; finished tasks are skipped, and so are failed ones unless ``retry_failed``.
@@ -147,6 +151,9 @@ def build_zoo(
     Ray instance with ``workers`` CPUs; tasks still running are cancelled when the build stops.
     A task that fails is recorded with its error. Workers train on ``device``. ``workers``
     defaults to 2 on the CPU and to 1 (in this process) on a GPU, which one worker keeps busy.
+    ``backbone``: a file, a Hugging Face folder or a backbone name (``efficientnet-lite0``,
+    ``py:MODULE:FUNCTION``), run at ``image_size`` (default: its own); the images are resized to it
+    once, and a model that does not run at that size is one line before any task starts.
     """
     if not method.builds_zoo:
         raise ConfigError(f"{method.key} does not prune units (heads, nodes, channels), so it cannot build a zoo")
@@ -165,8 +172,9 @@ def build_zoo(
         raise ConfigError(f"{workers} worker(s) x {threads} thread(s) oversubscribe the {cores} core(s) this process may use; "
                           f"pass --threads {max(1, cores // workers)} or fewer workers")
     ds = load_dataset(dataset, data)
-    model, meta = load_backbone(backbone, dataset=ds)
+    model, meta = load_backbone(backbone, dataset=ds, image_size=image_size)
     method.check_model(model)
+    ds.resized(model.input_size)  # resized and cached once here, before the workers read it
     start_time = time.time()
     owner = new_owner()
     report = BuildReport()
@@ -202,7 +210,7 @@ def build_zoo(
                         state = zoo.claim(rid, owner, lease, start_time if retry_failed else None)
                         if state == "claimed":
                             runner.submit(Job(str(zoo_root), dataset, str(data) if data else None, str(backbone), task.to_dict(),
-                                              method, threads, str(device), owner))
+                                              method, threads, str(device), owner, model.input_size[-1]))
                             continue
                         if state == "busy":
                             waiting.append(task)

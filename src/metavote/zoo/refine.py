@@ -106,12 +106,12 @@ def refine_zoo(zoo_root, below: int | None = None, limit: int | None = None, min
 
 def _refine_one(zoo: Zoo, record: ZooRecord, below: int, datasets: dict) -> dict | None:
     name = record.task.dataset
+    model, _ = zoo.load(record)
     if name not in datasets:
-        datasets[name] = load_dataset(*zoo.dataset_source(name))
+        datasets[name] = load_dataset(*zoo.dataset_source(name)).resized(model.input_size)  # the zoo's input size
     data = datasets[name].load_task(record.task)
     p = record.params
     steps = below - record_budget(record)
-    model, _ = zoo.load(record)
     costs = Costs()
     seed = int(p.get("seed") or 0) + record_budget(record)  # new batches, not the ones the record saw first
     with Timer() as timer:

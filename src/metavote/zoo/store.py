@@ -47,7 +47,8 @@ from safetensors.torch import save_file
 from ..data import Task
 from ..errors import ConfigError, MetavoteError
 from ..files import atomic_path, file_digest
-from ..models.base import Backbone, create_model
+from ..models.base import Backbone
+from ..models.registry import create_model
 from ..pruning import PruneResult, SubNetwork, TensorIndex, dense_view, shrink
 
 INDEX = "index.sqlite"
@@ -204,6 +205,7 @@ class Zoo:
             config = backbone_meta.get("config") or {"arch": backbone_meta["arch"], "width": float(backbone_meta["width"])}
             wanted = {"fingerprint": backbone_meta["fingerprint"], "arch": config["arch"], "config": config,
                       "dataset": backbone_meta.get("dataset")}
+            wanted |= {k: backbone_meta[k] for k in ("backbone", "input_size") if backbone_meta.get(k)}  # a named backbone, its size
             if not self.meta:
                 if why:
                     raise ZooError(f"zoo {self.root} is read-only ({why}) and has no backbone recorded")
@@ -460,10 +462,10 @@ class Zoo:
             old = self._conn.execute("SELECT value FROM meta WHERE key = 'superseded'").fetchone()
             entries = json.loads(old[0]) if old else []
             used = {f for (f,) in self._conn.execute("SELECT file FROM records WHERE file IS NOT NULL")}
-            gone = [(f, t) for f, t in entries if now - t >= grace and f not in used]
+            gone = [f for f, t in entries if now - t >= grace and f not in used]
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('superseded', ?)",
-                               (json.dumps([e for e in entries if tuple(e) not in set(gone)]),))
-        for f, _ in gone:
+                               (json.dumps([[f, t] for f, t in entries if f not in gone]),))
+        for f in gone:
             (self.root / "records" / f).unlink(missing_ok=True)
         return len(gone)
 
