@@ -79,15 +79,15 @@ def take_turns(cells: dict, x, calls: int, rounds: int = 5, warmup: int = 10) ->
     return times
 
 
-def batch_latency(cells: dict, runs: int, rounds: int = 5, batches=(1, 128), **fields) -> list[dict]:
-    """Rows of median and quartile ms per ``(model, runtime)`` cell at each batch size on random CIFAR-size
-    inputs: ``runs`` calls per cell at batch 1, a tenth (at least 10) at larger batches, in turns
-    (:func:`take_turns`); ``fields`` go into every row."""
+def batch_latency(cells: dict, runs: int, rounds: int = 5, batches=(1, 128), size: int = 32, **fields) -> list[dict]:
+    """Rows of median and quartile ms per ``(model, runtime)`` cell at each batch size on random ``size`` px
+    inputs (CIFAR's by default): ``runs`` calls per cell at batch 1, a tenth (at least 10) at larger batches,
+    in turns (:func:`take_turns`); ``fields`` go into every row."""
     import numpy as np
 
     rows = []
     for batch in batches:
-        x = np.random.default_rng(0).random((batch, 3, 32, 32), dtype=np.float32)
+        x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
         calls = max(1, (runs if batch == 1 else max(10, runs // 10)) // rounds)
         for (model, runtime), t in take_turns(cells, x, calls, rounds, warmup=10 if batch == 1 else 2).items():
             q = np.percentile(t, [25, 50, 75])
@@ -95,3 +95,26 @@ def batch_latency(cells: dict, runs: int, rounds: int = 5, batches=(1, 128), **f
                                   "p75_ms": float(q[2]), "runs": len(t)})
             print(f"{fields or ''} batch {batch:>3}  {model:<8} {runtime:<18} {q[1]:8.3f} ms", flush=True)
     return rows
+
+
+def train_step_seconds(model, batch: int, steps: int, size: int = 32, classes: int = 100) -> float:
+    """Median seconds of one SGD training step of ``model`` on a random batch of ``size`` px images (after one warm-up step)."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from metavote.training import sgd
+
+    opt = sgd(model, 0.01)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(batch, 3, size, size, generator=gen), torch.randint(0, classes, (batch,), generator=gen)
+    times = []
+    for i in range(steps + 1):  # the first step warms up
+        t = time.perf_counter()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i:
+            times.append(time.perf_counter() - t)
+    return float(np.median(times))
+

@@ -220,3 +220,31 @@ def test_efficientnet_lite0_recognises_cifar_images_as_imagenet_classes():
     hit = np.mean([bool(set(row.tolist()) & vehicles) for row in top5])
     chance = 1 - np.prod([(1000 - len(vehicles) - i) / (1000 - i) for i in range(5)])
     assert chance < 0.06 and hit > 0.25, (hit, chance)
+
+
+def test_wordnet_finds_a_class_among_the_pretrained_heads_kinds(tmp_path):
+    """CIFAR's bear is ImageNet's brown, black, polar and sloth bears; an apple only the Granny Smith;
+    a cloud nothing; and the head starts from the mean of those rows, the rest imprinted."""
+    similarity = pytest.importorskip("metavote.similarity")
+    try:
+        similarity.wordnet()
+    except Exception:  # noqa: BLE001
+        pytest.skip("WordNet is not installed")
+    wnids = ["n02132136", "n02133161", "n02134084", "n02134418", "n07742313", "n01440764"]  # 4 bears, Granny Smith, tench
+    rows = similarity.wordnet_head_rows(wnids, ["bear", "apple", "cloud"])
+    assert rows == [[0, 1, 2, 3], [4], None]
+    assert similarity.wordnet_head_rows(wnids, ["cloud", "sea"]) is None
+    from metavote.methods.base import task_head
+    from metavote.models import replace_head
+
+    data = synthetic_dataset(num_classes=3, train_per_class=4, test_per_class=1, size=16)
+    task = data.load_task(data.task(data.classes))
+    model = create_model({"arch": "py:tiny_backbones:tiny_cnn", "image_size": 16}, 6)
+    old = model.get_classifier().weight.detach().clone()
+    task_head(model, task, rows)
+    head = model.get_classifier()
+    assert torch.allclose(head.weight[0], old[:4].mean(0)) and torch.allclose(head.weight[1], old[4])
+    assert not torch.allclose(head.weight[2], torch.zeros(8))  # imprinted
+    fresh = create_model({"arch": "py:tiny_backbones:tiny_cnn", "image_size": 16}, 6)
+    replace_head(fresh, 2, [5, [0, 1]])
+    assert torch.allclose(fresh.get_classifier().weight[1], old[:2].mean(0)) and torch.allclose(fresh.get_classifier().weight[0], old[5])

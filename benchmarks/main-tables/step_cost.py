@@ -8,34 +8,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from metavote.models import cifar_resnet18, count_parameters
 from metavote.pruning import SubNetwork, extract, target_widths
-from metavote.training import set_threads, sgd, step_flops
+from metavote.training import set_threads, step_flops
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common.py
-from _common import save  # noqa: E402
-
-
-def step_seconds(model, batch: int, steps: int) -> float:
-    opt = sgd(model, 0.01)
-    x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 100, (batch,))
-    times = []
-    for i in range(steps + 1):  # the first step warms up
-        t = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i:
-            times.append(time.perf_counter() - t)
-    return float(np.median(times))
+from _common import save, train_step_seconds  # noqa: E402
 
 
 def main() -> None:
@@ -55,7 +38,7 @@ def main() -> None:
     models["10% channels (r=0.9 of width 1.0)"] = extract(full, subnet).train()
     rows = []
     for name, model in models.items():
-        secs = step_seconds(model, args.batch, args.steps)
+        secs = train_step_seconds(model, args.batch, args.steps)
         gflops = step_flops(model, args.batch) / 1e9
         rows.append({"model": name, "parameters": count_parameters(model), "step_seconds": secs, "step_gflops": gflops})
     table = "| model | parameters | train step (s) | train-step GFLOP |\n|---|---:|---:|---:|\n" + "\n".join(

@@ -10,35 +10,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from metavote.models import count_parameters, load_backbone, replace_head
 from metavote.pruning import SubNetwork, extract, target_widths
-from metavote.training import set_threads, sgd, step_flops
+from metavote.training import set_threads, step_flops
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common.py
-from _common import save  # noqa: E402
-
-
-def step_seconds(model, size: int, batch: int, steps: int) -> float:
-    opt = sgd(model, 0.01)
-    gen = torch.Generator().manual_seed(0)
-    x, y = torch.rand(batch, 3, size, size, generator=gen), torch.randint(0, 5, (batch,), generator=gen)
-    times = []
-    for i in range(steps + 1):  # the first step warms up
-        t = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i:
-            times.append(time.perf_counter() - t)
-    return float(np.median(times))
+from _common import save, train_step_seconds  # noqa: E402
 
 
 def main() -> None:
@@ -60,7 +41,7 @@ def main() -> None:
         subnet = SubNetwork({g.name: np.sort(rng.choice(g.size, widths[g.name], replace=False)) for g in groups}, {g.name: g.size for g in groups})
         for name, model in (("dense", dense), (f"pruned r={args.ratio}", extract(dense, subnet))):
             model.train()
-            secs = step_seconds(model, size, args.batch, args.steps)
+            secs = train_step_seconds(model, args.batch, args.steps, size, 5)
             rows.append({"size": size, "model": name, "parameters": count_parameters(model), "step_seconds": secs,
                          "step_gflops": step_flops(model, args.batch) / 1e9, "batch": args.batch})
             print(rows[-1], flush=True)

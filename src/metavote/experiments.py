@@ -53,7 +53,7 @@ def context(zoo_path: str | os.PathLike, data: str | os.PathLike | None = None, 
     model, meta = load_backbone(locate_backbone(backbone), dataset=loaded, image_size=size)
     if meta["fingerprint"] != zoo.fingerprint:
         raise ConfigError(f"the backbone is not the one zoo {zoo_path} was built from; pass the right one with --backbone")
-    return BenchContext(model.to(device), meta.get("classes"), loaded.resized(model.input_size), zoo)
+    return BenchContext(model.to(device), meta.get("classes"), loaded.resized(model.input_size), zoo, meta.get("wnids"))
 
 
 DEFAULT_LAYERS = Path("runs") / "layers"
@@ -112,8 +112,7 @@ def prune(ctx: BenchContext, classes: Sequence[str] | None = None, method: str =
     extra = {"dataset": ctx.dataset} if "dataset" in method_settings(method) else {}  # MVP's embedding similarity
     m = create_method(method, **p.settings(method, **({"iterations": p.iterations} | budget)), **settings, **extra)
     task = ctx.dataset.task(list(classes) if classes else list(ctx.dataset.classes))
-    result = m.run(ctx.backbone, ctx.dataset.load_task(task), ctx.zoo if cls.needs_zoo else None, head_rows_for(ctx.classes, task.classes),
-                   progress=progress)
+    result = m.run(ctx.backbone, ctx.dataset.load_task(task), ctx.zoo if cls.needs_zoo else None, ctx.head_rows(task), progress=progress)
     if save and cls.builds_zoo:
         ctx.zoo.note_dataset(ctx.dataset.name, ctx.dataset.source or ctx.dataset.name, ctx.dataset.source)
         record = ctx.zoo.add(task, result)

@@ -185,6 +185,39 @@ def class_synset(name: str, wnid: str | None = None):
     return senses[0]
 
 
+def wordnet_head_rows(pretrained_wnids: Sequence[str | None], classes: Sequence[str], wnids: dict[str, str | None] | None = None
+                      ) -> list[list[int] | None] | None:
+    """For each of ``classes``, the rows of a pre-trained head (whose classes have the WordNet ids
+    ``pretrained_wnids``, ImageNet's) that are that class or a kind of it: CIFAR's ``bear`` is
+    ImageNet's brown, American black, polar and sloth bears (their rows are averaged by
+    :func:`~metavote.models.replace_head`); None for a class with none, None when no class has any.
+    Of CIFAR-100's classes, 67 have ImageNet-1k rows this way."""
+    anchors = _pretrained_ancestors(tuple(pretrained_wnids))
+    rows: list[list[int] | None] = []
+    for c in classes:
+        try:
+            s = class_synset(c, (wnids or {}).get(c)).name()
+        except SimilarityError:
+            rows.append(None)
+            continue
+        rows.append([i for i, a in enumerate(anchors) if s in a] or None)
+    return rows if any(r is not None for r in rows) else None
+
+
+@lru_cache(maxsize=4)
+def _pretrained_ancestors(wnids: tuple[str | None, ...]) -> list[frozenset[str]]:
+    """Each pre-trained class's synset and every synset above it (names), once per head."""
+    wn = wordnet()
+    out = []
+    for w in wnids:
+        if not w:
+            out.append(frozenset())
+            continue
+        s = wn.synset_from_pos_and_offset("n", int(w[1:]))
+        out.append(frozenset({s.name()} | {a.name() for a in s.closure(lambda x: x.hypernyms())}))
+    return out
+
+
 def wup_matrix(source: Sequence[str], target: Sequence[str], wnids: dict[str, str | None] | None = None) -> np.ndarray:
     """Wu-Palmer similarity of every (target class, source class) pair, shape (len(target), len(source))."""
     wnids = wnids or {}

@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from ..methods import Method, PruneResult, create_method, method_settings
 from ..models import Backbone, count_parameters, head_rows_for
 from ..profiles import Profile
+from ..similarity import wordnet_head_rows
 from ..training import step_flops
 from ..zoo import Zoo
 from .ratios import flops_ratio
@@ -65,9 +66,21 @@ class BenchContext:
     classes: list[str] | None
     dataset: ImageDataset
     zoo: Zoo
+    wnids: list[str | None] | None = None
+    """The WordNet ids of the backbone's head classes (ImageNet's, for EfficientNet-Lite0)."""
+    head_map: str = "names"
+    """How a task's classes find rows of the pre-trained head: ``names`` (the same class names,
+    every class or none), ``wordnet`` (also the head classes that are the class or a kind of it,
+    :func:`~metavote.similarity.wordnet_head_rows`; classes with none are imprinted)."""
 
-    def head_rows(self, task: Task) -> list[int] | None:
-        return head_rows_for(self.classes, task.classes) if self.classes else None
+    def head_rows(self, task: Task) -> list | None:
+        exact = head_rows_for(self.classes, task.classes) if self.classes else None
+        if exact is not None or self.head_map == "names" or not self.wnids:
+            return exact
+        if self.head_map != "wordnet":
+            raise ConfigError(f"head_map must be 'names' or 'wordnet', got {self.head_map!r}")
+        wnids = dict(zip(self.dataset.classes, self.dataset.wnids))
+        return wordnet_head_rows(self.wnids, task.classes, wnids)
 
     def run(self, method: Method, data, progress: bool = False) -> PruneResult:
         """``method`` on one task of this context's dataset, with the task's head rows."""

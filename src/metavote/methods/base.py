@@ -16,11 +16,13 @@ optimizer steps) and :func:`task_head`. ``create_method`` feeds the CLI's choice
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch
 from torch import nn
 
 from ..data import TaskData
@@ -48,13 +50,22 @@ def check_fraction(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be in (0, 1], got {value}")
 
 
-def task_head(model: Backbone, data: TaskData, head_rows: list[int] | None) -> None:
-    """Give ``model`` the task's head: rows of the pre-trained head when it knows every class,
-    otherwise class-mean feature imprinting from the task's training images."""
-    if head_rows is not None and isinstance(model.get_classifier(), nn.Linear):
-        replace_head(model, data.task.n_way, head_rows)
-    else:
+def task_head(model: Backbone, data: TaskData, head_rows: list | None) -> None:
+    """Give ``model`` the task's head: rows of the pre-trained head for the classes it knows
+    (``head_rows``: per class a row, several rows to average, or None), class-mean feature
+    imprinting from the task's training images for the others (and for all without ``head_rows``)."""
+    if head_rows is None or not isinstance(model.get_classifier(), nn.Linear):
         imprint_head(model, data.train_images, data.train_labels, data.task.n_way)
+        return
+    unknown = [k for k, r in enumerate(head_rows) if r is None]
+    if unknown:
+        imprinted = copy.deepcopy(model)
+        imprint_head(imprinted, data.train_images, data.train_labels, data.task.n_way)
+    replace_head(model, data.task.n_way, head_rows)
+    if unknown:
+        with torch.no_grad():
+            model.get_classifier().weight[unknown] = imprinted.get_classifier().weight[unknown].to(model.get_classifier().weight.device)
+            model.get_classifier().bias[unknown] = imprinted.get_classifier().bias[unknown].to(model.get_classifier().bias.device)
 
 
 @dataclass(kw_only=True)

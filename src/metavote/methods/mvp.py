@@ -307,7 +307,7 @@ class MVP(Method):
         if self.init != "backbone":
             rule = "first" if self.init == "nearest-first" else "mean"
             full.load_state_dict(average_neighbours(backbone, list(zip(subnets, states)), rule, groups), strict=False)
-        knows_classes = head_rows is not None and isinstance(full.get_classifier(), nn.Linear)
+        knows_classes = head_rows is not None and None not in head_rows and isinstance(full.get_classifier(), nn.Linear)
         head = ("pretrained" if knows_classes else "neighbours") if self.head == "auto" else self.head
         if head == "pretrained" and not knows_classes:
             raise ConfigError("head 'pretrained' needs a backbone trained on every target class")

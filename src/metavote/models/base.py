@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -147,11 +148,13 @@ def register_model(name: str) -> Callable:
 # ----------------------------------------------------------------------------- heads
 
 
-def replace_head(model: Backbone, num_classes: int, rows: Sequence[int] | None = None) -> Backbone:
+def replace_head(model: Backbone, num_classes: int, rows: Sequence[int | Sequence[int] | None] | None = None) -> Backbone:
     """Give ``model`` a fresh ``num_classes``-way head, in place.
 
-    With ``rows`` (indices into the current head, one per new class), the new head starts
-    from those rows of the old one: a task of classes the pre-training saw keeps their logits.
+    With ``rows`` (one entry per new class), the new head starts from those rows of the old one: a
+    task of classes the pre-training saw keeps their logits. An entry may be several rows (their
+    mean: a class whose pre-training classes are its kinds, as ImageNet's brown, black and polar
+    bears are CIFAR's bear) or None (that row stays freshly initialised, for the caller to fill).
     """
     old = model.get_classifier()
     if rows is not None:
@@ -163,8 +166,11 @@ def replace_head(model: Backbone, num_classes: int, rows: Sequence[int] | None =
     if rows is not None:
         new = model.get_classifier()
         with torch.no_grad():
-            new.weight.copy_(old.weight[list(rows)])
-            new.bias.copy_(old.bias[list(rows)])
+            for k, r in enumerate(rows):
+                if r is not None:
+                    idx = [r] if isinstance(r, (int, np.integer)) else list(r)
+                    new.weight[k] = old.weight[idx].mean(0)
+                    new.bias[k] = old.bias[idx].mean(0)
     return model
 
 
