@@ -63,7 +63,9 @@ def test_a_new_method_is_one_registered_class(monkeypatch):
 
 def test_one_profile_system_feeds_zoo_and_bench():
     cpu, paper = get_profile("cpu"), get_profile("paper")
-    assert set(PROFILES) == {"paper", "cpu", "vit-paper", "vit-cpu"}
+    assert set(PROFILES) == {"paper", "cpu", "vit-paper", "vit-cpu", "lite0-cpu"}
+    lite = get_profile("lite0-cpu")  # a profile that names its backbone and input size
+    assert (lite.backbone, lite.image_size, lite.settings("ifp")["iterations"]) == ("efficientnet-lite0", 96, 200)
     # the zoo's recipe and the bench's upper bound are one: IFP at 10 J
     assert cpu.settings("ifp") == {"ratio": 0.8, "iterations": 200, "batch_size": 64, "lr": 0.01}
     assert paper.settings("ifp") == {"ratio": 0.9, "iterations": 1000, "batch_size": 128, "lr": 0.005}
