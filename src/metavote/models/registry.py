@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, one_line
+from ..files import file_digest
 from .base import MODELS, Backbone
 from .traced import TracedModel
 
@@ -104,7 +105,7 @@ def create_model(config: dict | str, num_classes: int | None = None, **overrides
         with torch.device("cpu"):
             model = _call_constructor(arch, fn, size, settings)
         if isinstance(model, TracedModel) and wrap is not None:
-            model = TracedModel(_unwrap(model), **wrap, config=rebuild | ({"image_size": size} if size else {}))
+            model = TracedModel(model.unwrapped(), **wrap, config=rebuild | ({"image_size": size} if size else {}))
         if num_classes is not None and model.num_classes != num_classes:
             model.reset_classifier(num_classes)
         return model
@@ -119,13 +120,6 @@ def create_model(config: dict | str, num_classes: int | None = None, **overrides
     if isinstance(model, Backbone) and wrap is None:
         return model
     return TracedModel(model, **(wrap or {}), config=rebuild)
-
-
-def _unwrap(model: TracedModel) -> nn.Module:
-    """The plain network of a traced model, its classifier put back."""
-    net = model.net
-    net.set_submodule(model.wrap_settings()["classifier"], model.head)
-    return net
 
 
 # ----------------------------------------------------------------------------- named backbones
@@ -203,8 +197,6 @@ def load_named(spec: str, image_size: int | None = None) -> tuple[Backbone, dict
             raise ConfigError(f"backbone {spec} needs {missing}" + (f": pip install 'metavote[{named.extra}]'" if named.extra else ""))
         model, info = named.load(image_size)
         weights = info.get("weights")
-        from ..files import file_digest
-
         digest = file_digest(weights) if weights else _state_digest(model)
     else:
         target = _entry_point_backbones().get(spec)
@@ -213,7 +205,7 @@ def load_named(spec: str, image_size: int | None = None) -> tuple[Backbone, dict
         model = _call_constructor(spec, fn, image_size, {})
         if isinstance(model, TracedModel):  # a plain classifier: rebuilt by calling the constructor again
             wrap = model.wrap_settings() | ({"input_size": [3, int(image_size), int(image_size)]} if image_size else {})
-            model = TracedModel(_unwrap(model), **wrap, config={"arch": arch} | ({"image_size": int(image_size)} if image_size else {}))
+            model = TracedModel(model.unwrapped(), **wrap, config={"arch": arch} | ({"image_size": int(image_size)} if image_size else {}))
         info = {"classes": getattr(model, "pretrained_classes", None)}
         digest = _state_digest(model)
     try:

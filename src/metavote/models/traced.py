@@ -117,6 +117,12 @@ class TracedModel(Backbone):
     def body_blocks(self) -> list[list[nn.Parameter]]:
         raise ConfigError("freezing blocks needs a model that lists its blocks; a traced model does not")
 
+    def unwrapped(self) -> nn.Module:
+        """The plain network, its classifier put back (this model is not usable after): what
+        ``TracedModel(model.unwrapped(), **settings)`` wraps again with other settings."""
+        self.net.set_submodule(self.wrap_settings()["classifier"], self.head)
+        return self.net
+
     def wrap_settings(self) -> dict:
         """How the network is wrapped (classifier, input size, normalisation, heads, ignored modules):
         ``TracedModel(net, **model.wrap_settings())`` wraps it again."""

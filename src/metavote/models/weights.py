@@ -190,10 +190,8 @@ def at_image_size(model: Backbone, meta: dict, image_size: int | None) -> tuple[
         return model, meta
     size = int(image_size)
     if isinstance(model, TracedModel):
-        net = model.net
-        net.set_submodule(model.wrap_settings()["classifier"], model.head)
-        model = TracedModel(net, **(model.wrap_settings() | {"input_size": [3, size, size]}),
-                            config={k: v for k, v in model.config.items() if k != "wrap"})
+        settings, config = model.wrap_settings(), {k: v for k, v in model.config.items() if k != "wrap"}
+        model = TracedModel(model.unwrapped(), **(settings | {"input_size": [3, size, size]}), config=config)
         meta = meta | {"config": model.config}
     else:
         model.input_size = (3, size, size)
