@@ -62,10 +62,14 @@ def test_a_new_method_is_one_registered_class(monkeypatch):
 
 
 def test_one_profile_system_feeds_zoo_and_bench():
+    from metavote.bench import main_methods
+
     cpu, paper = get_profile("cpu"), get_profile("paper")
     assert set(PROFILES) == {"paper", "cpu", "vit-paper", "vit-cpu", "lite0-cpu"}
     lite = get_profile("lite0-cpu")  # a profile that names its backbone and input size
-    assert (lite.backbone, lite.image_size, lite.settings("ifp")["iterations"]) == ("efficientnet-lite0", 96, 200)
+    assert (lite.backbone, lite.image_size, lite.upper_bound, lite.settings("tp-taylor")["iterations"]) == ("efficientnet-lite0", 96, "tp-taylor", 200)
+    assert [m.label for m in main_methods(lite, peers=True)][:4] == ["MVP (J=20)", "Torch-Pruning Taylor (J=200)", "Torch-Pruning Taylor (J=20)",
+                                                                     "random (J=20)"]  # its zoo's recipe, and IFP among the pipelines
     # the zoo's recipe and the bench's upper bound are one: IFP at 10 J
     assert cpu.settings("ifp") == {"ratio": 0.8, "iterations": 200, "batch_size": 64, "lr": 0.01}
     assert paper.settings("ifp") == {"ratio": 0.9, "iterations": 1000, "batch_size": 128, "lr": 0.005}
@@ -136,7 +140,7 @@ def test_ahnp_never_empties_a_group_that_cannot_run_empty():
     """BEiT with 3 heads at r = 0.5: AHNP's scores may all fall in one block; a traced block keeps its best head."""
     from metavote.methods.ahnp import global_removal
     from metavote.models.units import Slot, UnitGroup
-    from metavote.pruning import kind_targets
+    from metavote.pruning import kind_targets, target_widths
 
     groups = [UnitGroup(f"block{i}.attention", 3, (Slot(f"block{i}.q", width=4),), kind="head") for i in range(4)]
     scores = {g.name: torch.tensor([0.9, 0.8, 0.7]) for g in groups}
@@ -144,10 +148,12 @@ def test_ahnp_never_empties_a_group_that_cannot_run_empty():
     scores["block1.attention"] = torch.tensor([0.05, 0.9, 0.9])
     keep = global_removal(scores, groups, kind_targets(groups, 0.5), threshold=0.1)
     assert {k: v.tolist() for k, v in keep.items()} == {"block0.attention": [2], "block1.attention": [1, 2], "block2.attention": [0, 1, 2],
-                                                        "block3.attention": [0, 1, 2]}  # 3 below threshold, one kept: 8 of a target 6
+                                                        "block3.attention": [0, 1, 2]}  # 4 below threshold, block 0's last kept: 9 of a target 8
     emptiable = [dataclasses.replace(g, can_be_empty=True) for g in groups]
     assert global_removal(scores, emptiable, kind_targets(emptiable, 0.5), threshold=0.1)["block0.attention"].tolist() == []
-    # a global target below one head per block is raised to one per block that cannot run empty
+    # the target is what the per-group widths keep (2 of 3 per block at r = 0.5: 8, where round(0.5 * 12) = 6), so AHNP's
+    # record has every other method's size; a block that cannot run empty counts one head
+    assert kind_targets(groups, 0.5) == {"head": 8} == {"head": sum(target_widths(groups, 0.5).values())}
     assert kind_targets(groups, 0.9) == {"head": 4} and kind_targets(emptiable, 0.9) == {"head": 1}
 
 

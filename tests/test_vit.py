@@ -221,6 +221,36 @@ def test_ahnp_reaches_the_ratio_and_shrinks_the_model(vit_setup):
            {k: v.shape for k, v in result.model.state_dict().items() if not k.startswith("head.")}
 
 
+def test_every_vit_row_has_the_same_size(vit_setup):
+    """Issue 37: AHNP's global targets are the per-block widths summed, so its record has random pruning's size; a record
+    holding a head more (an older AHNP zoo's) is cut to that size by its own weight norms, from whichever block."""
+    from metavote.methods.mvp import trim_to_widths
+    from metavote.pruning import shrink
+
+    def params(model):  # the body's: the backbone's own head has 6 rows, a task's 3
+        return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("head."))
+
+    dataset, _, weights = vit_setup
+    backbone, _ = load_backbone(weights, dataset=dataset)
+    data = dataset.load_task(sample_tasks(dataset, 3, 1, seed=2)[0])
+    ahnp = create_method("ahnp", ratio=0.75, iterations=12, batch_size=8, l1=1e-2).run(backbone, data, None, None)
+    uniform = create_method("random", ratio=0.75, iterations=1, batch_size=8).run(backbone, data, None, None)
+    assert params(ahnp.model) == params(uniform.model)
+
+    groups = backbone.unit_groups()
+    widths = target_widths(groups, 0.75)  # one head of 4 per block, 24 of 48 nodes
+    heads = [g.name for g in groups if g.kind == "head"]
+    kept = {g.name: np.arange(widths[g.name]) for g in groups} | {heads[0]: np.array([0, 2]), heads[1]: np.array([3])}
+    wide = shrink(backbone, kept, groups)
+    with torch.no_grad():  # head 2 of block 0 is the weakest of the three by far
+        qkv = wide.get_submodule(next(s.module for s in groups[0].slots if s.module.endswith("qkv"))).weight
+        qkv.view(3, 2, -1, qkv.shape[-1])[:, 1] *= 1e-3
+    trimmed, subnet, removed = trim_to_widths(wide, SubNetwork(kept, {g.name: g.size for g in groups}), widths)
+    assert removed == 1 and params(trimmed) == params(uniform.model)
+    assert subnet.kept[heads[0]].tolist() == [0] and subnet.kept[heads[1]].tolist() == [3]
+    assert trim_to_widths(trimmed, subnet, widths)[2] == 0  # at the widths already: left as it is
+
+
 def test_ahnp_costs_shrink_as_units_go(vit_setup):
     """FLOPs are counted on the model that ran at each step: less than J dense steps, more than J final ones."""
     from metavote.training import Costs

@@ -1,12 +1,18 @@
 """The main table on EfficientNet-Lite0 with its ImageNet weights (the ``lite0-cpu`` profile, the zoo of
-``lite0_zoo.py``): test tasks disjoint from the zoo drawn from its 80 classes, every row at J and the
-conventional pipelines also at 10 J (MVP, the nearest record, which ``auto`` picks on a zoo at the ratio,
-Torch-Pruning magnitude, Taylor and iterative, IFP, random), with the FLOPs ratio at equal accuracy against
-the strongest pipeline; then the unseen check (tasks of the 20 classes no zoo task has) with MVP, the
-nearest record, Torch-Pruning magnitude and IFP; then the ImageNet head (``--head-map wordnet``: a class's
-ImageNet kinds start its head row) beside the same tasks' rows without it. Resumable (rows.jsonl per part).
+``lite0_zoo.py``), resumable (rows.jsonl per part under ``--out``), in four parts:
 
-    python benchmarks/real-model/lite0_table.py [--zoo runs/zoo-lite0] [--tasks 6] [--unseen 4] [--out runs/lite0-table]
+- ``seen``: ``--tasks`` test tasks of the zoo's 80 classes (seed 1000, none a zoo task): MVP and the nearest
+  record (what ``--method auto`` picks on a zoo pruned at the ratio) at J, random at J, and the strongest
+  pipelines, Torch-Pruning Taylor (the zoo's recipe) and magnitude, at J and 10 J; with the FLOPs ratio at
+  equal accuracy against the strongest of them.
+- ``other``: the weaker pipelines, IFP and Torch-Pruning's iterative pruner at J and 10 J, on the first
+  ``--other-tasks`` of those tasks (they cost 5x the others and do not read the zoo).
+- ``unseen``: ``--unseen`` tasks of the 20 held-out classes (seed 1001): MVP, the nearest record, Torch-Pruning
+  Taylor and magnitude at J and 10 J.
+- ``wordnet-head``: the first ``--wordnet-tasks`` seen tasks again with ``head_map="wordnet"`` (a class's ImageNet
+  kinds start its head row, the others imprinted), at J, paired with the same rows without it.
+
+    python benchmarks/real-model/lite0_table.py [--zoo runs/zoo-lite0] [--tasks 20] [--out runs/lite0-table]
 """
 
 from __future__ import annotations
@@ -15,16 +21,34 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import save  # noqa: E402
 
 
+def paired(without: list[dict], with_: list[dict]) -> list[dict]:
+    """Per method: mean accuracy without and with, and the mean paired difference over the tasks both hold."""
+    out = []
+    for method in dict.fromkeys(r["method"] for r in with_):
+        a = {r["task"]: r["accuracy"] for r in without if r["method"] == method}
+        b = {r["task"]: r["accuracy"] for r in with_ if r["method"] == method}
+        tasks = sorted(set(a) & set(b))
+        diff = np.array([b[t] - a[t] for t in tasks])
+        out.append({"method": method, "tasks": len(tasks), "without": float(np.mean([a[t] for t in tasks])),
+                    "with": float(np.mean([b[t] for t in tasks])), "difference": float(diff.mean()), "difference_std": float(diff.std()),
+                    "better": int((diff > 0).sum()), "worse": int((diff < 0).sum())})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zoo", default="runs/zoo-lite0")
-    ap.add_argument("--tasks", type=int, default=6)
+    ap.add_argument("--tasks", type=int, default=20)
+    ap.add_argument("--other-tasks", type=int, default=3)
     ap.add_argument("--unseen", type=int, default=4)
+    ap.add_argument("--wordnet-tasks", type=int, default=8)
     ap.add_argument("--out", default="runs/lite0-table")
     ap.add_argument("--threads", type=int)
     args = ap.parse_args()
@@ -32,10 +56,10 @@ def main() -> None:
     import dataclasses
 
     from lite0_zoo import held_out_classes
-    from metavote.bench import bench, main_methods, markdown_table, one_off_costs, ratio_notes, summarize, write_table
+    from metavote.bench import bench, main_methods, markdown_table, ratio_notes, size_notes, summarize, write_table
     from metavote.bench.harness import profile_method
     from metavote.data import sample_tasks
-    from metavote.experiments import context
+    from metavote.experiments import context, default_method
     from metavote.profiles import get_profile
     from metavote.training import set_threads
 
@@ -49,27 +73,42 @@ def main() -> None:
     unseen = sample_tasks(ctx.dataset, 5, args.unseen, seed=1001, classes=held)
     out = Path(args.out)
     j, big = profile.iterations, profile.conventional_factor * profile.iterations
-    parts = {}
+    make = lambda key, **kw: profile_method(profile, key, ctx.dataset, **kw)  # noqa: E731
+    strong = [*main_methods(profile, ctx.dataset, also=("nearest",), peers=False), *(make("tp-magnitude", iterations=n) for n in (j, big))]
+    weak = [make(key, iterations=n) for key in ("ifp", "tp-iterative") for n in (j, big)]
+    unseen_methods = [make("mvp"), make("nearest"), *(make(key, iterations=n) for key in ("tp-taylor", "tp-magnitude") for n in (j, big))]
+    cheap = [make("mvp"), make("nearest"), make("tp-taylor", iterations=j), make("tp-magnitude", iterations=j)]
 
-    rows = bench(ctx, main_methods(profile, ctx.dataset, also=("nearest",)), seen, out / "seen", True)
-    parts["seen"] = rows
-    few = [profile_method(profile, "mvp", ctx.dataset), profile_method(profile, "nearest"),
-           *[profile_method(profile, "tp-magnitude", iterations=n) for n in (j, big)], profile_method(profile, "ifp", iterations=big)]
-    parts["unseen"] = bench(ctx, few, unseen, out / "unseen", True)
-    cheap = [profile_method(profile, "mvp", ctx.dataset), profile_method(profile, "nearest"), profile_method(profile, "tp-magnitude")]
-    parts["wordnet_head"] = bench(dataclasses.replace(ctx, head_map="wordnet"), cheap, seen, out / "wordnet-head", True)
+    parts = {"seen": bench(ctx, strong, seen, out / "seen", True),
+             "other": bench(ctx, weak, seen[:args.other_tasks], out / "other", True),
+             "unseen": bench(ctx, unseen_methods, unseen, out / "unseen", True),
+             "wordnet_head": bench(dataclasses.replace(ctx, head_map="wordnet"), cheap, seen[:args.wordnet_tasks], out / "wordnet-head", True)}
 
-    tables = []
+    auto, why = default_method(ctx.zoo, profile.ratio)
+    titles = {"seen": f"{len(seen)} test tasks of the zoo's 80 classes (5-way, seed 1000, none a zoo task), lite0-cpu: 96 px, r = 0.8, "
+                      f"J = {j}, batch 64; `--method auto` picks {auto} ({why})",
+              "other": f"the weaker pipelines on the first {args.other_tasks} of those tasks, with the strongest rows of the same tasks",
+              "unseen": f"{len(unseen)} tasks of the 20 held-out classes (seed 1001), the same budget",
+              "wordnet_head": f"the first {args.wordnet_tasks} test tasks, each class's head row from its ImageNet kinds (WordNet), "
+                              "imprinted where it has none"}
+    tables, results = [], {"auto_picks": auto, "parts": parts}
     for name, part in parts.items():
-        summary = summarize(part)
-        notes = "".join(f"\n\n{line}" for line in (*ratio_notes(part), *one_off_costs(part))) if name == "seen" else ""
-        title = {"seen": f"{len(seen)} test tasks of the zoo's 80 classes (5-way, seed 1000, none a zoo task), lite0-cpu: 96 px, r = 0.8, "
-                         f"J = {j}, batch 64",
-                 "unseen": f"{len(unseen)} tasks of the 20 held-out classes (seed 1001), the same budget",
-                 "wordnet_head": "the same test tasks, each class's head row from its ImageNet kinds (WordNet), imprinted where it has none"}[name]
-        write_table(summary, out / name.replace("_", "-"), title, notes=notes)
-        tables.append(f"### {title}\n\n{markdown_table(summary)}{notes}")
-    save("lite0_table", {k: v for k, v in parts.items()}, "\n\n".join(tables))
+        rows = part
+        if name == "other":  # beside the strongest rows of the same tasks, so its ratio line compares like with like
+            ids = {t.id for t in seen[:args.other_tasks]}
+            rows = [r for r in parts["seen"] if r["task"] in ids] + part
+        summary = summarize(rows)
+        notes = "".join(f"\n\n{line}" for line in (*size_notes(summary), *(ratio_notes(rows) if name != "wordnet_head" else ())))
+        write_table(summary, out / name.replace("_", "-"), titles[name], notes=notes)
+        tables.append(f"### {titles[name]}\n\n{markdown_table(summary)}{notes}")
+    pairs = paired(parts["seen"], parts["wordnet_head"])
+    results["wordnet_paired"] = pairs
+    lines = ["| method | tasks | without (%) | with the WordNet head (%) | difference (points) | tasks better / worse |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {p['method']} | {p['tasks']} | {100 * p['without']:.2f} | {100 * p['with']:.2f} | {100 * p['difference']:+.2f} ± "
+              f"{100 * p['difference_std']:.2f} | {p['better']} / {p['worse']} |" for p in pairs]
+    tables.append("### the ImageNet head by WordNet, paired with the same tasks' rows without it\n\n" + "\n".join(lines))
+    save("lite0_table", results, "\n\n".join(tables))
 
 
 if __name__ == "__main__":

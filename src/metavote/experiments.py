@@ -15,7 +15,7 @@ import torch
 from .bench import (
     BenchContext, ablate_budget, ablate_decomposition, ablate_groups, ablate_head, ablate_zoos, ablate_iterations, ablate_neighbours,
     ablate_recipe, ablate_task_size, ablate_unseen, bench, bench_tasks, flops_ratio, main_methods, markdown_table, one_off_costs,
-    pipeline_families, ratio_notes, plot_ablation, plot_budget, summarize, write_table, zoo_names, zoo_summary,
+    pipeline_families, ratio_notes, plot_ablation, plot_budget, size_notes, summarize, write_table, zoo_names, zoo_summary,
 )
 from .data import Task, load_dataset, sample_tasks
 from .deploy import save_result
@@ -138,7 +138,7 @@ def run_bench(ctx: BenchContext, profile_name: str = "cpu", tasks: int = 20, see
     summary = summarize(rows)
     title = (f"{len(test)} test tasks (5-way, seed {seed}, disjoint from the zoo's {len(ctx.zoo.records(method=ctx.zoo.source_method))}), "
              f"profile {profile_name}: r={p.ratio}, batch {p.batch_size}")
-    notes = "".join(f"\n\n{line}" for line in (*ratio_notes(rows), *one_off_costs(rows)))
+    notes = "".join(f"\n\n{line}" for line in (*size_notes(summary), *ratio_notes(rows), *one_off_costs(rows)))
     write_table(summary, out, title, notes=notes)
     return rows, f"{title}\n\n{markdown_table(summary)}{notes}"
 

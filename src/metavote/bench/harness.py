@@ -109,21 +109,25 @@ def pipeline_families(rows: Sequence[dict], reference: str = "IFP") -> list[str]
 def ratio_notes(rows: Sequence[dict]) -> list[str]:
     """A line per zoo method of the table (MVP, the nearest record) at its J: the FLOPs ratio at equal
     accuracy against the strongest conventional pipeline (the upper envelope of IFP and the
-    Torch-Pruning rows over J and 10 J), then against IFP alone (the paper's comparison)."""
+    Torch-Pruning rows over J and 10 J), then against IFP alone (the paper's comparison) where the
+    table has IFP."""
     families = list(dict.fromkeys(r["family"] for r in rows))
     conventional = pipeline_families(rows)
-    if "IFP" not in families:
+    if not conventional:
         return []
     lines = []
     for family in (f for f in families if f in ("MVP", "nearest record")):
-        for strongest, ifp in zip(flops_ratio(rows, family, conventional), flops_ratio(rows, family, "IFP")):
+        ifp = flops_ratio(rows, family, "IFP") if "IFP" in families else None
+        for k, strongest in enumerate(flops_ratio(rows, family, conventional)):
             head = f"{family} (J={strongest['x']}, {100 * strongest['accuracy']:.2f}%): "
-            alone = f"{ifp['bound'].replace('=', '')}{ifp['ratio']:.1f}x"
-            if len(conventional) == 1:  # no peer rows: the paper's comparison only
+            alone = f"{ifp[k]['bound'].replace('=', '')}{ifp[k]['ratio']:.1f}x" if ifp else ""
+            if conventional == ["IFP"]:  # no peer rows: the paper's comparison only
                 lines.append(f"{head}{alone} fewer training FLOPs than IFP at equal accuracy (interpolated)")
                 continue
+            names = " and ".join(["IFP"] * ("IFP" in conventional) + [PEER_FAMILY])
             lines.append(f"{head}{strongest['bound'].replace('=', '')}{strongest['ratio']:.1f}x fewer training FLOPs than the strongest "
-                         f"conventional pipeline at equal accuracy (IFP and {PEER_FAMILY} at J and 10 J, interpolated); {alone} against IFP alone")
+                         f"conventional pipeline at equal accuracy ({names} at J and 10 J, interpolated)"
+                         + (f"; {alone} against IFP alone" if ifp else ""))
     return lines
 
 
@@ -196,6 +200,26 @@ def markdown_table(summary: Sequence[dict], key: str = "method") -> str:
         lines.append(f"| {s[key]} | {s['tasks']} | {100 * s['accuracy_mean']:.2f} ± {100 * s['accuracy_std']:.2f} | "
                      f"{s['tflops']:.3f} | {s['seconds']:.1f} | {search} | {s['parameters']:,.0f} | {inference} |")
     return "\n".join(lines)
+
+
+def size_notes(summary: Sequence[dict], key: str = "method", tolerance: float = 0.01) -> list[str]:
+    """The table's size check: a line per row whose parameter count or inference FLOPs lie more than
+    ``tolerance`` from the table's most common ones (every method prunes to the same widths, so a
+    row off them compares a different model), or one line saying every row is within it."""
+    params = [round(s["parameters"]) for s in summary]
+    gflops = [s.get("inference_gflops", np.nan) for s in summary]
+    common_params = max(set(params), key=params.count)
+    finite = [g for g in gflops if np.isfinite(g)]
+    common_gflops = max(set(finite), key=finite.count) if finite else None
+    lines = []
+    for s, p, g in zip(summary, params, gflops):
+        off = [f"{p:,} parameters"] if abs(p / common_params - 1) > tolerance else []
+        if common_gflops and np.isfinite(g) and abs(g / common_gflops - 1) > tolerance:
+            off.append(f"{g:.3g} inference GFLOPs")
+        if off:
+            lines.append(f"size check: {s[key]} has {' and '.join(off)}, more than {tolerance:.0%} off the table's {common_params:,}")
+    return lines or [f"size check: every row has {common_params:,} parameters (within {tolerance:.0%})"
+                     + (f" and {common_gflops:.3g} inference GFLOPs" if common_gflops else "")]
 
 
 def write_table(summary: Sequence[dict], out: str | os.PathLike, title: str, key: str = "method", notes: str = "") -> list[Path]:

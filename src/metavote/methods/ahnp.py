@@ -4,8 +4,10 @@ Every attention head and every MLP node gets a learnable score, multiplied into 
 input of ``attn.proj`` / ``mlp.fc2``, where a unit's slice enters the next layer). The weights train
 with a small learning rate and the scores with a large one, under an L1 penalty on the scores;
 after each step, units whose score fell below ``threshold`` are removed physically (so later steps
-cost less), the lowest first, until the model keeps round((1 - r) n) heads and round((1 - r) n)
-MLP nodes in all. Which blocks keep them is the scores' choice: a block may lose every head where
+cost less), the lowest first, until the model keeps as many heads and MLP nodes in all as the
+ratio's per-block widths keep (round((1 - r) n) per block, summed: the size of every other method's
+model; the paper's global round((1 - r) n) kept one head more than that on the CPU ViT, 7 % more
+parameters). Which blocks keep them is the scores' choice: a block may lose every head where
 it runs without them (metavote's own ViT), and keeps its best one where it cannot (a traced model's
 attention, whatever its head count: :func:`~metavote.pruning.kind_targets` counts one per such block). Then
 the scores are folded into the weights and the model is fine-tuned for the rest of the budget.
@@ -108,7 +110,8 @@ class AHNP(Method):
     rest (K = (1 - prune_until) J) fine-tunes the pruned model. AdamW with a cosine schedule: the
     weights at ``lr`` (paper 5e-4), the scores at ``score_lr`` (paper 5e-2) with an L1 penalty on
     the scores, which start at 1; a unit whose score falls below ``threshold`` is removed after the
-    step. The targets are global per kind, round((1 - r) n) of all heads and of all MLP nodes. If
+    step. The targets are global per kind (:func:`~metavote.pruning.kind_targets`: the heads and the MLP
+    nodes the ratio's per-block widths keep, summed, so the record has every other row's size). If
     the scores have not reached them when the pruning phase ends, the run stops with an error (no
     record is written): raise ``l1``, ``l1_range`` or ``score_lr``, or give more iterations.
 

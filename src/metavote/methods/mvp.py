@@ -30,11 +30,12 @@ from ..data import ImageDataset
 from ..errors import ConfigError
 from ..models.base import Backbone, replace_head
 from ..models.units import IN, UnitGroup
-from ..pruning import SubNetwork, TensorIndex, dense_view, shrink, target_widths
+from ..pruning import MagnitudeImportance, SubNetwork, TensorIndex, dense_view, shrink, target_widths, units_per_kind
 from ..search import ZooSearch
 from ..similarity import Similarity, make_similarity, nearest
 from ..training import Costs, Timer, frozen, imprint_head, make_optimizer, optimizer_step, recalibrate_bn
 from ..zoo import ZooRecord, record_budget, zoo_budget
+from .ahnp import global_removal
 from .base import Method, register
 
 OMEGAS = ("vote", "random", "nearest")
@@ -143,6 +144,25 @@ class Neighbourhood:
     loaded: list[tuple[Backbone, SubNetwork]]
     search_seconds: float
     search_tflops: float
+
+
+def trim_to_widths(model: Backbone, subnet: SubNetwork, widths: dict[str, int]) -> tuple[Backbone, SubNetwork, int]:
+    """``model`` (the sub-network ``subnet`` of the backbone) cut to as many units of each kind as
+    ``widths`` keeps of it, where it holds more: the weakest units of the kind by their own weight
+    norms (:class:`~metavote.pruning.MagnitudeImportance`) go first, from whichever blocks hold
+    them, never emptying a group that cannot run empty (an AHNP record's heads lie where its scores
+    put them). Returns the model, its Omega in the backbone's numbering and how many units went:
+    so a record kept by its own widths has the size of every other row of a table."""
+    groups = model.unit_groups()
+    have, want = units_per_kind(groups), {}
+    for g in groups:
+        want[g.kind] = want.get(g.kind, 0) + widths[g.name]
+    targets = {kind: min(have[kind], want[kind]) for kind in have}
+    removed = sum(have[kind] - targets[kind] for kind in have)
+    if not removed:
+        return model, subnet, 0
+    keep = global_removal(MagnitudeImportance()(model, groups, ()), groups, targets, threshold=float("inf"))
+    return shrink(model, keep, groups), subnet.compose(keep), removed
 
 
 @register
@@ -293,10 +313,10 @@ class MVP(Method):
         if self.omega == "nearest":  # the nearest neighbour's model as it is
             subnets, states, records = subnets[:1], states[:1], records[:1]
             subnet = subnets[0]
-            kept, wanted, total = sum(map(len, subnet.kept.values())), sum(widths.values()), sum(subnet.sizes.values())
-            if abs(kept - wanted) > 0.02 * total:
-                raise ConfigError(f"the nearest record ({records[0].task.id}) keeps {kept} of {total} units, ratio {self.ratio} "
-                                  f"asks for {wanted}: prune at the zoo's ratio")
+            short = sum(max(0, widths[name] - len(kept)) for name, kept in subnet.kept.items())  # a group wider is trimmed below
+            if short > 0.02 * sum(subnet.sizes.values()):
+                raise ConfigError(f"the nearest record ({records[0].task.id}) keeps {short} units fewer than ratio {self.ratio} "
+                                  f"asks for: prune at the zoo's ratio")
         elif self.omega == "random":
             rng = np.random.default_rng(seed)
             subnet = SubNetwork({g.name: np.sort(rng.choice(g.size, widths[g.name], replace=False)) for g in groups}, subnets[0].sizes)
@@ -336,6 +356,9 @@ class MVP(Method):
                 model.get_classifier().weight[imprint_rows] = imprinted.get_classifier().weight[imprint_rows]
                 model.get_classifier().bias[imprint_rows] = imprinted.get_classifier().bias[imprint_rows]
             head = f"neighbours ({len(imprint_rows)} imprinted)"
+        trimmed = 0
+        if self.omega == "nearest":  # a record with more units than the ratio's widths (an older AHNP record) is cut to them
+            model, subnet, trimmed = trim_to_widths(model, subnet, widths)
         bn_batches = self.bn_batches
         if self.head_steps:
             self._train_head(model, data, costs, seed)
@@ -343,7 +366,7 @@ class MVP(Method):
         with frozen(model, self.freeze) as frozen_blocks:
             self.fine_tune(model, data, costs, seed, progress, bn_batches)
         return model, subnet, {"neighbours": [r.task.id for r in records], "neighbour_scores": prepared.scores,
-                               "similarity": prepared.similarity, "head": head, "frozen_blocks": frozen_blocks,
+                               "similarity": prepared.similarity, "head": head, "frozen_blocks": frozen_blocks, "trimmed_units": trimmed,
                                "search_seconds": prepared.search_seconds, "search_tflops": prepared.search_tflops}
 
     def _train_head(self, model: Backbone, data, costs: Costs, seed: int) -> None:
@@ -378,7 +401,10 @@ class NearestRecord(MVP):
     4.3 points (26 of 30 ahead) with a zoo built by IFP at J = 1000, by 11.3 (16 of 16) with the CPU
     ViT zoo, and with 40 steps of 32 by 3.8 (28 of 30) with the CPU profile's J = 200 zoo
     (docs/benchmarks/main-tables.md, issue 14).
-    It keeps the record's Omega, so its size is the record's (the zoo's ratio), not ``ratio``'s.
+    It keeps the record's Omega, except that a record holding more units of a kind than ``ratio``'s
+    widths keep (an AHNP record of an older zoo: one head more at r = 0.8 on the CPU ViT) is cut to
+    them by its own weight norms (:func:`trim_to_widths`), so its row has the size of every other
+    row of a table.
 
     Unlike MVP it chooses among every record at the ratio (``zoo_method="all"``), those ``prune``
     saved too, so a zoo grown by use serves later tasks: on 10 validation tasks, each pruned after

@@ -103,14 +103,19 @@ def units_per_kind(groups: Sequence[UnitGroup]) -> dict[str, int]:
 
 
 def kind_targets(groups: Sequence[UnitGroup], ratio: float) -> dict[str, int]:
-    """Units kept per kind in the whole model at ratio ``ratio``, round((1 - r) n) of each kind,
-    which blocks keep them left open (a global budget: AHNP, UVC); never fewer than one per group of
-    that kind that cannot run empty (a traced model's attention: 12 blocks of 3 heads at r = 0.9 keep
-    12 heads, not 4), so a global pruner can always meet its target without emptying such a group."""
+    """Units kept per kind in the whole model at ratio ``ratio``: as many as :func:`target_widths`
+    keeps of that kind group by group (round((1 - r) n) per group), so a global pruner (AHNP)
+    lands on the size of every other method; which blocks keep them is left open. A group of the
+    kind that cannot run empty counts at least one (a traced model's attention: 12 blocks of 3
+    heads at r = 0.9 keep 12 heads), so a global pruner can always meet its target without
+    emptying such a group; where every group may be empty and each rounds to none, round((1 - r) n)
+    of the kind's n in all."""
     if not 0 < ratio < 1:
         raise ConfigError(f"pruning ratio must be in (0, 1), got {ratio}")
-    floors = {kind: sum(1 for g in groups if g.kind == kind and not g.can_be_empty) for kind in units_per_kind(groups)}
-    targets = {kind: max(round((1 - ratio) * n), floors[kind]) for kind, n in units_per_kind(groups).items()}
+    targets = {}
+    for kind, n in units_per_kind(groups).items():
+        members = [g for g in groups if g.kind == kind]
+        targets[kind] = sum(max(round((1 - ratio) * g.size), 0 if g.can_be_empty else 1) for g in members) or round((1 - ratio) * n)
     empty = [kind for kind, n in targets.items() if n == 0]
     if empty:
         raise ConfigError(f"ratio {ratio} would leave the model without any {empty[0]}; use a smaller pruning ratio")
