@@ -74,6 +74,22 @@ def test_round_trip(tmp_path, backbone):
         assert len(reopened) == 2 and reopened.fingerprint == "f" * 64
 
 
+def test_a_zoo_built_again_in_the_same_folder_does_not_find_the_old_ones_cache(tmp_path, monkeypatch):
+    """A read-only zoo's derived files (the search's index) live in the user's cache, keyed by folder and the zoo's own
+    id: a zoo rebuilt in the old one's folder with as many records (the same version count) got its stale index."""
+    import shutil
+
+    monkeypatch.setenv("METAVOTE_CACHE", str(tmp_path / "cache"))
+    Zoo(tmp_path / "zoo", backbone_meta()).close()
+    with Zoo(tmp_path / "zoo", read_only=True) as zoo:
+        first, again, version = zoo.cache_dir, Zoo(tmp_path / "zoo", read_only=True).cache_dir, zoo.version()
+    assert first == again and first.is_relative_to(tmp_path / "cache")
+    shutil.rmtree(tmp_path / "zoo")
+    Zoo(tmp_path / "zoo", backbone_meta()).close()
+    with Zoo(tmp_path / "zoo", read_only=True) as rebuilt:
+        assert rebuilt.cache_dir != first and rebuilt.version() == version
+
+
 def test_refuses_another_backbone_and_non_zoos(tmp_path, backbone):
     Zoo(tmp_path / "zoo", backbone_meta()).close()
     with pytest.raises(ZooError, match="built from backbone"):

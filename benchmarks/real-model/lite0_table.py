@@ -42,6 +42,19 @@ def paired(without: list[dict], with_: list[dict]) -> list[dict]:
     return out
 
 
+def omega_overlap(zoo) -> dict:
+    """How diverse the zoo's Omega is: the mean pairwise IoU of the records' kept units per group (random draws at the
+    same widths: k / (2 - k) for a kept share k), and the share of record pairs that keep a group identically."""
+    import itertools
+
+    subnets = [zoo.subnetwork(r) for r in zoo.records()]
+    ious = [a.iou(b) for a, b in itertools.combinations(subnets, 2)]
+    names = list(subnets[0].kept)
+    share = np.array([len(subnets[0].kept[n]) / subnets[0].sizes[n] for n in names])
+    return {"records": len(subnets), "mean_iou": float(np.mean([[i[n] for n in names] for i in ious])),
+            "random_iou": float(np.mean(share / (2 - share))), "identical_share": float(np.mean([[i[n] == 1.0 for n in names] for i in ious]))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zoo", default="runs/zoo-lite0")
@@ -91,7 +104,8 @@ def main() -> None:
               "unseen": f"{len(unseen)} tasks of the 20 held-out classes (seed 1001), the same budget",
               "wordnet_head": f"the first {args.wordnet_tasks} test tasks, each class's head row from its ImageNet kinds (WordNet), "
                               "imprinted where it has none"}
-    tables, results = [], {"auto_picks": auto, "parts": parts}
+    overlap = omega_overlap(ctx.zoo)
+    tables, results = [], {"auto_picks": auto, "zoo_omega": overlap, "parts": parts}
     for name, part in parts.items():
         rows = part
         if name == "other":  # beside the strongest rows of the same tasks, so its ratio line compares like with like
@@ -108,6 +122,8 @@ def main() -> None:
     lines += [f"| {p['method']} | {p['tasks']} | {100 * p['without']:.2f} | {100 * p['with']:.2f} | {100 * p['difference']:+.2f} ± "
               f"{100 * p['difference_std']:.2f} | {p['better']} / {p['worse']} |" for p in pairs]
     tables.append("### the ImageNet head by WordNet, paired with the same tasks' rows without it\n\n" + "\n".join(lines))
+    tables.append(f"the zoo's Omega: mean pairwise IoU {overlap['mean_iou']:.3f} over its {overlap['records']} records (random draws at "
+                  f"these widths: {overlap['random_iou']:.3f}); {overlap['identical_share']:.1%} of record pairs keep a group identically")
     save("lite0_table", results, "\n\n".join(tables))
 
 

@@ -35,6 +35,7 @@ import sqlite3
 import stat
 import time
 import urllib.parse
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,7 +210,7 @@ class Zoo:
             if not self.meta:
                 if why:
                     raise ZooError(f"zoo {self.root} is read-only ({why}) and has no backbone recorded")
-                self._write_meta(wanted)
+                self._write_meta(wanted | {"zoo_id": uuid.uuid4().hex})  # this zoo, not another built later in its folder
                 self.meta = self._read_meta()
             elif self.meta["fingerprint"] != wanted["fingerprint"]:
                 raise ZooError(
@@ -385,10 +386,11 @@ class Zoo:
     @property
     def cache_dir(self) -> Path:
         """A folder for what is derived from the zoo (meta-trained weights, search indexes): the
-        zoo's own when it can be written, else one in the user's cache, keyed by the zoo's folder."""
+        zoo's own when it can be written, else one in the user's cache, keyed by the zoo's folder and
+        its id (a zoo built again in the same folder does not find the old one's index)."""
         if not self.read_only:
             return self.root
-        key = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:16]
+        key = hashlib.sha256(f"{self.root.resolve()}{self.meta.get('zoo_id', '')}".encode()).hexdigest()[:16]
         return Path(os.environ.get("METAVOTE_CACHE", Path.home() / ".cache" / "metavote")) / "zoos" / f"{self.root.name}-{key}"
 
     def close(self) -> None:
