@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import numpy as np
 import pytest
 import torch
@@ -221,7 +222,7 @@ def test_ahnp_reaches_the_ratio_and_shrinks_the_model(vit_setup):
            {k: v.shape for k, v in result.model.state_dict().items() if not k.startswith("head.")}
 
 
-def test_every_vit_row_has_the_same_size(vit_setup):
+def test_every_vit_row_has_the_same_size(vit_setup, tmp_path):
     """Issue 37: AHNP's global targets are the per-block widths summed, so its record has random pruning's size; a record
     holding a head more (an older AHNP zoo's) is cut to that size by its own weight norms, from whichever block."""
     from metavote.methods.mvp import trim_to_widths
@@ -231,7 +232,7 @@ def test_every_vit_row_has_the_same_size(vit_setup):
         return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("head."))
 
     dataset, _, weights = vit_setup
-    backbone, _ = load_backbone(weights, dataset=dataset)
+    backbone, meta = load_backbone(weights, dataset=dataset)
     data = dataset.load_task(sample_tasks(dataset, 3, 1, seed=2)[0])
     ahnp = create_method("ahnp", ratio=0.75, iterations=12, batch_size=8, l1=1e-2).run(backbone, data, None, None)
     uniform = create_method("random", ratio=0.75, iterations=1, batch_size=8).run(backbone, data, None, None)
@@ -249,6 +250,22 @@ def test_every_vit_row_has_the_same_size(vit_setup):
     assert removed == 1 and params(trimmed) == params(uniform.model)
     assert subnet.kept[heads[0]].tolist() == [0] and subnet.kept[heads[1]].tolist() == [3]
     assert trim_to_widths(trimmed, subnet, widths)[2] == 0  # at the widths already: left as it is
+
+    # a record with the ratio's heads in all, both in block 0 (AHNP puts them where its scores do), serves as the nearest
+    from metavote.data import Task
+    from metavote.methods import PruneResult
+    from metavote.models import replace_head
+    from metavote.training import Costs
+
+    nodes = [g.name for g in groups if g.kind == "node"]
+    uneven = {heads[0]: np.array([1, 3]), heads[1]: np.array([], dtype=np.int64),  # and 48 nodes: 40 in block 0, 8 in block 1
+              nodes[0]: np.arange(40), nodes[1]: np.arange(8)}
+    record_model = shrink(replace_head(copy.deepcopy(backbone), 3), uneven, groups)
+    with Zoo(tmp_path / "zoo", meta) as zoo:
+        record = zoo.add(Task(dataset.name, dataset.classes[:3]), PruneResult(record_model, SubNetwork(uneven, {g.name: g.size for g in groups}),
+                                                                               Costs(), 0.5, "ahnp", {"ratio": 0.75}))
+        near = create_method("nearest", neighbours=[record], ratio=0.75, iterations=1, batch_size=8).run(backbone, data, zoo, None)
+    assert near.subnet.kept[heads[1]].tolist() == [] and len(near.subnet.kept[nodes[1]]) == 8 and params(near.model) == params(uniform.model)
 
 
 def test_ahnp_costs_shrink_as_units_go(vit_setup):

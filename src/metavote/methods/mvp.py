@@ -313,7 +313,11 @@ class MVP(Method):
         if self.omega == "nearest":  # the nearest neighbour's model as it is
             subnets, states, records = subnets[:1], states[:1], records[:1]
             subnet = subnets[0]
-            short = sum(max(0, widths[name] - len(kept)) for name, kept in subnet.kept.items())  # a group wider is trimmed below
+            want, have = {}, {}
+            for g in groups:  # by kind: an AHNP record's units lie where its scores put them, a kind's total is its size
+                want[g.kind] = want.get(g.kind, 0) + widths[g.name]
+                have[g.kind] = have.get(g.kind, 0) + len(subnet.kept[g.name])
+            short = sum(max(0, want[k] - have[k]) for k in want)  # a kind with more is trimmed below
             if short > 0.02 * sum(subnet.sizes.values()):
                 raise ConfigError(f"the nearest record ({records[0].task.id}) keeps {short} units fewer than ratio {self.ratio} "
                                   f"asks for: prune at the zoo's ratio")
