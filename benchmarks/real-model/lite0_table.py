@@ -43,16 +43,16 @@ def paired(without: list[dict], with_: list[dict]) -> list[dict]:
 
 
 def omega_overlap(zoo) -> dict:
-    """How diverse the zoo's Omega is: the mean pairwise IoU of the records' kept units per group (random draws at the
-    same widths: k / (2 - k) for a kept share k), and the share of record pairs that keep a group identically."""
-    import itertools
+    """How diverse the zoo's Omega is: the mean pairwise IoU of the records' kept units per group, against random
+    draws at the same widths (``chance_iou``), and the share of record pairs that keep a group identically."""
+    from metavote.study import chance_iou, iou_matrices
 
-    subnets = [zoo.subnetwork(r) for r in zoo.records()]
-    ious = [a.iou(b) for a, b in itertools.combinations(subnets, 2)]
-    names = list(subnets[0].kept)
-    share = np.array([len(subnets[0].kept[n]) / subnets[0].sizes[n] for n in names])
-    return {"records": len(subnets), "mean_iou": float(np.mean([[i[n] for n in names] for i in ious])),
-            "random_iou": float(np.mean(share / (2 - share))), "identical_share": float(np.mean([[i[n] == 1.0 for n in names] for i in ious]))}
+    names, ious, sizes, kept = iou_matrices(zoo, zoo.records())
+    pairs = np.triu_indices(ious.shape[1], 1)
+    per_pair = ious[:, pairs[0], pairs[1]]  # (groups, pairs)
+    return {"records": ious.shape[1], "mean_iou": float(per_pair.mean()),
+            "random_iou": float(np.mean([chance_iou(sizes[n], int(kept[l, 0])) for l, n in enumerate(names)])),
+            "identical_share": float((per_pair == 1.0).mean())}
 
 
 def main() -> None:

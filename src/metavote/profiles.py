@@ -97,10 +97,11 @@ PROFILES: dict[str, Profile] = {
     "vit-cpu": Profile("vit-cpu", ratio=0.8, iterations=20, batch_size=64, lr=2e-4, conventional=("ahnp",),
                        method_settings={"ahnp": {"lr": 5e-4}} | VIT_ADAMW, extra=VIT_BASELINES, conventional_at_j=False),
     # EfficientNet-Lite0 with its ImageNet weights (--backbone efficientnet-lite0) at 96 px on 2 CPU cores: r = 0.8, J = 20 at
-    # batch 64, IFP at 10·J = 200 (a dense training step costs 0.96 s at 96 px, 2.05 s at 128, 11.6 s at 224; the r = 0.8
-    # model 0.15 s at 96: benchmarks/real-model/lite0_step_cost.py). Its zoo is built by Torch-Pruning Taylor at 200 steps, not IFP:
-    # on this model Taylor's records reach 70.7 % where IFP's reach 57.9 %, for a quarter of the FLOPs (3.8 against 16.6 TFLOPs;
-    # benchmarks/real-model/lite0_table.py), and its ranking is the task's own (Omega differs by task, unlike magnitude's).
+    # batch 64, its conventional method at 10·J = 200 (a dense training step costs 0.96 s at 96 px, 2.05 s at 128, 11.6 s at 224;
+    # the r = 0.8 model 0.15 s at 96: benchmarks/real-model/lite0_step_cost.py). That method, which builds its zoo, is Torch-Pruning
+    # Taylor, not IFP: at 200 steps on 3 test tasks Taylor reached 70.7 % where IFP reached 57.9 %, for a quarter of the FLOPs
+    # (3.8 against 16.6 TFLOPs; benchmarks/real-model/lite0_table.py), and its ranking is the task's own (Omega differs by task,
+    # unlike magnitude's).
     # IFP stays in the table beside the other pipelines.
     "lite0-cpu": Profile("lite0-cpu", ratio=0.8, iterations=20, batch_size=64, lr=0.01, backbone="efficientnet-lite0", image_size=96,
                          conventional=("tp-taylor",), peers=("tp-magnitude", "ifp", "tp-iterative")),

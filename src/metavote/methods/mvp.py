@@ -154,9 +154,7 @@ def trim_to_widths(model: Backbone, subnet: SubNetwork, widths: dict[str, int]) 
     put them). Returns the model, its Omega in the backbone's numbering and how many units went:
     so a record kept by its own widths has the size of every other row of a table."""
     groups = model.unit_groups()
-    have, want = units_per_kind(groups), {}
-    for g in groups:
-        want[g.kind] = want.get(g.kind, 0) + widths[g.name]
+    have, want = units_per_kind(groups), units_per_kind(groups, widths)
     targets = {kind: min(have[kind], want[kind]) for kind in have}
     removed = sum(have[kind] - targets[kind] for kind in have)
     if not removed:
@@ -313,11 +311,9 @@ class MVP(Method):
         if self.omega == "nearest":  # the nearest neighbour's model as it is
             subnets, states, records = subnets[:1], states[:1], records[:1]
             subnet = subnets[0]
-            want, have = {}, {}
-            for g in groups:  # by kind: an AHNP record's units lie where its scores put them, a kind's total is its size
-                want[g.kind] = want.get(g.kind, 0) + widths[g.name]
-                have[g.kind] = have.get(g.kind, 0) + len(subnet.kept[g.name])
-            short = sum(max(0, want[k] - have[k]) for k in want)  # a kind with more is trimmed below
+            # by kind: an AHNP record's units lie where its scores put them, a kind's total is its size; a kind with more is trimmed below
+            want, have = units_per_kind(groups, widths), units_per_kind(groups, subnet.widths())
+            short = sum(max(0, want[k] - have[k]) for k in want)
             if short > 0.02 * sum(subnet.sizes.values()):
                 raise ConfigError(f"the nearest record ({records[0].task.id}) keeps {short} units fewer than ratio {self.ratio} "
                                   f"asks for: prune at the zoo's ratio")

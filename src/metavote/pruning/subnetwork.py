@@ -97,9 +97,11 @@ def target_widths(groups: Sequence[UnitGroup], ratio: float) -> dict[str, int]:
     return widths
 
 
-def units_per_kind(groups: Sequence[UnitGroup]) -> dict[str, int]:
-    """How many units of each kind (heads, nodes, channels) the groups hold in all."""
-    return {kind: sum(g.size for g in groups if g.kind == kind) for kind in dict.fromkeys(g.kind for g in groups)}
+def units_per_kind(groups: Sequence[UnitGroup], widths: Mapping[str, int] | None = None) -> dict[str, int]:
+    """How many units of each kind (heads, nodes, channels) the groups hold in all, or (``widths``)
+    how many of them those widths keep."""
+    width = (lambda g: widths[g.name]) if widths is not None else (lambda g: g.size)  # noqa: E731
+    return {kind: sum(width(g) for g in groups if g.kind == kind) for kind in dict.fromkeys(g.kind for g in groups)}
 
 
 def kind_targets(groups: Sequence[UnitGroup], ratio: float) -> dict[str, int]:
