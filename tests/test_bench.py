@@ -319,6 +319,9 @@ def test_the_bench_states_the_ratio_against_the_strongest_pipeline_then_against_
     assert ratio_notes([r for r in rows if r["family"] in ("MVP", "random")]) == []
     assert ratio_notes([r for r in rows if not r["family"].startswith("Torch")]) == [
         "MVP (J=20, 70.00%): 100.0x fewer training FLOPs than IFP at equal accuracy (interpolated)"]
+    vit = [{**r, "family": "AHNP"} if r["family"] == "IFP" else r for r in rows]  # a ViT table: AHNP is the paper's pipeline, pooled the same way
+    line, = ratio_notes(vit)
+    assert "(AHNP and Torch-Pruning at J and 10 J" in line and "100.0x against AHNP alone" in line
 
 
 def test_budget_and_diagnostic_ablations(ctx, tmp_path):

@@ -268,6 +268,48 @@ def test_every_vit_row_has_the_same_size(vit_setup, tmp_path):
     assert near.subnet.kept[heads[1]].tolist() == [] and len(near.subnet.kept[nodes[1]]) == 8 and params(near.model) == params(uniform.model)
 
 
+def test_mvp_lays_heads_and_nodes_over_the_blocks_as_its_neighbours_do(vit_setup, tmp_path):
+    """Issue 37: AHNP's records keep many heads in some blocks and none in others; with ``layout="neighbours"`` MVP's
+    vote keeps the ratio's heads and nodes in all, spread over the blocks as its neighbours spread theirs, so the model
+    has the size of every other row; channels (a CNN's) keep the ratio's widths."""
+    from metavote.data import Task
+    from metavote.methods import PruneResult
+    from metavote.methods.mvp import neighbour_widths
+    from metavote.models import replace_head
+    from metavote.pruning import shrink
+    from metavote.training import Costs
+
+    dataset, _, weights = vit_setup
+    backbone, meta = load_backbone(weights, dataset=dataset)
+    groups = backbone.unit_groups()
+    sizes = {g.name: g.size for g in groups}
+    widths = target_widths(groups, 0.75)  # one head of 4 per block, 24 of 96 nodes
+    heads, nodes = [g.name for g in groups if g.kind == "head"], [g.name for g in groups if g.kind == "node"]
+    a = SubNetwork({heads[0]: [0, 1], heads[1]: [], nodes[0]: np.arange(40), nodes[1]: np.arange(8)}, sizes)
+    b = SubNetwork({heads[0]: [1, 2], heads[1]: [], nodes[0]: np.arange(36), nodes[1]: np.arange(12)}, sizes)
+    spread = neighbour_widths(groups, [a, b], widths)
+    assert [spread[h] for h in heads] == [2, 0] and [spread[n] for n in nodes] == [38, 10]
+    assert sum(spread.values()) == sum(widths.values())
+    lopsided = SubNetwork({heads[0]: [0, 1, 2, 3], heads[1]: [], nodes[0]: np.arange(96), nodes[1]: np.arange(0)}, sizes)
+    capped = neighbour_widths(groups, [lopsided], widths | {nodes[0]: 60, nodes[1]: 60})  # 120 nodes: block 0 holds only 96
+    assert [capped[n] for n in nodes] == [96, 24] and [capped[h] for h in heads] == [2, 0]
+
+    data = dataset.load_task(sample_tasks(dataset, 3, 1, seed=2)[0])
+    with Zoo(tmp_path / "zoo", meta) as zoo:
+        records = []
+        for i, subnet in enumerate((a, b)):
+            model = shrink(replace_head(copy.deepcopy(backbone), 3), subnet.kept, groups)
+            records.append(zoo.add(Task(dataset.name, dataset.classes[i:i + 3]), PruneResult(model, subnet, Costs(), 0.5, "ahnp", {"ratio": 0.75})))
+        settings = dict(neighbours=records, ratio=0.75, iterations=1, batch_size=8)
+        laid = create_method("mvp", layout="neighbours", **settings).run(backbone, data, zoo, None)
+        plain = create_method("mvp", **settings).run(backbone, data, zoo, None)
+    assert laid.subnet.widths() == spread and plain.subnet.widths() == widths
+    assert set(laid.subnet.kept[heads[0]]) <= {0, 1, 2}  # the vote within a block: heads its neighbours keep
+    assert sum(p.numel() for p in laid.model.parameters()) == sum(p.numel() for p in plain.model.parameters())
+    with pytest.raises(ConfigError, match="layout"):
+        create_method("mvp", layout="uneven")
+
+
 def test_ahnp_costs_shrink_as_units_go(vit_setup):
     """FLOPs are counted on the model that ran at each step: less than J dense steps, more than J final ones."""
     from metavote.training import Costs

@@ -100,34 +100,41 @@ PEER_FAMILY = "Torch-Pruning"
 """How the peer's rows are named (``Torch-Pruning magnitude``, ``... Taylor``, ``... iterative``)."""
 
 
-def pipeline_families(rows: Sequence[dict], reference: str = "IFP") -> list[str]:
-    """The conventional pipelines the rows hold, in row order: ``reference`` (the paper's: IFP, or
-    AHNP for a ViT) and Torch-Pruning's; the strongest at each accuracy is their upper envelope."""
-    return [f for f in dict.fromkeys(r["family"] for r in rows) if f == reference or f.startswith(PEER_FAMILY)]
+PAPER_PIPELINES = ("IFP", "AHNP")
+"""The paper's conventional methods: IFP for a CNN, AHNP for a ViT."""
+
+
+def pipeline_families(rows: Sequence[dict], reference: str | None = None) -> list[str]:
+    """The conventional pipelines the rows hold, in row order: ``reference`` (the paper's method; by
+    default whichever of IFP and AHNP the rows hold) and Torch-Pruning's; the strongest at each
+    accuracy is their upper envelope."""
+    papers = PAPER_PIPELINES if reference is None else (reference,)
+    return [f for f in dict.fromkeys(r["family"] for r in rows) if f in papers or f.startswith(PEER_FAMILY)]
 
 
 def ratio_notes(rows: Sequence[dict]) -> list[str]:
     """A line per zoo method of the table (MVP, the nearest record) at its J: the FLOPs ratio at equal
-    accuracy against the strongest conventional pipeline (the upper envelope of IFP and the
-    Torch-Pruning rows over J and 10 J), then against IFP alone (the paper's comparison) where the
-    table has IFP."""
+    accuracy against the strongest conventional pipeline (the upper envelope of the paper's method,
+    IFP or AHNP, and the Torch-Pruning rows over J and 10 J), then against the paper's method alone
+    (the paper's comparison) where the table has it."""
     families = list(dict.fromkeys(r["family"] for r in rows))
     conventional = pipeline_families(rows)
     if not conventional:
         return []
+    paper = next((f for f in conventional if f in PAPER_PIPELINES), None)
     lines = []
     for family in (f for f in families if f in ("MVP", "nearest record")):
-        ifp = flops_ratio(rows, family, "IFP") if "IFP" in families else None
+        own = flops_ratio(rows, family, paper) if paper else None
         for k, strongest in enumerate(flops_ratio(rows, family, conventional)):
             head = f"{family} (J={strongest['x']}, {100 * strongest['accuracy']:.2f}%): "
-            alone = f"{ifp[k]['bound'].replace('=', '')}{ifp[k]['ratio']:.1f}x" if ifp else ""
-            if conventional == ["IFP"]:  # no peer rows: the paper's comparison only
-                lines.append(f"{head}{alone} fewer training FLOPs than IFP at equal accuracy (interpolated)")
+            alone = f"{own[k]['bound'].replace('=', '')}{own[k]['ratio']:.1f}x" if own else ""
+            if conventional == [paper]:  # no peer rows: the paper's comparison only
+                lines.append(f"{head}{alone} fewer training FLOPs than {paper} at equal accuracy (interpolated)")
                 continue
-            names = " and ".join(["IFP"] * ("IFP" in conventional) + [PEER_FAMILY])
+            names = " and ".join([paper] * bool(paper) + [PEER_FAMILY])
             lines.append(f"{head}{strongest['bound'].replace('=', '')}{strongest['ratio']:.1f}x fewer training FLOPs than the strongest "
                          f"conventional pipeline at equal accuracy ({names} at J and 10 J, interpolated)"
-                         + (f"; {alone} against IFP alone" if ifp else ""))
+                         + (f"; {alone} against {paper} alone" if own else ""))
     return lines
 
 

@@ -80,6 +80,42 @@ def sample_by_votes(votes: dict[str, np.ndarray], widths: dict[str, int], temper
     return SubNetwork(kept, {g: len(v) for g, v in votes.items()})
 
 
+LAYOUTS = ("ratio", "neighbours")
+SPREAD_KINDS = ("head", "node")
+"""Kinds of unit that cost the same in every block (a transformer's heads and MLP nodes), so moving
+some from one block to another keeps the model's size: the ``neighbours`` layout spreads them."""
+
+
+def neighbour_widths(groups: Sequence[UnitGroup], subnets: Sequence[SubNetwork], widths: dict[str, int]) -> dict[str, int]:
+    """``widths`` with each spreadable kind's total (:data:`SPREAD_KINDS`) laid over its groups as
+    the neighbours lay theirs: in proportion to how many units of each group they keep on average
+    (largest remainder; never more than a group holds, nor none where a group cannot be empty).
+    An AHNP record keeps 4 of a first block's 6 heads and none of a fifth's; the ratio's widths
+    keep one head in each. Channels keep the ratio's widths: a channel's cost differs by layer."""
+    out = dict(widths)
+    for kind in SPREAD_KINDS:
+        members = [g for g in groups if g.kind == kind]
+        if not members:
+            continue
+        total = sum(widths[g.name] for g in members)
+        floor = {g.name: 0 if g.can_be_empty else 1 for g in members}
+        share = np.array([np.mean([len(s.kept[g.name]) for s in subnets]) for g in members], dtype=float)
+        cap = np.array([g.size for g in members])
+        if share.sum() <= 0:
+            continue
+        want = share * total / share.sum()
+        got = np.maximum(np.minimum(np.floor(want), cap), [floor[g.name] for g in members]).astype(int)
+        while got.sum() != total:  # largest remainder first; then take from the groups furthest above their share
+            if got.sum() < total:
+                room = np.where(got < cap, want - got, -np.inf)
+                got[int(np.argmax(room))] += 1
+            else:
+                spare = np.where(got > [floor[g.name] for g in members], got - want, -np.inf)
+                got[int(np.argmax(spare))] -= 1
+        out |= {g.name: int(n) for g, n in zip(members, got)}
+    return out
+
+
 def average_neighbours(backbone: Backbone, neighbours: Sequence[tuple[SubNetwork, dict[str, torch.Tensor]]], rule: str = "mean",
                        groups: Sequence[UnitGroup] | None = None) -> dict[str, torch.Tensor]:
     """The backbone's body state with every weight replaced by its mean over the neighbours whose
@@ -182,6 +218,9 @@ class MVP(Method):
     (the paper: each kept weight is the mean over the neighbours that hold it), ``nearest-first``
     (each kept weight from the most similar neighbour that holds it) or ``backbone`` (the
     pre-trained weights at the voted units: an ablation that separates the vote from the averaging).
+    ``layout``: how many units each group keeps: ``ratio`` (the paper: round((1 - r) n) per group)
+    or ``neighbours`` (a transformer's heads and MLP nodes spread over the blocks as the neighbours
+    spread theirs, the same number in all: :func:`neighbour_widths`; channels keep the ratio's).
     ``omega``: ``vote`` (the paper), or for the decomposition ablation ``random`` (units drawn
     uniformly, weights still by ``init``) or ``nearest`` (the nearest neighbour's own Omega and
     weights). ``head``: ``auto`` (the policy below), ``pretrained``, ``neighbours`` (the
@@ -214,6 +253,7 @@ class MVP(Method):
     quality: float = 0.0
     init: str = "neighbours"
     omega: str = "vote"
+    layout: str = "ratio"
     head: str = "auto"
     head_steps: int = 0
     freeze: float = 0.0
@@ -226,7 +266,7 @@ class MVP(Method):
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.init not in INITS:
             raise ConfigError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
-        for name, value, choices in (("omega", self.omega, OMEGAS), ("head", self.head, HEADS)):
+        for name, value, choices in (("omega", self.omega, OMEGAS), ("head", self.head, HEADS), ("layout", self.layout, LAYOUTS)):
             if value not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         if self.head_steps < 0:
@@ -321,6 +361,8 @@ class MVP(Method):
             rng = np.random.default_rng(seed)
             subnet = SubNetwork({g.name: np.sort(rng.choice(g.size, widths[g.name], replace=False)) for g in groups}, subnets[0].sizes)
         else:  # drawn group by group in the model's depth order (not the record files' key order)
+            if self.layout == "neighbours" and self.align == 1:
+                widths = neighbour_widths(groups, subnets, widths)
             votes = vote_counts(subnets)
             subnet = sample_by_votes({g.name: votes[g.name] for g in groups}, widths, self.temperature, seed)
         full = copy.deepcopy(backbone)
@@ -415,7 +457,7 @@ class NearestRecord(MVP):
     key = "nearest"
     name = "nearest record"
 
-    ignores = frozenset({"temperature", "omega"})  # it keeps the record's units: there is no vote to temper
+    ignores = frozenset({"temperature", "omega", "layout"})  # it keeps the record's units: there is no vote to temper
 
     neighbours: int | Sequence[ZooRecord] = 1
     omega: str = "nearest"

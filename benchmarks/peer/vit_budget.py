@@ -1,0 +1,193 @@
+"""The ViT half of issue 31's comparison (issue 37): `prune --method auto` against Torch-Pruning's pipelines and AHNP at
+every budget J on the CPU ViT (`vit-cpu` profile), at equal size, on 20 test tasks (seed 1000, disjoint from the zoo),
+with a 100-task AHNP zoo (no ViT zoo is published). `auto` runs the nearest record there (the zoo holds r = 0.8).
+
+The zoo, then three parts that write their own rows (the peers need no zoo, so they run while it builds), then the report:
+
+    metavote zoo build --zoo runs/zoo-vit100 --profile vit-cpu --tasks 100 --seed 0 --workers 2 --threads 1 \
+        --backbone ../shared/pretrained/cifar100_vit_d192_l6_h6.safetensors
+    python benchmarks/peer/vit_budget.py validate --tasks 10          # item 2: MVP's variants on validation tasks (seed 2000)
+    python benchmarks/peer/vit_budget.py peers --peer-iterations 10 20 50 100 200 --ahnp 200
+    python benchmarks/peer/vit_budget.py zoo --nearest 10 20 50 100 200 --mvp 10 20 50 100 200
+    python benchmarks/peer/vit_budget.py peers --tasks 4 --peer-iterations 1000       # J = 1000 on the first tasks
+    python benchmarks/peer/vit_budget.py zoo --tasks 4 --nearest 1000
+    python benchmarks/peer/vit_budget.py report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common.py
+from _common import md_table, save  # noqa: E402
+
+from metavote.bench import pipeline_families, run_variants, size_notes, summarize  # noqa: E402
+from metavote.bench.harness import profile_method  # noqa: E402
+from metavote.data import sample_tasks  # noqa: E402
+from metavote.experiments import budget_notes, context  # noqa: E402
+from metavote.profiles import get_profile  # noqa: E402
+from metavote.training import set_threads  # noqa: E402
+
+ZOO, ZOO_TASKS, ZOO_SEED = "runs/zoo-vit100", 100, 0
+VIT = Path(__file__).resolve().parents[3] / "shared" / "pretrained" / "cifar100_vit_d192_l6_h6.safetensors"
+OUT = Path("runs/vit-budget")
+PROFILE = get_profile("vit-cpu")
+
+
+def setup(args):
+    set_threads(args.threads)
+    ctx = context(args.zoo, backbone=args.backbone, read_only=True)
+    # the zoo's tasks are those of its seed, whether or not its build has finished: the test tasks do not move with it
+    zoo_tasks = sample_tasks(ctx.dataset, 5, ZOO_TASKS, seed=ZOO_SEED)
+    test = sample_tasks(ctx.dataset, 5, 20, seed=1000, exclude=zoo_tasks)
+    return ctx, zoo_tasks, test
+
+
+def method(key: str, j: int, dataset=None, **settings):
+    return profile_method(PROFILE, key, dataset, iterations=j, **settings)
+
+
+def peers(args) -> None:
+    ctx, _, test = setup(args)
+    runs = [(k, j) for j in args.peer_iterations for k in args.peers] + [("ahnp", j) for j in args.ahnp]
+
+    def variants(data, task, log):
+        for key, j in runs:
+            m = method(key, j, ctx.dataset)
+            yield f"{m.name} J={j}", {"family": m.name, "x": j}, lambda m=m: ctx.run(m, data)
+    run_variants(ctx, test[: args.tasks], variants, OUT / "peers", True, "peers")
+
+
+def zoo(args) -> None:
+    ctx, _, test = setup(args)
+    runs = [("nearest", j) for j in args.nearest] + [("mvp", j) for j in args.mvp]
+
+    def variants(data, task, log):
+        for key, j in runs:
+            m = method(key, j, ctx.dataset, **({"layout": args.layout} if key == "mvp" else {}))
+            yield f"{m.name} J={j}", {"family": m.name, "x": j}, lambda m=m: ctx.run(m, data)
+    run_variants(ctx, test[: args.tasks], variants, OUT / "zoo", True, "zoo methods")
+
+
+VALIDATION = {  # item 2: what holds MVP back on the ViT, each at J = 20 on validation tasks
+    "MVP (the paper: ratio widths, averaged weights)": ("mvp", {}),
+    "MVP, neighbours' layout": ("mvp", {"layout": "neighbours"}),
+    "MVP, neighbours' layout, backbone weights": ("mvp", {"layout": "neighbours", "init": "backbone"}),
+    "MVP, neighbours' layout, nearest-first weights": ("mvp", {"layout": "neighbours", "init": "nearest-first"}),
+    "MVP, ratio widths, backbone weights": ("mvp", {"init": "backbone"}),
+    "MVP, neighbours' layout, 1 neighbour": ("mvp", {"layout": "neighbours", "neighbours": 1}),
+    "MVP, neighbours' layout, 5 neighbours": ("mvp", {"layout": "neighbours", "neighbours": 5}),
+    "MVP, neighbours' layout, lr 1e-4": ("mvp", {"layout": "neighbours", "lr": 1e-4}),
+    "MVP, neighbours' layout, lr 5e-4": ("mvp", {"layout": "neighbours", "lr": 5e-4}),
+    "nearest record": ("nearest", {}),
+    "nearest record, lr 5e-4": ("nearest", {"lr": 5e-4}),
+    "Torch-Pruning Taylor": ("tp-taylor", {}),
+    "random": ("random", {}),
+}
+
+
+def validate(args) -> None:
+    ctx, zoo_tasks, test = setup(args)
+    tasks = sample_tasks(ctx.dataset, 5, args.tasks, seed=2000, exclude=[*zoo_tasks, *test])
+
+    def variants(data, task, log):
+        for name, (key, settings) in VALIDATION.items():
+            m = method(key, args.j, ctx.dataset, **settings)
+            yield name, {"family": name, "x": args.j}, lambda m=m: ctx.run(m, data)
+    rows = run_variants(ctx, tasks, variants, OUT / "validate", True, "validation")
+    report_validation(rows)
+
+
+def report_validation(rows) -> str:
+    by = defaultdict(dict)
+    for r in rows:
+        by[r["family"]][r["task"]] = r["accuracy"]
+    base = by["MVP (the paper: ratio widths, averaged weights)"]
+    table = []
+    for name, acc in by.items():
+        common = [t for t in base if t in acc]
+        d = 100 * (np.array([acc[t] for t in common]) - np.array([base[t] for t in common]))
+        table.append([name, len(acc), f"{100 * np.mean(list(acc.values())):.2f}",
+                      f"{d.mean():+.2f} ± {d.std(ddof=1) / np.sqrt(len(d)):.2f}" if len(d) > 1 else "–", f"{int((d > 0).sum())} of {len(d)}"])
+    text = md_table(["variant (J = 20)", "tasks", "accuracy (%)", "− the paper's MVP (points, mean ± s.e.)", "ahead"], table)
+    save("vit_validation", {"rows": rows}, text)
+    return text
+
+
+def load(part):
+    path = OUT / part / "rows.jsonl"
+    return [json.loads(line) for line in open(path)] if path.exists() else []
+
+
+def report(args) -> None:
+    rows = load("peers") + load("zoo")
+    cell = defaultdict(dict)
+    for r in rows:
+        cell[(r["family"], r["x"])][r["task"]] = r
+    tasks = sorted(cell[("nearest record", 20)])
+    budgets = sorted({x for f, x in cell if f == "nearest record"})
+    pipelines = pipeline_families(rows)
+
+    def mean_se(values):
+        a = 100 * np.asarray(values)
+        return f"{a.mean():.2f} ± {a.std(ddof=1) / np.sqrt(len(a)):.2f}" if len(a) > 1 else f"{a.mean():.2f}"
+
+    table, results = [], []
+    for j in budgets:
+        auto = cell[("nearest record", j)]
+        common = [t for t in tasks if t in auto]
+        present = {p: cell[(p, j)] for p in pipelines if common and all(t in cell[(p, j)] for t in common)}
+        if not present:
+            continue
+        best = max(present, key=lambda p: np.mean([present[p][t]["accuracy"] for t in common]))
+        d = [auto[t]["accuracy"] - present[best][t]["accuracy"] for t in common]
+        mvp = cell.get(("MVP", j), {})
+        se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
+        results.append({"J": j, "tasks": len(common), "auto": float(np.mean([auto[t]["accuracy"] for t in common])), "best_peer": best,
+                        "peer": float(np.mean([present[best][t]["accuracy"] for t in common])), "difference": float(np.mean(d)), "se": se,
+                        "ahead": int(sum(x > 0 for x in d)),
+                        "mvp": float(np.mean([mvp[t]["accuracy"] for t in common])) if all(t in mvp for t in common) else None})
+        table.append([j, len(common), mean_se([auto[t]["accuracy"] for t in common]),
+                      mean_se([mvp[t]["accuracy"] for t in common]) if all(t in mvp for t in common) else "–",
+                      *[mean_se([cell[(p, j)][t]["accuracy"] for t in common]) if p in present else "–" for p in pipelines],
+                      best, f"{100 * np.mean(d):+.2f}" + (f" ± {100 * se:.2f}" if se is not None else ""), f"{results[-1]['ahead']} of {len(d)}"])
+    text = md_table(["J", "tasks", "auto (nearest record)", "MVP", *pipelines, "best peer at J", "auto − best peer (points, mean ± s.e.)",
+                     "auto ahead"], table)
+    summary = summarize([r for r in rows if r["task"] in tasks])
+    text += "\n\n" + "\n".join(size_notes(summary))
+    on_all = [r for r in rows if r["task"] in tasks and r["x"] <= 200]  # the ratio on the 20 tasks every J <= 200 ran on
+    text += budget_notes(on_all, "AHNP")
+    save("vit_budget", {"budgets": results, "rows": rows}, text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="stage", required=True)
+    for name in ("peers", "zoo", "validate", "report"):
+        p = sub.add_parser(name)
+        p.add_argument("--zoo", default=ZOO)
+        p.add_argument("--backbone", default=str(VIT))
+        p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--tasks", type=int, default=10 if name == "validate" else 20)
+        if name == "peers":
+            p.add_argument("--peer-iterations", type=int, nargs="*", default=())
+            p.add_argument("--peers", nargs="*", default=("tp-taylor", "tp-magnitude"))
+            p.add_argument("--ahnp", type=int, nargs="*", default=())
+        if name == "zoo":
+            p.add_argument("--nearest", type=int, nargs="*", default=())
+            p.add_argument("--mvp", type=int, nargs="*", default=())
+            p.add_argument("--layout", default="ratio")
+        if name == "validate":
+            p.add_argument("--j", type=int, default=20)
+    args = ap.parse_args()
+    {"peers": peers, "zoo": zoo, "validate": validate, "report": report}[args.stage](args)
+
+
+if __name__ == "__main__":
+    main()
