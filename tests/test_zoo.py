@@ -160,6 +160,98 @@ def test_concurrent_writers(tmp_path):
         assert len(records) == 12 and all(zoo.verify(r) for r in records)
 
 
+def _user(layer: str, base: str, data: str, tasks: list[list[str]]) -> None:
+    """A user's process: `prune --method auto --save-to layer` on the read-only base zoo, task after task; a task whose
+    record the layer already holds is skipped, so a killed user resumes by running again."""
+    torch.set_num_threads(1)
+    from metavote.experiments import context, prune, with_layer
+
+    ctx = with_layer(context(base, dataset=data, backbone=str(Path(base).parent / "backbone.safetensors"), read_only=True), layer)
+    for classes in tasks:
+        if not ctx.zoo.find(ctx.dataset.task(classes).id):
+            prune(ctx, classes, "auto", ratio=0.5, iterations=2, batch_size=8, progress=False)
+
+
+def _refiner(layer: str) -> None:
+    """`zoo refine` over and over, as a deployment runs it between arrivals, until killed."""
+    torch.set_num_threads(1)
+    from metavote.zoo import refine_zoo
+
+    while True:
+        refine_zoo(layer, below=60, progress=False)
+        time.sleep(0.05)
+
+
+def _wait(condition, seconds: float = 60.0) -> None:
+    end = time.time() + seconds
+    while not condition():
+        assert time.time() < end, "timed out"
+        time.sleep(0.05)
+
+
+def test_users_and_a_refiner_share_a_layer_readers_never_wait_and_a_kill_loses_nothing(small_zoo, tmp_path):
+    """Issue 38: two users prune and save into one layer while `zoo refine` trains its records; a reader is never held by
+    a writer's transaction; a user and a refiner killed with SIGKILL in the middle of their work leave a layer that opens,
+    whose every record is whole, and that their next runs complete."""
+    import sqlite3
+
+    from metavote.bench import bench_tasks
+    from metavote.zoo import record_budget
+
+    zoo, dataset, folder, _ = small_zoo
+    base, layer = str(zoo.root), str(tmp_path / "layer")
+    tasks = [list(t.classes) for t in bench_tasks(dataset, zoo, 12, n_way=3, seed=3)]
+    with Zoo(base, read_only=True) as b:
+        Zoo.layer(b, layer).close()
+    zoo.close()
+    spawn = multiprocessing.get_context("spawn")
+    users = [spawn.Process(target=_user, args=(layer, base, str(folder), tasks[i:i + 4])) for i in (0, 4)]
+    refiner = spawn.Process(target=_refiner, args=(layer,))
+    for p in (*users, refiner):
+        p.start()
+
+    def own():
+        with Zoo(layer, read_only=True) as z:
+            return [r for r in z.records() if r.origin == z.root]
+
+    _wait(lambda: len(own()) >= 1)
+    with sqlite3.connect(Path(layer) / "index.sqlite", isolation_level=None) as held:  # a writer's transaction held open
+        held.execute("BEGIN IMMEDIATE")
+        start = time.perf_counter()
+        with Zoo(layer, read_only=True) as z:
+            seen = len(z.records())
+            z.load(z.records()[0])
+        waited = time.perf_counter() - start
+        held.execute("ROLLBACK")
+    assert seen >= 7 and waited < 10  # the zoo's busy timeout is 60 s: a reader that waited for the writer would take that
+    with Zoo(layer, read_only=True) as z:  # kill the refiner while it holds a record, the users still saving
+        _wait(lambda: any(c.record_id.endswith("#refine") for c in z.claims()))
+    os.kill(refiner.pid, signal.SIGKILL)
+    refiner.join(30)
+    for p in users:
+        p.join(180)
+        assert p.exitcode == 0
+    late = spawn.Process(target=_user, args=(layer, base, str(folder), tasks[8:]))  # a user killed after its first record
+    late.start()
+    _wait(lambda: any(r.task.classes == tuple(tasks[8]) for r in own()))
+    os.kill(late.pid, signal.SIGKILL)
+    late.join(30)
+
+    with Zoo(layer) as z:
+        assert all(z.verify(r) for r in z.records())  # every record whole: no half-written file is ever a record
+        have = len(own())
+    assert have >= 9  # the first users' 8 and the late user's first
+    _user(layer, base, str(folder), tasks[8:])  # both run again: the user saves the rest once, the refiner takes over its record
+    from metavote.zoo import refine_zoo
+
+    refine_zoo(layer, below=60, progress=False)
+    records = own()
+    assert sorted(r.task.id for r in records) == sorted(dataset.task(t).id for t in tasks)  # each task once: none lost, none twice
+    assert all(record_budget(r) == 60 for r in records)
+    with Zoo(layer) as z:
+        assert all(z.verify(r) for r in z.records()) and not z.claims(live=True)
+
+
 def test_build_resumes_and_records_failures(tmp_path, tiny_setup):
     dataset, folder, weights = tiny_setup
     tasks = sample_tasks(dataset, 3, 3, seed=0)
