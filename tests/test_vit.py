@@ -273,6 +273,7 @@ def test_mvp_lays_heads_and_nodes_over_the_blocks_as_its_neighbours_do(vit_setup
     vote keeps the ratio's heads and nodes in all, spread over the blocks as its neighbours spread theirs, so the model
     has the size of every other row; channels (a CNN's) keep the ratio's widths."""
     from metavote.data import Task
+    from metavote.experiments import default_method
     from metavote.methods import PruneResult
     from metavote.methods.mvp import neighbour_widths
     from metavote.models import replace_head
@@ -301,8 +302,10 @@ def test_mvp_lays_heads_and_nodes_over_the_blocks_as_its_neighbours_do(vit_setup
             model = shrink(replace_head(copy.deepcopy(backbone), 3), subnet.kept, groups)
             records.append(zoo.add(Task(dataset.name, dataset.classes[i:i + 3]), PruneResult(model, subnet, Costs(), 0.5, "ahnp", {"ratio": 0.75})))
         settings = dict(neighbours=records, ratio=0.75, iterations=1, batch_size=8)
-        laid = create_method("mvp", layout="neighbours", **settings).run(backbone, data, zoo, None)
-        plain = create_method("mvp", **settings).run(backbone, data, zoo, None)
+        laid = create_method("mvp", **settings).run(backbone, data, zoo, None)  # the default layout
+        plain = create_method("mvp", layout="ratio", **settings).run(backbone, data, zoo, None)
+        zoo.set_source_method("ahnp")  # a zoo built by AHNP: `auto` votes at the zoo's ratio, the nearest record elsewhere
+        assert default_method(zoo, 0.75)[0] == "mvp" and default_method(zoo, 0.5)[0] == "mvp"
     assert laid.subnet.widths() == spread and plain.subnet.widths() == widths
     assert set(laid.subnet.kept[heads[0]]) <= {0, 1, 2}  # the vote within a block: heads its neighbours keep
     assert sum(p.numel() for p in laid.model.parameters()) == sum(p.numel() for p in plain.model.parameters())

@@ -8,7 +8,7 @@ The zoo, then three parts that write their own rows (the peers need no zoo, so t
         --backbone ../shared/pretrained/cifar100_vit_d192_l6_h6.safetensors
     python benchmarks/peer/vit_budget.py validate --tasks 10          # item 2: MVP's variants on validation tasks (seed 2000)
     python benchmarks/peer/vit_budget.py peers --peer-iterations 10 20 50 100 200 --ahnp 200
-    python benchmarks/peer/vit_budget.py zoo --nearest 10 20 50 100 200 --mvp 10 20 50 100 200
+    python benchmarks/peer/vit_budget.py zoo --nearest 10 20 50 100 200 --mvp 10 20 50 100 200 --paper-mvp 20
     python benchmarks/peer/vit_budget.py peers --tasks 4 --peer-iterations 1000       # J = 1000 on the first tasks
     python benchmarks/peer/vit_budget.py zoo --tasks 4 --nearest 1000
     python benchmarks/peer/vit_budget.py report
@@ -66,12 +66,14 @@ def peers(args) -> None:
 
 def zoo(args) -> None:
     ctx, _, test = setup(args)
-    runs = [("nearest", j) for j in args.nearest] + [("mvp", j) for j in args.mvp]
+    runs = [("nearest", j, {}) for j in args.nearest] + [("mvp", j, {"layout": "neighbours"}) for j in args.mvp]
+    runs += [("mvp", j, {"layout": "ratio"}) for j in args.paper_mvp]  # the paper's per-group widths: MVP before issue 37
 
     def variants(data, task, log):
-        for key, j in runs:
-            m = method(key, j, ctx.dataset, **({"layout": args.layout} if key == "mvp" else {}))
-            yield f"{m.name} J={j}", {"family": m.name, "x": j}, lambda m=m: ctx.run(m, data)
+        for key, j, settings in runs:
+            m = method(key, j, ctx.dataset, **settings)
+            name = f"{m.name} (ratio widths)" if settings.get("layout") == "ratio" else m.name
+            yield f"{name} J={j}", {"family": name, "x": j}, lambda m=m: ctx.run(m, data)
     run_variants(ctx, test[: args.tasks], variants, OUT / "zoo", True, "zoo methods")
 
 
@@ -101,10 +103,28 @@ def validate(args) -> None:
             m = method(key, args.j, ctx.dataset, **settings)
             yield name, {"family": name, "x": args.j}, lambda m=m: ctx.run(m, data)
     rows = run_variants(ctx, tasks, variants, OUT / "validate", True, "validation")
-    report_validation(rows)
+    report_validation(rows, ctx)
 
 
-def report_validation(rows) -> str:
+def omega_table(ctx) -> str:
+    """How the zoo's AHNP records lay out their heads and nodes: per group, the units kept (mean, min, max over records)
+    against the ratio's per-group width, and the mean pairwise IoU of Omega against random draws at the same widths."""
+    from metavote.pruning import target_widths
+    from metavote.study import chance_iou, iou_matrices
+
+    names, ious, sizes, kept = iou_matrices(ctx.zoo, ctx.zoo.records())
+    widths = target_widths(ctx.backbone.unit_groups(), PROFILE.ratio)
+    pairs = np.triu_indices(ious.shape[1], 1)
+    table = []
+    for g, name in enumerate(names):
+        chance = np.mean([chance_iou(sizes[name], int(kept[g, a]), int(kept[g, b])) for a, b in zip(*pairs)])
+        table.append([name, sizes[name], widths[name], f"{kept[g].mean():.1f} ({kept[g].min():.0f}–{kept[g].max():.0f})",
+                      f"{ious[g][pairs].mean():.3f}", f"{chance:.3f}"])
+    return (f"The zoo's {ious.shape[1]} AHNP records, group by group:\n\n"
+            + md_table(["group", "units", "the ratio's width", "kept by a record: mean (min–max)", "mean pairwise IoU", "random draws"], table))
+
+
+def report_validation(rows, ctx=None) -> str:
     by = defaultdict(dict)
     for r in rows:
         by[r["family"]][r["task"]] = r["accuracy"]
@@ -116,6 +136,8 @@ def report_validation(rows) -> str:
         table.append([name, len(acc), f"{100 * np.mean(list(acc.values())):.2f}",
                       f"{d.mean():+.2f} ± {d.std(ddof=1) / np.sqrt(len(d)):.2f}" if len(d) > 1 else "–", f"{int((d > 0).sum())} of {len(d)}"])
     text = md_table(["variant (J = 20)", "tasks", "accuracy (%)", "− the paper's MVP (points, mean ± s.e.)", "ahead"], table)
+    if ctx is not None:
+        text += "\n\n" + omega_table(ctx)
     save("vit_validation", {"rows": rows}, text)
     return text
 
@@ -182,7 +204,7 @@ def main() -> None:
         if name == "zoo":
             p.add_argument("--nearest", type=int, nargs="*", default=())
             p.add_argument("--mvp", type=int, nargs="*", default=())
-            p.add_argument("--layout", default="ratio")
+            p.add_argument("--paper-mvp", type=int, nargs="*", default=(), help="J of MVP with the ratio's widths per group")
         if name == "validate":
             p.add_argument("--j", type=int, default=20)
     args = ap.parse_args()

@@ -364,15 +364,16 @@ def cmd_prune(args: argparse.Namespace) -> None:
         args.method, why = default_method(ctx.zoo, args.ratio if args.ratio is not None else get_profile(args.profile).ratio,
                                           args.align or 1)
         own = {"neighbours": args.neighbours, "similarity": args.similarity, "align": args.align, "temperature": args.temperature,
-               "zoo_method": args.zoo_method, "quality": args.quality}
+               "zoo_method": args.zoo_method, "quality": args.quality, "layout": args.layout}
         check_settings_used(args.method, {k for k, v in own.items() if v is not None}, chosen=True)
-        print(f"method: {args.method} ({why}; --method mvp votes as the paper does)")
+        other = "--method nearest keeps the nearest record as it is" if args.method == "mvp" else "--method mvp votes as the paper does"
+        print(f"method: {args.method} ({why}; {other})")
     task = ctx.dataset.task(classes)
     same = [r for r in ctx.zoo.records() if r.task.id == task.id]
     if same:
         print(f"note: the zoo already holds this task ({', '.join(r.record_id for r in same)}); it is left out of its own neighbours")
     own = {"neighbours": args.neighbours, "similarity": args.similarity, "align": args.align,  # MVP's settings, and any method's align
-           "zoo_method": args.zoo_method, "quality": args.quality}
+           "zoo_method": args.zoo_method, "quality": args.quality, "layout": args.layout}
     result, task = prune(ctx, classes, args.method, args.profile, save=not args.no_save, progress=not args.quiet, out=args.out,
                          **{k: v for k, v in (_budget(args) | own).items() if v is not None})
     print(f"{result.method} on {task}: test accuracy {result.accuracy:.2%}")
@@ -583,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "method, IFP or AHNP, or the first of AHNP, IFP and IFP with magnitude importance the model can run)")
     p.add_argument("--profile", choices=profiles, default="paper",
                    help="budget: 'paper' (IFP r 0.9, J 1000, batch 128), 'cpu' (IFP r 0.8, J 200, batch 64), 'vit-paper' or "
-                        "'vit-cpu' (AHNP), 'lite0-cpu' (EfficientNet-Lite0 at 96 px: its backbone and size by default; IFP r 0.8, J 200)")
+                        "'vit-cpu' (AHNP), 'lite0-cpu' (EfficientNet-Lite0 at 96 px: its backbone and size by default; Torch-Pruning Taylor r 0.8, J 200)")
     p.add_argument("--ratio", type=float, help="pruning ratio r (overrides the profile)")
     p.add_argument("--iterations", type=int, help="the method's iterations (overrides the profile)")
     p.add_argument("--lr", type=float)
@@ -681,8 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="the task's classes, comma-separated (default with --dataset: all its classes)")
     p.add_argument("--out", help="also write the pruned model as a standalone FILE.safetensors (no zoo or backbone needed to load it)")
     p.add_argument("--method", choices=["auto", *methods], default="auto",
-                   help="auto (default): the nearest record when the zoo's records are pruned at the ratio asked, else mvp "
-                        "(the paper's vote, which makes any ratio); see README")
+                   help="auto (default): the nearest record when the zoo's records are pruned at the ratio asked (mvp in a "
+                        "zoo built by AHNP), else mvp (the paper's vote, which makes any ratio); see README")
     p.add_argument("--neighbours", type=int, help="MVP: nearest zoo tasks that vote (default 3; nearest: 1)")
     p.add_argument("--similarity", choices=["ann", "leep", "wordnet", "embedding"],
                    help="MVP and nearest: neighbour search (default ann: LEEP on few images over the nearest records by task "
@@ -693,6 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zoo-method", metavar="KEY", help="MVP and nearest: the candidates are the zoo's records of this method, or "
                    "'all': every record at the ratio, prune --save-to's too (default: nearest all; MVP the method the zoo was "
                    "built with, IFP in the published zoo, as the paper does; see --quality)")
+    p.add_argument("--layout", choices=["neighbours", "ratio"], help="MVP: how many heads and MLP nodes each block keeps: as the "
+                   "neighbours spread theirs (default) or round((1 - r) n) per block, the paper's (channels always keep the ratio's)")
     p.add_argument("--quality", type=float, help="MVP and nearest: take W x log10(record's steps / the zoo's) off a shorter-trained "
                    "record's score (default 0; see docs/benchmarks/peer.md, grown zoo)")
     p.add_argument("--no-save", action="store_true", help="do not add the result to the zoo")

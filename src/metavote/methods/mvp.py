@@ -218,9 +218,14 @@ class MVP(Method):
     (the paper: each kept weight is the mean over the neighbours that hold it), ``nearest-first``
     (each kept weight from the most similar neighbour that holds it) or ``backbone`` (the
     pre-trained weights at the voted units: an ablation that separates the vote from the averaging).
-    ``layout``: how many units each group keeps: ``ratio`` (the paper: round((1 - r) n) per group)
-    or ``neighbours`` (a transformer's heads and MLP nodes spread over the blocks as the neighbours
-    spread theirs, the same number in all: :func:`neighbour_widths`; channels keep the ratio's).
+    ``layout``: how many units each group keeps: ``neighbours`` (default: a transformer's heads and
+    MLP nodes spread over the blocks as the neighbours spread theirs, as many in all as the ratio
+    keeps: :func:`neighbour_widths`; channels keep the ratio's widths) or ``ratio`` (the paper:
+    round((1 - r) n) per group). AHNP's records keep about 4 of the CPU ViT's 6 heads in its first
+    block and none in its last two, and 188 of 384 nodes in the first block; at the ratio's one
+    head and 77 nodes per block, the vote drew units in blocks no neighbour kept any. On 10
+    validation tasks (58-record AHNP zoo, J = 20) the neighbours' layout gained +8.6 ± 1.1 points
+    (10 of 10; docs/benchmarks/peer.md, "Why MVP was behind on the ViT").
     ``omega``: ``vote`` (the paper), or for the decomposition ablation ``random`` (units drawn
     uniformly, weights still by ``init``) or ``nearest`` (the nearest neighbour's own Omega and
     weights). ``head``: ``auto`` (the policy below), ``pretrained``, ``neighbours`` (the
@@ -253,7 +258,7 @@ class MVP(Method):
     quality: float = 0.0
     init: str = "neighbours"
     omega: str = "vote"
-    layout: str = "ratio"
+    layout: str = "neighbours"
     head: str = "auto"
     head_steps: int = 0
     freeze: float = 0.0
