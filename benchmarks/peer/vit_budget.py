@@ -1,16 +1,19 @@
 """The ViT half of issue 31's comparison (issue 37): `prune --method auto` against Torch-Pruning's pipelines and AHNP at
 every budget J on the CPU ViT (`vit-cpu` profile), at equal size, on 20 test tasks (seed 1000, disjoint from the zoo),
-with a 100-task AHNP zoo (no ViT zoo is published). `auto` runs the nearest record there (the zoo holds r = 0.8).
+with an AHNP zoo (no ViT zoo is published). `auto` runs MVP there (the zoo holds r = 0.8 and was built by AHNP:
+`experiments.default_method`); the nearest record and MVP at the ratio's widths per block (the paper's layout) beside it.
 
-The zoo, then three parts that write their own rows (the peers need no zoo, so they run while it builds), then the report:
+The zoo, then parts that write their own rows (the peers need no zoo, so they ran while it was built), then the report.
+The zoo's tasks are those of seed 0 whether or not its build finished: the build was stopped at 58 of 100 for time.
 
     metavote zoo build --zoo runs/zoo-vit100 --profile vit-cpu --tasks 100 --seed 0 --workers 2 --threads 1 \
         --backbone ../shared/pretrained/cifar100_vit_d192_l6_h6.safetensors
+    python benchmarks/peer/vit_budget.py peers --peer-iterations 10 20 50
+    python benchmarks/peer/vit_budget.py peers --peer-iterations 100 200 --ahnp 200
     python benchmarks/peer/vit_budget.py validate --tasks 10          # item 2: MVP's variants on validation tasks (seed 2000)
-    python benchmarks/peer/vit_budget.py peers --peer-iterations 10 20 50 100 200 --ahnp 200
-    python benchmarks/peer/vit_budget.py zoo --nearest 10 20 50 100 200 --mvp 10 20 50 100 200 --paper-mvp 20
-    python benchmarks/peer/vit_budget.py peers --tasks 4 --peer-iterations 1000       # J = 1000 on the first tasks
-    python benchmarks/peer/vit_budget.py zoo --tasks 4 --nearest 1000
+    python benchmarks/peer/vit_budget.py zoo --mvp 10 20 50 100 200 --nearest 10 20 50 --paper-mvp 20
+    python benchmarks/peer/vit_budget.py peers --tasks 4 --peer-iterations 1000       # J = 1000 on the first 4 tasks
+    python benchmarks/peer/vit_budget.py zoo --tasks 4 --mvp 1000
     python benchmarks/peer/vit_budget.py report
 """
 
@@ -147,44 +150,53 @@ def load(part):
     return [json.loads(line) for line in open(path)] if path.exists() else []
 
 
+AUTO = "MVP"  # what `prune --method auto` runs in an AHNP zoo at its ratio (experiments.default_method)
+
+
 def report(args) -> None:
     rows = load("peers") + load("zoo")
     cell = defaultdict(dict)
     for r in rows:
         cell[(r["family"], r["x"])][r["task"]] = r
-    tasks = sorted(cell[("nearest record", 20)])
-    budgets = sorted({x for f, x in cell if f == "nearest record"})
+    tasks = sorted(cell[(AUTO, 20)])
+    budgets = sorted({x for f, x in cell if f == AUTO})
     pipelines = pipeline_families(rows)
+    others = ["nearest record", "MVP (ratio widths)"]
 
     def mean_se(values):
         a = 100 * np.asarray(values)
         return f"{a.mean():.2f} ± {a.std(ddof=1) / np.sqrt(len(a)):.2f}" if len(a) > 1 else f"{a.mean():.2f}"
 
+    def column(family, j, common):
+        got = cell.get((family, j), {})
+        return mean_se([got[t]["accuracy"] for t in common]) if common and all(t in got for t in common) else "–"
+
     table, results = [], []
     for j in budgets:
-        auto = cell[("nearest record", j)]
-        common = [t for t in tasks if t in auto]
-        present = {p: cell[(p, j)] for p in pipelines if common and all(t in cell[(p, j)] for t in common)}
+        auto = cell[(AUTO, j)]
+        common = [t for t in tasks if t in auto and all(t in cell[(p, j)] for p in pipelines if cell.get((p, j)))]
+        present = [p for p in pipelines if common and all(t in cell.get((p, j), {}) for t in common)]
         if not present:
             continue
-        best = max(present, key=lambda p: np.mean([present[p][t]["accuracy"] for t in common]))
-        d = [auto[t]["accuracy"] - present[best][t]["accuracy"] for t in common]
-        mvp = cell.get(("MVP", j), {})
+        best = max(present, key=lambda p: np.mean([cell[(p, j)][t]["accuracy"] for t in common]))
+        d = [auto[t]["accuracy"] - cell[(best, j)][t]["accuracy"] for t in common]
         se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
         results.append({"J": j, "tasks": len(common), "auto": float(np.mean([auto[t]["accuracy"] for t in common])), "best_peer": best,
-                        "peer": float(np.mean([present[best][t]["accuracy"] for t in common])), "difference": float(np.mean(d)), "se": se,
-                        "ahead": int(sum(x > 0 for x in d)),
-                        "mvp": float(np.mean([mvp[t]["accuracy"] for t in common])) if all(t in mvp for t in common) else None})
-        table.append([j, len(common), mean_se([auto[t]["accuracy"] for t in common]),
-                      mean_se([mvp[t]["accuracy"] for t in common]) if all(t in mvp for t in common) else "–",
-                      *[mean_se([cell[(p, j)][t]["accuracy"] for t in common]) if p in present else "–" for p in pipelines],
-                      best, f"{100 * np.mean(d):+.2f}" + (f" ± {100 * se:.2f}" if se is not None else ""), f"{results[-1]['ahead']} of {len(d)}"])
-    text = md_table(["J", "tasks", "auto (nearest record)", "MVP", *pipelines, "best peer at J", "auto − best peer (points, mean ± s.e.)",
-                     "auto ahead"], table)
+                        "peer": float(np.mean([cell[(best, j)][t]["accuracy"] for t in common])), "difference": float(np.mean(d)),
+                        "se": se, "ahead": int(sum(x > 0 for x in d)), "tasks_ids": common})
+        table.append([j, len(common), column(AUTO, j, common), *[column(f, j, common) for f in others],
+                      *[column(p, j, common) for p in pipelines], best,
+                      f"{100 * np.mean(d):+.2f}" + (f" ± {100 * se:.2f}" if se is not None else ""), f"{results[-1]['ahead']} of {len(d)}"])
+    text = md_table(["J", "tasks", "auto (MVP, the neighbours' layout)", *others, *pipelines, "best peer at J",
+                     "auto − best peer (points, mean ± s.e.)", "auto ahead"], table)
     summary = summarize([r for r in rows if r["task"] in tasks])
     text += "\n\n" + "\n".join(size_notes(summary))
-    on_all = [r for r in rows if r["task"] in tasks and r["x"] <= 200]  # the ratio on the 20 tasks every J <= 200 ran on
-    text += budget_notes(on_all, "AHNP")
+    full = {key for key, got in cell.items() if all(t in got for t in tasks)}  # (family, J) run on every task
+    on_all = [r for r in rows if r["task"] in tasks and (r["family"], r["x"]) in full]  # the ratio on the 20 tasks
+    text += f"\n\nOn the {len(tasks)} tasks, every (method, J) run on all of them:" + budget_notes(on_all, "AHNP")
+    long = sorted(t for t in cell.get((AUTO, 1000), {}) if all(t in cell.get((p, 1000), {}) for p in pipelines if cell.get((p, 1000))))
+    if long:
+        text += f"\n\nOn the {len(long)} tasks that also ran J = 1000:" + budget_notes([r for r in rows if r["task"] in long], "AHNP")
     save("vit_budget", {"budgets": results, "rows": rows}, text)
 
 

@@ -447,7 +447,9 @@ class NearestRecord(MVP):
     trained apart. On validation tasks it beat MVP (tau 0.5) at J = 20 with every zoo measured: by
     4.3 points (26 of 30 ahead) with a zoo built by IFP at J = 1000, by 11.3 (16 of 16) with the CPU
     ViT zoo, and with 40 steps of 32 by 3.8 (28 of 30) with the CPU profile's J = 200 zoo
-    (docs/benchmarks/main-tables.md, issue 14).
+    (docs/benchmarks/main-tables.md, issue 14). On the ViT that was MVP at the ratio's widths per
+    block; laid out as its AHNP neighbours (``layout="neighbours"``), MVP leads it by 1.1 ± 0.4
+    (8 of 10 validation tasks), so ``auto`` votes in an AHNP zoo.
     It keeps the record's Omega, except that a record holding more units of a kind than ``ratio``'s
     widths keep (an AHNP record of an older zoo: one head more at r = 0.8 on the CPU ViT) is cut to
     them by its own weight norms (:func:`trim_to_widths`), so its row has the size of every other

@@ -5,12 +5,12 @@ arrivals' own CPU seconds). At zoo sizes 20, 50, 100, 200 and 300 a fixed set of
 same arrival model, is pruned by `auto` and by MVP at J = 20 and 50 (not saved). The peer, Torch-Pruning magnitude, runs
 once on the same test tasks at 10 to 1000 steps.
 
-    python benchmarks/traffic.py run --arrivals uniform --refine 1     # resumable: run it again after a stop
-    python benchmarks/traffic.py run --arrivals zipf --refine 1
-    python benchmarks/traffic.py run --arrivals uniform --refine 2
-    python benchmarks/traffic.py peer --arrivals uniform
-    python benchmarks/traffic.py peer --arrivals zipf
-    python benchmarks/traffic.py report                                 # benchmarks/results/traffic.{json,md} and the plot
+    python benchmarks/peer/traffic.py run --arrivals uniform --refine 1     # resumable: run it again after a stop
+    python benchmarks/peer/traffic.py run --arrivals zipf --refine 1
+    python benchmarks/peer/traffic.py run --arrivals uniform --refine 2
+    python benchmarks/peer/traffic.py peer --arrivals uniform
+    python benchmarks/peer/traffic.py peer --arrivals zipf
+    python benchmarks/peer/traffic.py report                                 # benchmarks/peer/results/traffic.{json,md}, docs/figures/traffic.png
 
 Arrival models: ``uniform`` draws 5 classes uniformly; ``zipf`` draws them by popularity p(k) ∝ 1/k over a seeded
 order of the 100 classes (popular classes repeat, as real requests do). No task arrives twice.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the shared _common.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common.py
 from _common import FIGURES, md_table, save  # noqa: E402
 
 from metavote.bench import flops_ratio  # noqa: E402
@@ -63,10 +63,10 @@ def draw(dataset, model: str, count: int, seed: int, exclude=()) -> list[Task]:
     return tasks
 
 
-def task_plan(ctx, model: str) -> tuple[list[Task], list[Task]]:
+def task_plan(ctx, model: str, test_tasks: int = TEST_TASKS) -> tuple[list[Task], list[Task]]:
     """The arrivals and the held-out test tasks of an arrival model (none of the published zoo's tasks)."""
     zoo_tasks = [r.task for r in ctx.zoo.records(status=None)]
-    test = draw(ctx.dataset, model, TEST_TASKS, SEEDS[model] + 1, exclude=zoo_tasks)
+    test = draw(ctx.dataset, model, TEST_TASKS, SEEDS[model] + 1, exclude=zoo_tasks)[:test_tasks]
     return draw(ctx.dataset, model, ARRIVALS, SEEDS[model], exclude=[*zoo_tasks, *test]), test
 
 
@@ -92,9 +92,9 @@ def checkpoint(grown, test: list[Task], folder: Path, size: int) -> None:
 def run(args) -> None:
     set_threads(args.threads)
     ctx = context(published_zoo(None) or PUBLISHED_ZOO, read_only=True)
-    folder = OUT / f"{args.arrivals}-refine{args.refine:g}"
+    folder = Path(args.out) / f"{args.arrivals}-refine{args.refine:g}"
     grown = with_layer(ctx, folder / "layer")
-    arrivals, test = task_plan(ctx, args.arrivals)
+    arrivals, test = task_plan(ctx, args.arrivals, args.test_tasks)
     arrivals = arrivals[: args.limit]
     log_path = folder / "arrivals.jsonl"
     done = [json.loads(line) for line in open(log_path)] if log_path.exists() else []
@@ -133,13 +133,13 @@ def run(args) -> None:
 def peer(args) -> None:
     set_threads(args.threads)
     ctx = context(published_zoo(None) or PUBLISHED_ZOO, read_only=True)
-    _, test = task_plan(ctx, args.arrivals)
+    _, test = task_plan(ctx, args.arrivals, args.test_tasks)
 
     def variants(data, task, log):
         for j in PEER_STEPS:
             m = profile_method(PROFILE, "tp-magnitude", iterations=j)
             yield f"{m.name} J={j}", {"family": m.name, "x": j}, lambda m=m: ctx.run(m, data)
-    run_variants(ctx, test, variants, OUT / f"peer-{args.arrivals}", True, "peer")
+    run_variants(ctx, test, variants, Path(args.out) / f"peer-{args.arrivals}", True, "peer")
 
 
 def report(args) -> None:
@@ -149,11 +149,12 @@ def report(args) -> None:
 
     ctx = context(published_zoo(None) or PUBLISHED_ZOO, read_only=True)
     results, text = {}, []
-    runs = sorted(p for p in OUT.glob("*-refine*") if (p / "arrivals.jsonl").exists())
+    out = Path(args.out)
+    runs = sorted(p for p in out.glob("*-refine*") if (p / "arrivals.jsonl").exists())
     fig, (ax_acc, ax_ratio) = plt.subplots(1, 2, figsize=(11, 4))
     for folder in runs:
         model = folder.name.split("-")[0]
-        peer_path = OUT / f"peer-{model}" / "rows.jsonl"
+        peer_path = out / f"peer-{model}" / "rows.jsonl"
         peers = [json.loads(line) for line in open(peer_path)] if peer_path.exists() else []
         arrivals = [json.loads(line) for line in open(folder / "arrivals.jsonl")]
         grown = with_layer(ctx, folder / "layer")
@@ -210,6 +211,8 @@ def main() -> None:
         p = sub.add_parser(name)
         p.add_argument("--arrivals", choices=tuple(SEEDS), default="uniform")
         p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--out", default=str(OUT), help="where the runs' rows and layers go (default runs/traffic)")
+        p.add_argument("--test-tasks", type=int, default=TEST_TASKS, help="held-out test tasks at each checkpoint (a smoke run: fewer)")
         if name == "run":
             p.add_argument("--refine", type=float, default=1.0, help="refine budget: this many times the arrivals' CPU seconds")
             p.add_argument("--limit", type=int, default=ARRIVALS, help="stop after this many arrivals")
