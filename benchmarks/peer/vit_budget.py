@@ -196,7 +196,9 @@ def report(args) -> None:
     text += f"\n\nOn the {len(tasks)} tasks, every (method, J) run on all of them:" + budget_notes(on_all, "AHNP")
     long = sorted(t for t in cell.get((AUTO, 1000), {}) if all(t in cell.get((p, 1000), {}) for p in pipelines if cell.get((p, 1000))))
     if long:
-        text += f"\n\nOn the {len(long)} tasks that also ran J = 1000:" + budget_notes([r for r in rows if r["task"] in long], "AHNP")
+        on_long = {key for key, got in cell.items() if all(t in got for t in long)}
+        text += f"\n\nOn the {len(long)} tasks that also ran J = 1000:" + budget_notes(
+            [r for r in rows if r["task"] in long and (r["family"], r["x"]) in on_long], "AHNP")
     save("vit_budget", {"budgets": results, "rows": rows}, text)
 
 
