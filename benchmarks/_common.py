@@ -52,6 +52,14 @@ def zoo_context(zoo_path: str):
     return dataset, backbone, zoo, zoo.records(method="ifp")
 
 
+def mean_se(values) -> str:
+    """Accuracies (fractions) as "mean ± standard error" in percent; the mean alone for one value."""
+    import numpy as np
+
+    a = 100 * np.asarray(values, dtype=float)
+    return f"{a.mean():.2f} ± {a.std(ddof=1) / np.sqrt(len(a)):.2f}" if len(a) > 1 else f"{a.mean():.2f}"
+
+
 def md_table(header: list[str], rows: list[list]) -> str:
     """A markdown table: the first column left-aligned, the others right-aligned."""
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common.py
-from _common import md_table, save  # noqa: E402
+from _common import md_table, mean_se, save  # noqa: E402
 
 from metavote.bench import ablate_budget, bench_tasks, pipeline_families, run_variants  # noqa: E402
 from metavote.experiments import PUBLISHED_ZOO, budget_notes, context, published_zoo  # noqa: E402
@@ -63,10 +63,6 @@ def report(args) -> None:
     tasks = sorted(cell[("nearest record", 20)])
     budgets = sorted({x for f, x in cell if f == "nearest record"})
     peers = [f for f in pipeline_families(rows) if f != "IFP"]
-
-    def mean_se(values):
-        a = 100 * np.asarray(values)
-        return f"{a.mean():.2f} ± {a.std(ddof=1) / np.sqrt(len(a)):.2f}" if len(a) > 1 else f"{a.mean():.2f}"
 
     table, results = [], []
     for j in budgets:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common.py
-from _common import md_table, save  # noqa: E402
+from _common import md_table, mean_se, save  # noqa: E402
 
 from metavote.bench import pipeline_families, run_variants, size_notes, summarize  # noqa: E402
 from metavote.bench.harness import profile_method  # noqa: E402
@@ -162,10 +162,6 @@ def report(args) -> None:
     budgets = sorted({x for f, x in cell if f == AUTO})
     pipelines = pipeline_families(rows)
     others = ["nearest record", "MVP (ratio widths)"]
-
-    def mean_se(values):
-        a = 100 * np.asarray(values)
-        return f"{a.mean():.2f} ± {a.std(ddof=1) / np.sqrt(len(a)):.2f}" if len(a) > 1 else f"{a.mean():.2f}"
 
     def column(family, j, common):
         got = cell.get((family, j), {})

@@ -98,20 +98,18 @@ def neighbour_widths(groups: Sequence[UnitGroup], subnets: Sequence[SubNetwork],
         if not members:
             continue
         total = sum(widths[g.name] for g in members)
-        floor = {g.name: 0 if g.can_be_empty else 1 for g in members}
-        share = np.array([np.mean([len(s.kept[g.name]) for s in subnets]) for g in members], dtype=float)
+        low = np.array([0 if g.can_be_empty else 1 for g in members])
         cap = np.array([g.size for g in members])
+        share = np.array([np.mean([len(s.kept[g.name]) for s in subnets]) for g in members], dtype=float)
         if share.sum() <= 0:
             continue
         want = share * total / share.sum()
-        got = np.maximum(np.minimum(np.floor(want), cap), [floor[g.name] for g in members]).astype(int)
+        got = np.maximum(np.minimum(np.floor(want), cap), low).astype(int)
         while got.sum() != total:  # largest remainder first; then take from the groups furthest above their share
             if got.sum() < total:
-                room = np.where(got < cap, want - got, -np.inf)
-                got[int(np.argmax(room))] += 1
+                got[int(np.argmax(np.where(got < cap, want - got, -np.inf)))] += 1
             else:
-                spare = np.where(got > [floor[g.name] for g in members], got - want, -np.inf)
-                got[int(np.argmax(spare))] -= 1
+                got[int(np.argmax(np.where(got > low, got - want, -np.inf)))] -= 1
         out |= {g.name: int(n) for g, n in zip(members, got)}
     return out
 
@@ -220,9 +218,10 @@ class MVP(Method):
     pre-trained weights at the voted units: an ablation that separates the vote from the averaging).
     ``layout``: how many units each group keeps: ``neighbours`` (default: a transformer's heads and
     MLP nodes spread over the blocks as the neighbours spread theirs, as many in all as the ratio
-    keeps: :func:`neighbour_widths`; channels keep the ratio's widths) or ``ratio`` (the paper:
-    round((1 - r) n) per group). AHNP's records keep about 4 of the CPU ViT's 6 heads in its first
-    block and none in its last two, and 188 of 384 nodes in the first block; at the ratio's one
+    keeps: :func:`neighbour_widths`; channels keep the ratio's widths; with ``align`` > 1, the
+    aligned widths) or ``ratio`` (the paper: round((1 - r) n) per group). AHNP's records keep
+    about 4 of the CPU ViT's 6 heads in its first block and none in its last two, and 188 of 384
+    nodes in the first block; at the ratio's one
     head and 77 nodes per block, the vote drew units in blocks no neighbour kept any. On 10
     validation tasks (58-record AHNP zoo, J = 20) the neighbours' layout gained +8.6 ± 1.1 points
     (10 of 10; docs/benchmarks/peer.md, "Why MVP was behind on the ViT").
