@@ -354,9 +354,9 @@ def report(args) -> None:
                            "vs magnitude", "ratio MVP J=20", "classes shared with the record found (the most any record shares)", "records refined",
                            "zoo TFLOPs (build + refine)", "break-even (tasks)"], table), ""]
         sizes = [p["size"] for p in points]
-        ax_acc.plot(sizes, [100 * p.get("auto20", np.nan) for p in points], marker="o", label=f"auto J=20, {folder.name}")
-        ax_acc.plot(sizes, [100 * p.get("mvp20", np.nan) for p in points], marker="x", ls=":", label=f"MVP J=20, {folder.name}")
-        ax_ratio.plot(sizes, [p.get("ratio_auto20", np.nan) for p in points], marker="o", label=f"auto J=20, {folder.name}")
+        line, = ax_acc.plot(sizes, [100 * p.get("auto20", np.nan) for p in points], marker="o", label=f"auto J=20, {folder.name}")
+        ax_acc.plot(sizes, [100 * p.get("mvp20", np.nan) for p in points], marker="x", ls=":", color=line.get_color(), label=f"MVP J=20, {folder.name}")
+        ax_ratio.plot(sizes, [p.get("ratio_auto20", np.nan) for p in points], marker="o", color=line.get_color(), label=f"auto J=20, {folder.name}")
 
         serving_rows = _rows(folder / "serving" / "rows.jsonl")
         if serving_rows:
@@ -383,6 +383,10 @@ def report(args) -> None:
     ax_acc.set(xlabel="zoo size (records)", ylabel="test accuracy (%)", xscale="log")
     ax_ratio.set(xlabel="zoo size (records)", ylabel="FLOPs ratio at equal accuracy", xscale="log")
     ax_ratio.axhline(10, color="grey", ls="--", lw=0.8)
+    ax_ratio.set_ylim(0, 11)
+    for ax in (ax_acc, ax_ratio):
+        ax.set_xticks(CHECKPOINTS, [str(c) for c in CHECKPOINTS])
+        ax.minorticks_off()
     for ax in (ax_acc, ax_ratio):
         ax.legend(fontsize=7)
     fig.tight_layout()
