@@ -60,6 +60,15 @@ def mean_se(values) -> str:
     return f"{a.mean():.2f} ± {a.std(ddof=1) / np.sqrt(len(a)):.2f}" if len(a) > 1 else f"{a.mean():.2f}"
 
 
+def paired(a: dict, b: dict) -> str:
+    """Accuracies of two methods by task (fractions): "mean ± standard error (k of n ahead)" of a − b in points, over the
+    tasks both ran."""
+    import numpy as np
+
+    d = 100 * np.array([a[t] - b[t] for t in a if t in b])
+    return f"{d.mean():+.2f} ± {d.std(ddof=1) / np.sqrt(len(d)):.2f} ({(d > 0).sum()} of {len(d)} ahead)"
+
+
 def md_table(header: list[str], rows: list[list]) -> str:
     """A markdown table: the first column left-aligned, the others right-aligned."""
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 
-from metavote.bench import ratio_notes
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common.py
+from _common import paired  # noqa: E402
+
+from metavote.bench import ratio_notes  # noqa: E402
 
 
 def main(path: str) -> None:
@@ -31,15 +36,14 @@ def main(path: str) -> None:
         print(f"| {m} | {a.mean():.2f} ± {a.std(ddof=1) / np.sqrt(len(a)):.2f} | {np.mean([by[m][t]['tflops'] for t in complete]):.3f} | "
               f"{np.mean([by[m][t]['seconds'] for t in complete]):.1f} |")
 
-    def paired(a: str, b: str) -> str:
-        d = np.array([by[a][t]["accuracy"] - by[b][t]["accuracy"] for t in complete]) * 100
-        return f"{d.mean():+.2f} ± {d.std(ddof=1) / np.sqrt(len(d)):.2f} ({(d > 0).sum()} of {len(d)} ahead)"
+    def accuracy(m: str) -> dict:
+        return {t: by[m][t]["accuracy"] for t in complete}
 
     peers = [m for m in by if m.startswith("Torch-Pruning")]
     print("\n| zoo method | against | accuracy difference (points), mean ± s.e. |\n|---|---|---:|")
     for m in (m for m in by if m.split(" (")[0] in ("MVP", "nearest record")):
         for other in (*peers, *(k for k in by if k.startswith("IFP"))):
-            print(f"| {m} | {other} | {paired(m, other)} |")
+            print(f"| {m} | {other} | {paired(accuracy(m), accuracy(other))} |")
     print()
     for line in ratio_notes(rows):
         print(f"- {line}")

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared _common.py
-from _common import FIGURES, md_table, mean_se, save  # noqa: E402
+from _common import FIGURES, md_table, mean_se, paired, save  # noqa: E402
 
 from metavote.bench import flops_ratio  # noqa: E402
 from metavote.bench.harness import RowLog, pipeline_families, profile_method, run_variants  # noqa: E402
@@ -67,6 +67,15 @@ SERVING = [  # item 2's variants at J = 20: (label, method, settings)
 LEEP = SERVING[-1][0]  # item 3: against the default's ann search (SERVING[0])
 
 
+def published():
+    """The published zoo, read-only: every stage starts from it."""
+    return context(published_zoo(None) or PUBLISHED_ZOO, read_only=True)
+
+
+def zoo_tasks(ctx) -> list[Task]:
+    return [r.task for r in ctx.zoo.records(status=None)]
+
+
 def draw(dataset, model: str, count: int, seed: int, exclude=()) -> list[Task]:
     """``count`` distinct 5-way tasks of the arrival model, none of ``exclude``."""
     if model == "uniform":
@@ -87,9 +96,9 @@ def draw(dataset, model: str, count: int, seed: int, exclude=()) -> list[Task]:
 
 def task_plan(ctx, model: str, test_tasks: int = TEST_TASKS) -> tuple[list[Task], list[Task]]:
     """The arrivals and the held-out test tasks of an arrival model (none of the published zoo's tasks)."""
-    zoo_tasks = [r.task for r in ctx.zoo.records(status=None)]
-    test = draw(ctx.dataset, model, TEST_TASKS, TEST_SEEDS[model], exclude=zoo_tasks)[:test_tasks]
-    return draw(ctx.dataset, model, ARRIVALS, SEEDS[model], exclude=[*zoo_tasks, *test]), test
+    held = zoo_tasks(ctx)
+    test = draw(ctx.dataset, model, TEST_TASKS, TEST_SEEDS[model], exclude=held)[:test_tasks]
+    return draw(ctx.dataset, model, ARRIVALS, SEEDS[model], exclude=[*held, *test]), test
 
 
 def shared_classes(zoo, task: Task, neighbours) -> int | None:
@@ -116,7 +125,7 @@ def checkpoint(grown, test: list[Task], folder: Path, size: int) -> None:
 
 def run(args) -> None:
     set_threads(args.threads)
-    ctx = context(published_zoo(None) or PUBLISHED_ZOO, read_only=True)
+    ctx = published()
     folder = Path(args.out) / f"{args.arrivals}-refine{args.refine:g}"
     grown = with_layer(ctx, folder / "layer")
     arrivals, test = task_plan(ctx, args.arrivals, args.test_tasks)
@@ -160,7 +169,7 @@ def peer(args) -> None:
     model the test tasks are auto_budget's, whose Torch-Pruning and IFP rows are taken as they are (same profile, tasks
     and recipe); only the budgets they lack are run."""
     set_threads(args.threads)
-    ctx = context(published_zoo(None) or PUBLISHED_ZOO, read_only=True)
+    ctx = published()
     _, test = task_plan(ctx, args.arrivals, args.test_tasks)
     log = RowLog(Path(args.out) / f"peer-{args.arrivals}")
     if args.arrivals == "uniform" and AUTO_BUDGET.exists():
@@ -186,14 +195,12 @@ def serving(args) -> None:
     arrivals' or the test tasks), at J = 20 on the run's final layer: the nearest record or MVP's vote, MVP's pool
     (IFP records only, or every record), the quality weight, the number of neighbours."""
     set_threads(args.threads)
-    ctx = context(published_zoo(None) or PUBLISHED_ZOO, read_only=True)
+    ctx = published()
     folder = Path(args.out) / f"{args.arrivals}-refine{args.refine:g}"
     grown = with_layer(ctx, folder / "layer")
     arrivals, test = task_plan(ctx, args.arrivals)
-    zoo_tasks = [r.task for r in ctx.zoo.records(status=None)]
-    tasks = draw(ctx.dataset, args.arrivals, args.tasks, VALIDATION_SEEDS[args.arrivals], exclude=[*zoo_tasks, *test, *arrivals])
-    if args.test:
-        tasks = test
+    tasks = test if args.test else \
+        draw(ctx.dataset, args.arrivals, args.tasks, VALIDATION_SEEDS[args.arrivals], exclude=[*zoo_tasks(ctx), *test, *arrivals])
     size = len(grown.zoo.records())
 
     def variants(data, task, log):
@@ -210,10 +217,9 @@ def writers(args) -> None:
     into one fresh layer on the published zoo, while a refiner process runs `zoo refine` over and over."""
     import multiprocessing
 
-    ctx = context(published_zoo(None) or PUBLISHED_ZOO, read_only=True)
+    ctx = published()
     _, test = task_plan(ctx, "uniform")
-    zoo_tasks = [r.task for r in ctx.zoo.records(status=None)]
-    pool = draw(ctx.dataset, "uniform", args.tasks, WRITER_SEED, exclude=[*zoo_tasks, *test])
+    pool = draw(ctx.dataset, "uniform", args.tasks, WRITER_SEED, exclude=[*zoo_tasks(ctx), *test])
     spawn = multiprocessing.get_context("spawn")
     rows = []
     for n in args.writers:
@@ -247,7 +253,7 @@ def writers(args) -> None:
 def _user(layer: str, tasks: list[list[str]]) -> None:
     """A user's process: `prune --method auto` at J = 20 on the published zoo, each task saved into the layer."""
     set_threads(1)
-    grown = with_layer(context(published_zoo(None) or PUBLISHED_ZOO, read_only=True), layer)
+    grown = with_layer(published(), layer)
     for classes in tasks:
         prune(grown, classes, "auto", progress=False)
 
@@ -262,14 +268,6 @@ def _refiner(layer: str) -> None:
 
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in open(path)] if path.exists() else []
-
-
-def _paired(rows: list[dict], label: str, base: str) -> tuple[float, float, int, int]:
-    """Mean and standard error of ``label`` minus ``base`` over the tasks both ran, how many ``label`` led, of how many."""
-    a = {r["task"]: r["accuracy"] for r in rows if r["method"] == label}
-    b = {r["task"]: r["accuracy"] for r in rows if r["method"] == base}
-    d = np.array([a[t] - b[t] for t in a if t in b])
-    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0, int((d > 0).sum()), len(d)
 
 
 def checkpoint_point(rows: list[dict], peers: list[dict], size: int, zoo_tflops: float) -> dict:
@@ -314,7 +312,7 @@ def report(args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ctx = context(published_zoo(None) or PUBLISHED_ZOO, read_only=True)
+    ctx = published()
     build = sum(r.flops for r in ctx.zoo.records()) / 1e12  # the published zoo's own pruning, TFLOPs
     results, text = {"published_zoo_tflops": build}, []
     out = Path(args.out)
@@ -361,19 +359,18 @@ def report(args) -> None:
         serving_rows = _rows(folder / "serving" / "rows.jsonl")
         if serving_rows:
             base = SERVING[0][0]
-            lines = []
-            for label, _, _ in SERVING:
-                sel = [r for r in serving_rows if r["method"] == label]
-                if not sel:
-                    continue
-                d = _paired(serving_rows, label, base) if label != base else None
-                lines.append([label, len(sel), mean_se([r["accuracy"] for r in sel]), "" if d is None else f"{100 * d[0]:+.2f} ± {100 * d[1]:.2f} ({d[2]} of {d[3]})",
+            by = {label: {r["task"]: r for r in serving_rows if r["method"] == label} for label, _, _ in SERVING}
+            accuracy = {label: {t: r["accuracy"] for t, r in rows.items()} for label, rows in by.items()}
+            lines, results[folder.name]["serving"] = [], []
+            for label, sel in ((label, list(rows.values())) for label, rows in by.items() if rows):
+                results[folder.name]["serving"].append({
+                    "variant": label, "tasks": len(sel), "accuracy": float(np.mean([r["accuracy"] for r in sel])),
+                    "search_tflops": float(np.mean([r["search_tflops"] for r in sel])), "search_seconds": float(np.mean([r["search_seconds"] for r in sel]))})
+                lines.append([label, len(sel), mean_se([r["accuracy"] for r in sel]), "" if label == base else paired(accuracy[label], accuracy[base]),
                               f"{np.mean([r['search_tflops'] for r in sel]) * 1e3:.1f}", f"{np.mean([r['search_seconds'] for r in sel]):.1f}"])
-            results[folder.name]["serving"] = lines
             text += [f"Serving the grown zoo ({folder.name}, {len(grown.zoo.records())} records), validation tasks, J = 20:", "",
                      md_table(["variant", "tasks", "accuracy (%)", f"vs {base}", "search GFLOPs", "search s"], lines), ""]
-            ann = {r["task"]: r for r in serving_rows if r["method"] == base}
-            leep = {r["task"]: r for r in serving_rows if r["method"] == LEEP}
+            ann, leep = by[base], by[LEEP]
             both = [t for t in ann if t in leep]
             if both:
                 agree = sum(ann[t]["neighbours"][0] == leep[t]["neighbours"][0] for t in both)
@@ -387,7 +384,6 @@ def report(args) -> None:
     for ax in (ax_acc, ax_ratio):
         ax.set_xticks(CHECKPOINTS, [str(c) for c in CHECKPOINTS])
         ax.minorticks_off()
-    for ax in (ax_acc, ax_ratio):
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(FIGURES / "traffic.png", dpi=120)

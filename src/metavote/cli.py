@@ -358,22 +358,21 @@ def cmd_prune(args: argparse.Namespace) -> None:
         print(f"note: zoo {args.zoo} is read-only ({ctx.zoo.layers[0].read_only}); new records go to the layer {ctx.zoo.root} on it"
               if not args.save_to else f"note: new records go to {ctx.zoo.root}, layered on {args.zoo}")
     classes = _csv(args.classes) if args.classes else list(ctx.dataset.classes)
+    own = {"neighbours": args.neighbours, "similarity": args.similarity, "align": args.align,  # MVP's settings, and any method's align
+           "zoo_method": args.zoo_method, "quality": args.quality, "layout": args.layout}
     if args.method == "auto":
         from .profiles import get_profile
 
         args.method, why = default_method(ctx.zoo, args.ratio if args.ratio is not None else get_profile(args.profile).ratio,
                                           args.align or 1)
-        own = {"neighbours": args.neighbours, "similarity": args.similarity, "align": args.align, "temperature": args.temperature,
-               "zoo_method": args.zoo_method, "quality": args.quality, "layout": args.layout}
-        check_settings_used(args.method, {k for k, v in own.items() if v is not None}, chosen=True)
+        given = {k for k, v in (own | {"temperature": args.temperature}).items() if v is not None}
+        check_settings_used(args.method, given, chosen=True)
         other = "--method nearest keeps the nearest record as it is" if args.method == "mvp" else "--method mvp votes as the paper does"
         print(f"method: {args.method} ({why}; {other})")
     task = ctx.dataset.task(classes)
     same = [r for r in ctx.zoo.records() if r.task.id == task.id]
     if same:
         print(f"note: the zoo already holds this task ({', '.join(r.record_id for r in same)}); it is left out of its own neighbours")
-    own = {"neighbours": args.neighbours, "similarity": args.similarity, "align": args.align,  # MVP's settings, and any method's align
-           "zoo_method": args.zoo_method, "quality": args.quality, "layout": args.layout}
     result, task = prune(ctx, classes, args.method, args.profile, save=not args.no_save, progress=not args.quiet, out=args.out,
                          **{k: v for k, v in (_budget(args) | own).items() if v is not None})
     print(f"{result.method} on {task}: test accuracy {result.accuracy:.2%}")
